@@ -1,0 +1,3 @@
+from netdissect.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""`netdissect <command>`: one subcommand per stage, plus `dissect` (all stages in one process).
+
+Each family of commands lives beside its code and registers itself here. Registration modules stay
+light: heavy imports (torch, pandas) happen inside the command handlers, so `netdissect --help` is fast.
+A handler takes the parsed arguments and returns an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from netdissect import __version__
+from netdissect.errors import NetDissectError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from netdissect import engine_cli
+    from netdissect.broden import cli as broden_cli
+    from netdissect.broden.sources import cli as sources_cli
+    from netdissect import demo
+    from netdissect.report import cli as report_cli
+
+    parser = argparse.ArgumentParser(prog="netdissect", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"netdissect {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    broden = sub.add_parser("broden", help="check or regenerate a Broden-format dataset")
+    broden_sub = broden.add_subparsers(dest="broden_command", required=True, metavar="COMMAND")
+
+    broden_cli.register(sub, broden_sub)     # synth, broden check
+    sources_cli.register(sub, broden_sub)    # fetch, broden regenerate
+    engine_cli.register(sub)                 # layers, extract, quantile, tally, merge, score, dissect
+    demo.register(sub)                       # train-demo
+    report_cli.register(sub)                 # report, report-all
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NetDissectError as err:
+        print(f"netdissect {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
