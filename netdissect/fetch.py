@@ -1,0 +1,276 @@
+"""Safe downloads: resumable, verified, atomic; safe archive extraction.
+
+``fetch(url, out, sha256=...)`` downloads ``url`` to ``out``:
+
+- bytes go to ``out + ".part"``; an interrupted transfer (cut connection, stalled server, crash) is
+  resumed from the ``.part`` file with an HTTP ``Range`` request, retried with exponential back-off;
+- a connection that delivers nothing for ``timeout`` seconds counts as stalled and is retried;
+- the finished file is checked against ``sha256`` (when given; otherwise its sha256 is printed so the
+  user can pin it) and only then renamed to ``out``: ``out`` exists only when complete and verified.
+
+``extract(archive, dest)`` unpacks a zip, tar, tar.gz (any compression tarfile reads) into a temporary
+folder beside ``dest`` and renames it to ``dest`` when every member is out: a member with an absolute
+path, a ``..`` component, or a link pointing outside the archive's folder is refused, and nothing is
+written outside the temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import stat
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from netdissect.errors import NetDissectError
+
+CHUNK = 1 << 20
+# HTTP statuses worth retrying: timeouts, rate limiting, server-side trouble.
+RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+
+
+class _Retryable(Exception):
+    """A transfer problem that a later attempt may not have (network, stall, 5xx)."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(url: str, out: str | os.PathLike, sha256: str | None = None, *, timeout: float = 60.0,
+          retries: int = 5, backoff: float = 2.0, progress: bool = True) -> str:
+    """Download ``url`` to ``out`` (resumable, retried, verified, atomic); return the file's sha256.
+
+    ``timeout``: seconds without any byte before a connection counts as stalled.
+    ``retries``: further attempts after a failed one, waiting ``backoff * 2**k`` seconds before the k-th.
+    An ``out`` that already exists is kept when it matches ``sha256`` (or when no checksum is given).
+    """
+    out = Path(out)
+    expected = _check_hex(sha256) if sha256 else None
+    if out.exists():
+        digest = sha256_file(out)
+        if expected is None or digest == expected:
+            return digest
+        raise NetDissectError(f"{out} exists but its sha256 is {digest}, not the expected {expected}: "
+                              f"delete {out} and fetch {url} again")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _download(url, part, timeout, progress)
+            break
+        except _Retryable as err:
+            if attempt == retries:
+                raise NetDissectError(f"downloading {url} failed after {retries + 1} attempts ({err}); "
+                                      f"the {part.stat().st_size if part.exists() else 0} bytes received are "
+                                      f"kept in {part}; run the same command again to resume") from None
+            wait = backoff * 2 ** attempt
+            print(f"fetch: {url}: {err}; retrying in {wait:g} s", file=sys.stderr)
+            time.sleep(wait)
+    digest = sha256_file(part)
+    if expected is not None and digest != expected:
+        part.unlink()
+        raise NetDissectError(f"{url}: sha256 of the download is {digest}, expected {expected}; the file was "
+                              f"deleted. Check the URL and the checksum (in the config or --sha256), then retry")
+    if expected is None:
+        print(f"fetch: sha256 of {url} is {digest} (pin it with --sha256 or in the config)", file=sys.stderr)
+    os.replace(part, out)
+    return digest
+
+
+def _check_hex(sha256: str) -> str:
+    value = sha256.strip().lower()
+    if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
+        raise NetDissectError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
+    return value
+
+
+def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """One attempt: append the missing bytes to ``part``; raise _Retryable on transient trouble."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "netdissect-fetch"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:        # nothing left to send: the .part file is complete
+            return
+        if err.code in RETRY_STATUSES:
+            raise _Retryable(f"HTTP {err.code} {err.reason}") from None
+        raise NetDissectError(f"{url}: HTTP {err.code} {err.reason}; check the URL (in the config or on the "
+                              f"command line) or download the file by hand to the --out path") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, (socket.timeout, TimeoutError, ConnectionError, OSError, http.client.HTTPException)):
+            raise _Retryable(f"cannot connect: {reason}") from None
+        raise NetDissectError(f"{url}: {reason}") from None
+    with response:
+        if have and response.status != 206:  # server ignored Range: start over
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        bar = _progress_bar(url, total, have, progress)
+        received = have
+        try:
+            with open(part, "ab" if have else "wb") as f:
+                while True:
+                    try:
+                        block = response.read1(CHUNK)
+                    except (socket.timeout, TimeoutError) as err:
+                        raise _Retryable(f"no data for {timeout:g} s (stalled connection)") from err
+                    except (OSError, http.client.HTTPException) as err:
+                        raise _Retryable(f"connection lost: {err!r}") from err
+                    if not block:
+                        break
+                    f.write(block)
+                    received += len(block)
+                    if bar is not None:
+                        bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
+    if total is not None and received < total:
+        raise _Retryable(f"connection closed after {received} of {total} bytes")
+
+
+def _progress_bar(url: str, total: int | None, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=url.rsplit("/", 1)[-1] or url, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Archives
+
+
+def extract(archive: str | os.PathLike, dest: str | os.PathLike, strip: int = 0) -> Path:
+    """Unpack a zip or tar archive into the new folder ``dest``; return ``dest``.
+
+    ``strip`` drops that many leading path components of every member (like ``tar --strip-components``);
+    members with fewer components are skipped. Members are written into a temporary folder beside
+    ``dest``, renamed to ``dest`` once all are out. Refused (NetDissectError, nothing left behind):
+    absolute member paths, ``..`` components, links whose target leaves the archive's folder, device
+    files, truncated or corrupt archives, and an existing non-empty ``dest``.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise NetDissectError(f"archive {archive} does not exist; fetch it first (netdissect fetch URL --out {archive})")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise NetDissectError(f"--extract {dest} already exists and is not empty; remove it to extract again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, tmp, strip)
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(archive, tmp, strip)
+        else:
+            raise NetDissectError(f"{archive} is neither a zip nor a tar archive (truncated or not an archive?); "
+                                  f"delete it and fetch it again")
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dest
+
+
+def _safe_relative(archive: Path, name: str, strip: int) -> PurePosixPath | None:
+    """The member's path inside the target folder, or None when ``strip`` removes it entirely."""
+    name = name.replace("\\", "/")
+    path = PurePosixPath(name)
+    if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise NetDissectError(f"{archive}: member {name!r} has an absolute path; refusing to extract this archive")
+    if ".." in path.parts:
+        raise NetDissectError(f"{archive}: member {name!r} contains '..' (would write outside the target folder); "
+                              f"refusing to extract this archive")
+    parts = [p for p in path.parts if p not in ("", ".")]
+    if len(parts) <= strip:
+        return None
+    return PurePosixPath(*parts[strip:])
+
+
+def _check_link(archive: Path, name: str, target: str, hard: bool) -> None:
+    """Refuse a link whose target, resolved inside the archive, leaves the archive's folder."""
+    target = target.replace("\\", "/")
+    if PurePosixPath(target).is_absolute():
+        raise NetDissectError(f"{archive}: link {name!r} points to the absolute path {target!r}; refusing to extract")
+    base = PurePosixPath() if hard else PurePosixPath(name).parent
+    depth = 0
+    for part in (base / target).parts:
+        if part == "..":
+            depth -= 1
+        elif part not in ("", "."):
+            depth += 1
+        if depth < 0:
+            raise NetDissectError(f"{archive}: link {name!r} points outside the archive ({target!r}); "
+                                  f"refusing to extract")
+
+
+def _extract_tar(archive: Path, tmp: Path, strip: int) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                rel = _safe_relative(archive, member.name, strip)
+                if member.issym() or member.islnk():
+                    _check_link(archive, member.name, member.linkname, member.islnk())
+                    if member.islnk():
+                        link_rel = _safe_relative(archive, member.linkname, strip)
+                        if link_rel is None:
+                            raise NetDissectError(f"{archive}: hard link {member.name!r} points into a stripped folder")
+                        member.linkname = str(link_rel)
+                elif not (member.isfile() or member.isdir()):
+                    raise NetDissectError(f"{archive}: member {member.name!r} is a device or pipe; refusing to extract")
+                if rel is None:
+                    continue
+                member.name = str(rel)
+                # The "data" filter re-checks paths and links and drops permissions/ownership oddities.
+                tar.extract(member, tmp, filter="data")
+    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise NetDissectError(f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
+                              f"delete it and fetch it again") from None
+
+
+def _extract_zip(archive: Path, tmp: Path, strip: int) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                rel = _safe_relative(archive, info.filename, strip)
+                is_link = stat.S_ISLNK(info.external_attr >> 16)
+                if is_link:
+                    target = zf.read(info).decode("utf-8")
+                    _check_link(archive, info.filename, target, hard=False)
+                if rel is None:
+                    continue
+                path = tmp.joinpath(*rel.parts)
+                if info.is_dir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if is_link:
+                    os.symlink(target, path)
+                    continue
+                with zf.open(info) as src, open(path, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as err:
+        raise NetDissectError(f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
+                              f"delete it and fetch it again") from None
