@@ -1,0 +1,14 @@
+"""The Broden dataset on disk: reader, writer, checker, color naming and a synthetic generator.
+
+Format: ``spec/broden-format.md``. Public API (docs/interfaces.md):
+
+- :class:`BrodenDataset` reads a folder (a torch ``Dataset``; ``loader()`` gives a ``DataLoader``).
+- :func:`write_broden` and :func:`compute_tables` write one (same byte conventions as the original).
+- :func:`check_broden` lists every defect of a folder (``netdissect broden check DIR``).
+- :mod:`netdissect.broden.colors` names the colour of RGB pixels; :mod:`netdissect.broden.synth`
+  renders a procedural dataset (``netdissect synth``).
+"""
+
+from netdissect.broden.dataset import BrodenDataset
+
+__all__ = ["BrodenDataset"]

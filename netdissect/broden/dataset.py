@@ -1,0 +1,269 @@
+"""Reading a Broden folder: :class:`BrodenDataset`, a torch ``Dataset`` over the rows of index.csv.
+
+Row i of index.csv (both splits, file order) is image i everywhere in the system. ``ds[i]`` decodes
+the JPEG and every label PNG of the selected categories; ``ds.loader(...)`` wraps it in a
+``DataLoader`` with worker processes. The tables (label names, primary categories, codes) are read
+once, at construction, and every defect in them is reported at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from netdissect.broden.format import (
+    INDEX_FIXED_COLUMNS, CategoryRow, CodeRow, LabelRow, Problems, _read_rows, decode_label_png, parse_cell,
+    primary_categories, read_category_csv, read_code_csv, read_label_csv)
+from netdissect.errors import NetDissectError
+
+Item = int | str   # one item of a category cell: an int label or a PNG path relative to images/
+
+
+def safe_relative_path(text: str) -> bool:
+    """True if ``text`` is a relative ``/``-separated path that stays inside its folder."""
+    path = PurePosixPath(text)
+    return bool(text) and not path.is_absolute() and ".." not in path.parts and "\\" not in text
+
+
+class BrodenDataset(torch.utils.data.Dataset):
+    """A Broden folder (``spec/broden-format.md``) as a map-style torch dataset.
+
+    Args:
+        root: the folder holding index.csv, label.csv, category.csv, c_*.csv and images/.
+        categories: names of the categories to use (default: all, in category.csv order). The
+            result keeps category.csv order; primary categories are chosen among these.
+        load_images: decode the JPEGs (``item["image"]``); False for the tally stage.
+        load_labels: decode the label PNGs (``item["pixel_labels"]``, ``item["image_labels"]``);
+            False for the extract stage.
+
+    Attributes (see docs/interfaces.md): ``root``, ``categories``, ``num_labels``, ``label_names``,
+    ``primary``, ``label_categories``, ``index``; also ``labels`` (label.csv rows by number, None
+    for gaps), ``codes`` (c_ rows per category), ``category_rows`` and ``pixel_categories`` (the
+    categories with at least one PNG in index.csv; int items there are constant layers, elsewhere
+    image-level labels).
+    """
+
+    def __init__(self, root: str | Path, categories: Sequence[str] | None = None,
+                 load_images: bool = True, load_labels: bool = True) -> None:
+        self.root = Path(root)
+        self.load_images = load_images
+        self.load_labels = load_labels
+        if not (self.root / "index.csv").is_file():
+            raise NetDissectError(f"{self.root}: no index.csv here; expected a Broden dataset folder "
+                                  f"(make one with `netdissect synth {self.root} --images 100`)")
+        problems = Problems()
+        tables = read_tables(self.root, problems, categories)
+        problems.raise_if_any(f"dataset {self.root}")
+        self.category_rows: list[CategoryRow] = tables["category_rows"]
+        self.categories: list[str] = tables["categories"]
+        self.labels: list[LabelRow | None] = tables["labels"]
+        self.codes: dict[str, list[CodeRow]] = tables["codes"]
+        self.num_labels: int = len(self.labels)
+        self.label_names: list[str] = ["-"] + [r.name if r else "" for r in self.labels[1:]]
+        self.label_categories: list[dict[str, int]] = [{}] + [dict(r.categories) if r else {} for r in self.labels[1:]]
+        self.primary: np.ndarray = primary_categories(self.codes, self.categories, self.num_labels)
+
+        index = read_index(self.root / "index.csv", self.categories, problems)
+        problems.raise_if_any(f"dataset {self.root}")
+        self.index: pd.DataFrame = index["frame"]
+        self.pixel_categories: list[str] = index["pixel_categories"]
+        self._images: list[str] = index["images"]
+        self._sizes: np.ndarray = index["sizes"]            # (N, 4) ih, iw, sh, sw
+        self._layers: list[list[Item]] = index["layers"]    # per row: PNG paths and constant ints
+        self._image_labels: list[list[int]] = index["image_labels"]
+
+    # -- torch Dataset ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Row i as ``dict(i, image, pixel_labels, image_labels)`` (keys not loaded are absent)."""
+        ih, iw, sh, sw = (int(v) for v in self._sizes[i])
+        item: dict[str, Any] = {"i": int(i)}
+        if self.load_images:
+            item["image"] = torch.from_numpy(self._decode_image(i, ih, iw)).permute(2, 0, 1)
+        if self.load_labels:
+            layers = np.empty((len(self._layers[i]), sh, sw), dtype=np.int32)
+            for k, layer in enumerate(self._layers[i]):
+                layers[k] = layer if isinstance(layer, int) else self._decode_png(i, layer, sh, sw)
+            item["pixel_labels"] = torch.from_numpy(layers)
+            item["image_labels"] = torch.tensor(self._image_labels[i], dtype=torch.int64)
+        return item
+
+    def _decode_image(self, i: int, ih: int, iw: int) -> np.ndarray:
+        path = self.root / "images" / self._images[i]
+        try:
+            with Image.open(path) as img:
+                rgb = np.array(img.convert("RGB"))
+        except (OSError, ValueError) as err:
+            raise NetDissectError(f"{path} (index.csv row {i + 2}, column 'image'): cannot read the image "
+                                  f"({err}); run `netdissect broden check {self.root}`") from err
+        if rgb.shape[:2] != (ih, iw):
+            raise NetDissectError(f"{path} (index.csv row {i + 2}): image is {rgb.shape[0]}x{rgb.shape[1]} (h x w), "
+                                  f"index.csv says ih={ih}, iw={iw}; regenerate the dataset or fix the row")
+        return rgb
+
+    def _decode_png(self, i: int, relative: str, sh: int, sw: int) -> np.ndarray:
+        path = self.root / "images" / relative
+        try:
+            labels = decode_label_png(path)
+        except (OSError, ValueError) as err:
+            raise NetDissectError(f"{path} (index.csv row {i + 2}): cannot read the label PNG ({err}); "
+                                  f"run `netdissect broden check {self.root}`") from err
+        if labels.shape != (sh, sw):
+            raise NetDissectError(f"{path} (index.csv row {i + 2}): label map is {labels.shape[0]}x{labels.shape[1]}, "
+                                  f"index.csv says sh={sh}, sw={sw}; regenerate the dataset or fix the row")
+        if labels.max(initial=0) >= self.num_labels:
+            raise NetDissectError(f"{path} (index.csv row {i + 2}): holds label number {int(labels.max())}, "
+                                  f"but label.csv ends at {self.num_labels - 1}; run `netdissect broden check`")
+        return labels
+
+    # -- batches ------------------------------------------------------------------------------
+
+    @staticmethod
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Batch items: ``i`` as an int64 tensor, images stacked (B, 3, H, W) when their sizes agree
+        (else a list), ``pixel_labels`` and ``image_labels`` as lists of per-image tensors."""
+        out: dict[str, Any] = {"i": torch.tensor([item["i"] for item in batch], dtype=torch.int64)}
+        if batch and "image" in batch[0]:
+            images = [item["image"] for item in batch]
+            same = all(img.shape == images[0].shape for img in images)
+            out["image"] = torch.stack(images) if same else images
+        for key in ("pixel_labels", "image_labels"):
+            if batch and key in batch[0]:
+                out[key] = [item[key] for item in batch]
+        return out
+
+    def loader(self, batch_size: int, workers: int = 0, start: int = 0,
+               stop: int | None = None) -> torch.utils.data.DataLoader:
+        """A DataLoader over rows ``[start, stop)`` in row order, batched with :meth:`collate`."""
+        stop = len(self) if stop is None else stop
+        if not 0 <= start <= stop <= len(self):
+            raise NetDissectError(f"rows [{start}, {stop}) are outside the dataset's 0..{len(self)} rows of {self.root}")
+        if batch_size < 1 or workers < 0:
+            raise NetDissectError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+        subset = torch.utils.data.Subset(self, range(start, stop))
+        return torch.utils.data.DataLoader(
+            subset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=self.collate,
+            worker_init_fn=_single_thread_worker if workers else None,
+            prefetch_factor=4 if workers else None)
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the bytes of index.csv, label.csv and category.csv, concatenated in that order."""
+        digest = hashlib.sha256()
+        for name in ("index.csv", "label.csv", "category.csv"):
+            digest.update((self.root / name).read_bytes())
+        return digest.hexdigest()
+
+    def image_path(self, i: int) -> Path:
+        """The JPEG of row i."""
+        return self.root / "images" / self._images[i]
+
+    def __repr__(self) -> str:
+        return (f"BrodenDataset({str(self.root)!r}, {len(self)} images, {self.num_labels - 1} labels, "
+                f"categories={self.categories})")
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Table and index parsing (shared with the checker)
+
+
+def read_tables(root: Path, problems: Problems, categories: Sequence[str] | None = None) -> dict[str, Any]:
+    """Read category.csv, label.csv and the c_ files of the selected categories.
+
+    Returns dict(category_rows, categories, labels, codes); ``labels`` is indexed by label number
+    (None at 0 and at gaps), long enough for every number of label.csv and of the c_ files.
+    """
+    category_rows = read_category_csv(root / "category.csv", problems)
+    all_names = [r.name for r in category_rows]
+    if categories is None:
+        selected = all_names
+    else:
+        unknown = [c for c in categories if c not in all_names]
+        if unknown and all_names:
+            problems.add(root / "category.csv", f"has no category {', '.join(map(repr, unknown))}; "
+                         f"choose among {', '.join(all_names)}")
+        selected = [c for c in all_names if c in categories]
+    label_rows = read_label_csv(root / "label.csv", problems)
+    codes = {c: read_code_csv(root / f"c_{c}.csv", problems) for c in selected}
+    top = max([r.number for r in label_rows] + [r.number for rows in codes.values() for r in rows], default=0)
+    labels: list[LabelRow | None] = [None] * (top + 1)
+    for row in label_rows:
+        labels[row.number] = row
+    return {"category_rows": category_rows, "categories": selected, "labels": labels, "codes": codes}
+
+
+def read_index(path: Path, categories: list[str], problems: Problems) -> dict[str, Any]:
+    """Parse index.csv for the given categories.
+
+    Returns dict(frame, images, sizes, layers, image_labels, pixel_categories, lines):
+    ``layers[i]`` lists row i's pixel layers (PNG paths, constant ints) in category order,
+    ``image_labels[i]`` its nonzero image-level labels, ``lines[i]`` its line number in the file.
+    """
+    header, rows = _read_rows(path, INDEX_FIXED_COLUMNS + categories, problems)
+    images: list[str] = []
+    sizes = np.zeros((len(rows), 4), dtype=np.int64)
+    cells: list[list[list[Item]]] = []
+    lines: list[int] = []
+    has_png = dict.fromkeys(categories, False)
+    for line, row in rows:
+        bad = False
+        image = row["image"]
+        if not safe_relative_path(image):
+            problems.add(path, f"expected a relative path under images/ such as ade20k/x.jpg, found {image!r}",
+                         row=line, column="image")
+            bad = True
+        if row["split"] not in ("train", "val"):
+            problems.add(path, f"expected 'train' or 'val', found {row['split']!r}", row=line, column="split")
+        for k, column in enumerate(("ih", "iw", "sh", "sw")):
+            text = row[column]
+            if not text.isdigit() or int(text) < 1:
+                problems.add(path, f"expected a positive integer, found {text!r}", row=line, column=column)
+                bad = True
+            else:
+                sizes[len(images), k] = int(text)
+        row_cells = []
+        for category in categories:
+            items = parse_cell(row[category])
+            for item in items:
+                if isinstance(item, str):
+                    has_png[category] = True
+                    if not safe_relative_path(item) or not item.endswith(".png"):
+                        problems.add(path, f"item {item!r} is neither an integer label nor a relative path "
+                                     f"to a .png under images/", row=line, column=category)
+                        bad = True
+            row_cells.append(items)
+        if bad:
+            continue
+        images.append(image)
+        cells.append(row_cells)
+        lines.append(line)
+    sizes = sizes[:len(images)]
+    pixel = [c for c in categories if has_png[c]]
+    layers: list[list[Item]] = []
+    image_labels: list[list[int]] = []
+    for row_cells in cells:
+        row_layers: list[Item] = []
+        row_image_labels: list[int] = []
+        for category, items in zip(categories, row_cells):
+            target = row_layers if has_png[category] else row_image_labels
+            target.extend(item for item in items if item != 0)
+        layers.append(row_layers)
+        image_labels.append(row_image_labels)
+    frame = pd.DataFrame([row for _, row in rows], columns=header).astype(
+        {c: "int64" for c in ("ih", "iw", "sh", "sw")} if not len(problems) else {})
+    return {"frame": frame, "images": images, "sizes": sizes, "layers": layers, "image_labels": image_labels,
+            "pixel_categories": pixel, "lines": lines}
