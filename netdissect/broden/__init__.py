@@ -10,5 +10,9 @@ Format: ``spec/broden-format.md``. Public API (docs/interfaces.md):
 """
 
 from netdissect.broden.dataset import BrodenDataset
+from netdissect.broden.writer import (
+    BrodenImage, BrodenTables, IndexRow, compute_tables, image_statistics, write_broden, write_image, write_index,
+    write_tables)
 
-__all__ = ["BrodenDataset"]
+__all__ = ["BrodenDataset", "BrodenImage", "BrodenTables", "IndexRow", "compute_tables", "image_statistics",
+           "write_broden", "write_image", "write_index", "write_tables"]
