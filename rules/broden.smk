@@ -1,0 +1,70 @@
+# Datasets: datasets/{dataset}/index.csv, by the dataset's `source` (config `datasets.<name>`).
+# A dataset folder is complete when its index.csv exists: every writer writes index.csv last.
+
+
+rule synth_dataset:
+    """A synthetic Broden-format dataset (offline, deterministic)."""
+    output:
+        "datasets/{dataset}/index.csv",
+    wildcard_constraints:
+        dataset=datasets_with_source("synth"),
+    params:
+        out=lambda wc: f"datasets/{wc.dataset}",
+        images=lambda wc: synth_entry(wc)["images"],
+        size=lambda wc: synth_entry(wc)["size"],
+        seed=lambda wc: synth_entry(wc)["seed"],
+    log:
+        "logs/datasets/{dataset}.synth.log",
+    threads: res("dataset", "threads")
+    resources:
+        mem_mb=res("dataset", "mem_mb"),
+        runtime=res("dataset", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect synth {params.out} --images {params.images} --size {params.size} --seed {params.seed}"
+        " > {log} 2>&1"
+
+
+rule download_dataset:
+    """A released Broden zip (e.g. broden1_224.zip), fetched, checked and unpacked into datasets/."""
+    output:
+        "datasets/{dataset}/index.csv",
+    wildcard_constraints:
+        dataset=datasets_with_source("download"),
+    params:
+        url=lambda wc: config["datasets"][wc.dataset]["url"],
+        sha256=lambda wc: (f"--sha256 {config['datasets'][wc.dataset]['sha256']}"
+                           if config["datasets"][wc.dataset]["sha256"] else ""),
+    log:
+        "logs/datasets/{dataset}.fetch.log",
+    threads: 1
+    resources:
+        mem_mb=res("dataset", "mem_mb"),
+        runtime=res("dataset", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect fetch {params.url} --out datasets/{wildcards.dataset}.zip {params.sha256} --no-progress"
+        " --extract datasets/{wildcards.dataset} --strip 1"
+        " > {log} 2>&1"
+
+
+rule check_dataset:
+    """`netdissect broden check`: the format is valid (run on demand: snakemake check_datasets)."""
+    input:
+        dataset_index,
+    output:
+        "results/checks/{dataset}.broden.ok",
+    params:
+        root=dataset_option,
+    log:
+        "logs/checks/{dataset}.broden.log",
+    threads: 1
+    resources:
+        mem_mb=res("dataset", "mem_mb"),
+        runtime=res("dataset", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect broden check {params.root} > {output} 2> {log}"

@@ -1,0 +1,135 @@
+# The dissection of one (dataset, model): extract per shard -> thresholds per layer -> tally per
+# (layer, shard) -> merge -> score. File names: docs/interfaces.md.
+
+
+rule extract:
+    """One forward pass over shard k for ALL layers of the model: activations, imgmax, quantile candidates."""
+    input:
+        index=dataset_index,
+        weights=weights_input,
+        layers=ancient(layers_ok),
+    output:
+        directory("results/{dataset}/{model}/shards/{k}"),
+    params:
+        dataset=dataset_option,
+        spec=lambda wc: model_entry(wc)["spec"],
+        weights=weights_option,
+        layers=layers_option,
+        norm=normalisation_options,
+        shards=DISSECT["shards"],
+        batch_size=DISSECT["batch_size"],
+        workers=DISSECT["workers"],
+        device=DISSECT["device"],
+        dtype=DISSECT["dtype"],
+        quantile=DISSECT["quantile"],
+    log:
+        "logs/{dataset}/{model}/extract.{k}.log",
+    threads: res("extract", "threads")
+    resources:
+        mem_mb=res("extract", "mem_mb"),
+        runtime=res("extract", "runtime"),
+        gpu=res("extract", "gpu"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
+        " --layers {params.layers} --shard {wildcards.k} --shards {params.shards} --out {output}"
+        " --batch-size {params.batch_size} --workers {params.workers} --device {params.device}"
+        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} > {log} 2>&1"
+
+
+rule quantile:
+    """Each unit's exact threshold, merged from every shard's candidates (or read from a file)."""
+    input:
+        shards=all_shard_dirs,
+        thresholds_file=thresholds_input,
+    output:
+        thresholds="results/{dataset}/{model}/{layer}/thresholds.npy",
+        imgmax="results/{dataset}/{model}/{layer}/imgmax.npy",
+    params:
+        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        level=quantile_option,
+    log:
+        "logs/{dataset}/{model}/{layer}/quantile.log",
+    threads: res("quantile", "threads")
+    resources:
+        mem_mb=res("quantile", "mem_mb"),
+        runtime=res("quantile", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect quantile --shards {input.shards} --layer {wildcards.layer} {params.level}"
+        " --out {params.out} > {log} 2>&1"
+
+
+rule tally:
+    """Counts (label areas, intersections, category activations) of shard k under the thresholds."""
+    input:
+        index=dataset_index,
+        shard="results/{dataset}/{model}/shards/{k}",
+        thresholds="results/{dataset}/{model}/{layer}/thresholds.npy",
+    output:
+        "results/{dataset}/{model}/{layer}/tally/{k}.npz",
+    params:
+        dataset=dataset_option,
+        union=DISSECT["union"],
+        categories=categories_option(),
+        device=DISSECT["device"],
+        batch_size=DISSECT["batch_size"],
+        workers=DISSECT["workers"],
+    log:
+        "logs/{dataset}/{model}/{layer}/tally.{k}.log",
+    threads: res("tally", "threads")
+    resources:
+        mem_mb=res("tally", "mem_mb"),
+        runtime=res("tally", "runtime"),
+        gpu=res("tally", "gpu"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {wildcards.layer}"
+        " --thresholds {input.thresholds} --out {output} --union {params.union} {params.categories}"
+        " --device {params.device} --batch-size {params.batch_size} --workers {params.workers} > {log} 2>&1"
+
+
+rule merge:
+    """Counts of the whole dataset: the shards' counts added up (exact integers)."""
+    input:
+        tallies=lambda wc: expand("results/{dataset}/{model}/{layer}/tally/{k}.npz", k=SHARDS, **wc),
+    output:
+        "results/{dataset}/{model}/{layer}/counts.npz",
+    log:
+        "logs/{dataset}/{model}/{layer}/merge.log",
+    threads: res("light", "threads")
+    resources:
+        mem_mb=res("light", "mem_mb"),
+        runtime=res("light", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect merge --inputs {input.tallies} --out {output} > {log} 2>&1"
+
+
+rule score:
+    """IoU of every unit with every label; the unit's label, detectors, unique detectors."""
+    input:
+        index=dataset_index,
+        counts="results/{dataset}/{model}/{layer}/counts.npz",
+    output:
+        result="results/{dataset}/{model}/{layer}/result.csv",
+        summary="results/{dataset}/{model}/{layer}/summary.json",
+    params:
+        dataset=dataset_option,
+        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        iou=DISSECT["iou_threshold"],
+    log:
+        "logs/{dataset}/{model}/{layer}/score.log",
+    threads: res("light", "threads")
+    resources:
+        mem_mb=res("light", "mem_mb"),
+        runtime=res("light", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect score --counts {input.counts} --dataset {params.dataset} --out {params.out}"
+        " --iou-threshold {params.iou} > {log} 2>&1"

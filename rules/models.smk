@@ -1,0 +1,95 @@
+# Models: the check of every model's layers (first, cheap), and its weights file models/{model}.pt(h).
+
+
+rule check_layers:
+    """The SPEC loads and has every configured layer: fails first, before any long job, with the
+    engine's message. Needs no weights, so it runs at the very start."""
+    output:
+        "results/checks/{model}.layers.ok",
+    params:
+        spec=lambda wc: model_entry(wc)["spec"],
+        layers=layers_option,
+    log:
+        "logs/checks/{model}.layers.log",
+    priority: 100
+    threads: res("light", "threads")
+    resources:
+        mem_mb=res("light", "mem_mb"),
+        runtime=res("light", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect layers --model {params.spec} --check {params.layers} > {output} 2> {log}"
+
+
+rule train_demo:
+    """The demo CNN (netdissect.demo:DemoNet) trained on a dataset of this config; deterministic."""
+    input:
+        index=lambda wc: os.path.join(dataset_dir(weights_entry(wc)["dataset"]), "index.csv"),
+        layers=ancient(layers_ok),
+    output:
+        "models/{model}.pt",
+    wildcard_constraints:
+        model=models_with_weights("train"),
+    params:
+        dataset=lambda wc: dataset_dir(weights_entry(wc)["dataset"]),
+        epochs=lambda wc: weights_entry(wc)["epochs"],
+        seed=lambda wc: weights_entry(wc)["seed"],
+    log:
+        "logs/models/{model}.train.log",
+    threads: res("train", "threads")
+    resources:
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
+        gpu=res("train", "gpu"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect train-demo --dataset {params.dataset} --out {output} --epochs {params.epochs}"
+        " --seed {params.seed} > {log} 2>&1"
+
+
+rule random_weights:
+    """A seeded random initialisation of the model, written once, so every shard sees one network."""
+    input:
+        layers=ancient(layers_ok),
+    output:
+        "models/{model}.pt",
+    wildcard_constraints:
+        model=models_with_weights("random"),
+    params:
+        spec=lambda wc: model_entry(wc)["spec"],
+        seed=lambda wc: weights_entry(wc)["seed"],
+    log:
+        "logs/models/{model}.random.log",
+    threads: res("light", "threads")
+    resources:
+        mem_mb=res("light", "mem_mb"),
+        runtime=res("light", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect random-weights --model {params.spec} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule download_weights:
+    """Published weights, fetched and checked against the configured sha256."""
+    input:
+        layers=ancient(layers_ok),
+    output:
+        "models/{model}.pth",
+    wildcard_constraints:
+        model=models_with_weights("download"),
+    params:
+        url=lambda wc: weights_entry(wc)["url"],
+        sha256=lambda wc: f"--sha256 {weights_entry(wc)['sha256']}" if weights_entry(wc)["sha256"] else "",
+    log:
+        "logs/models/{model}.fetch.log",
+    threads: 1
+    resources:
+        mem_mb=res("light", "mem_mb"),
+        runtime=res("dataset", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect fetch {params.url} --out {output} {params.sha256} --no-progress > {log} 2>&1"

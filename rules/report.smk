@@ -1,0 +1,49 @@
+# Reports: one HTML page per layer, and report_all: every model x layer side by side.
+
+
+rule report_layer:
+    """Per-layer report: headline, bar graph of detectors, top images of every unit."""
+    input:
+        index=dataset_index,
+        result="results/{dataset}/{model}/{layer}/result.csv",
+        counts="results/{dataset}/{model}/{layer}/counts.npz",
+        shards=all_shard_dirs,
+    output:
+        "results/{dataset}/{model}/{layer}/report/index.html",
+    params:
+        dataset=dataset_option,
+        layer_dir=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        out=lambda wc: f"{layer_dir(wc.dataset, wc.model, wc.layer)}/report",
+        topk=DISSECT["topk"],
+    log:
+        "logs/{dataset}/{model}/{layer}/report.log",
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect report --dataset {params.dataset} --layer-dir {params.layer_dir} --shards {input.shards}"
+        " --out {params.out} --topk {params.topk} > {log} 2>&1"
+
+
+rule report_summary:
+    """Unique detectors per category for every model x layer: table and stacked bars (the paper's figure)."""
+    input:
+        results=all_results(),
+        reports=all_layer_reports(),
+    output:
+        "results/report/index.html",
+    params:
+        layer_dirs=all_layer_dirs(),
+    log:
+        "logs/report_all.log",
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect report-all --layer-dirs {params.layer_dirs} --out results/report > {log} 2>&1"
