@@ -1,0 +1,105 @@
+"""Bar charts as SVG, laid out here and drawn by jinja2 templates (every label escaped).
+
+* :func:`label_bar_chart`: one bar per label with at least one detector unit, grouped and coloured by
+  category (spec/dissection.md §7).
+* :func:`stacked_bar_chart`: one bar per model × layer, stacked by category (the paper's figure of
+  unique detectors).
+
+Both return a standalone SVG document as a string; it can be inlined in HTML as is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from netdissect.report.templating import environment
+
+# Okabe–Ito-like colours, fixed for Broden's categories so every report uses the same ones.
+CATEGORY_COLORS = {
+    "object": "#0072b2", "scene": "#009e73", "part": "#e69f00", "material": "#cc79a7",
+    "texture": "#d55e00", "color": "#56b4e9",
+}
+_SPARE_COLORS = ("#7f7f7f", "#8c564b", "#bcbd22", "#17becf", "#9467bd", "#393b79")
+_CHAR_WIDTH = 6.4     # approximate width of one character of the 11 px labels
+
+
+def category_colors(categories: Sequence[str]) -> dict[str, str]:
+    """A colour per category: Broden's six get fixed colours, others take spare ones in order."""
+    colors, spare = {}, 0
+    for cat in categories:
+        if cat in CATEGORY_COLORS:
+            colors[cat] = CATEGORY_COLORS[cat]
+        else:
+            colors[cat] = _SPARE_COLORS[spare % len(_SPARE_COLORS)]
+            spare += 1
+    return colors
+
+
+def nice_ticks(top: float, count: int = 5) -> list[int]:
+    """Whole-number axis ticks 0..≥top with a 1/2/5·10^k step."""
+    if top <= 0:
+        return [0, 1]
+    raw = top / count
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw >= 1 else 1
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    return list(range(0, int(math.ceil(top / step)) * step + 1, int(step)))
+
+
+def label_bar_chart(bars: Sequence[tuple[str, str, int]], categories: Sequence[str], *,
+                    title: str = "Detector units per label") -> str:
+    """SVG of ``(category, label, count)`` bars, in the given order (see ``results.label_bars``)."""
+    colors = category_colors(categories)
+    bar, gap, group_gap, plot_h = 12, 4, 14, 150
+    left, top = 44, 58
+    longest = max((len(label) for _, label, _ in bars), default=0)
+    bottom = 16 + int(0.82 * min(longest, 40) * _CHAR_WIDTH)
+    ticks = nice_ticks(max((n for *_, n in bars), default=1))
+    scale = plot_h / ticks[-1]
+    items, groups, x, previous = [], [], left + 8, None
+    for cat, label, n in bars:
+        if previous is not None and cat != previous:
+            x = max(x + group_gap, groups[-1]["x_next"] + group_gap)
+        if cat != previous:
+            groups.append({"category": cat, "x0": x, "x1": x, "color": colors.get(cat, "#999")})
+        groups[-1]["x1"] = x + bar
+        groups[-1]["x_next"] = groups[-1]["x0"] + len(cat) * (_CHAR_WIDTH + 1.2) + 4   # room for the group name
+        items.append({"category": cat, "label": label, "count": n, "x": x, "y": top + plot_h - n * scale,
+                      "height": n * scale, "color": colors.get(cat, "#999"), "center": x + bar / 2})
+        x += bar + gap
+        previous = cat
+    width = max(x + 12, groups[-1]["x_next"] + 12 if groups else 0, 320)
+    return environment().get_template("label_bars.svg").render(
+        title=title, items=items, groups=groups, bar=bar, width=width, height=top + plot_h + bottom,
+        left=left, top=top, plot_h=plot_h, plot_right=x, ticks=[(t, top + plot_h - t * scale) for t in ticks],
+        empty=not bars)
+
+
+def stacked_bar_chart(bars: Sequence[tuple[str, Mapping[str, int]]], categories: Sequence[str], *,
+                      title: str, y_label: str = "unique detectors") -> str:
+    """SVG of one stacked bar per ``(name, {category: count})``, segments in category order."""
+    colors = category_colors(categories)
+    bar, gap, plot_h = 30, 14, 220
+    left, top = 56, 40 + 18 * math.ceil(len(categories) / 6)
+    longest = max((len(name) for name, _ in bars), default=0)
+    bottom = 16 + int(0.72 * min(longest, 48) * _CHAR_WIDTH)
+    totals = [sum(counts.get(c, 0) for c in categories) for _, counts in bars]
+    ticks = nice_ticks(max(totals, default=1))
+    scale = plot_h / ticks[-1]
+    columns, x = [], left + 10
+    for (name, counts), total in zip(bars, totals):
+        y, segments = top + plot_h, []
+        for cat in categories:
+            n = counts.get(cat, 0)
+            if n:
+                y -= n * scale
+                segments.append({"category": cat, "count": n, "y": y, "height": n * scale, "color": colors[cat]})
+        columns.append({"name": name, "total": total, "x": x, "center": x + bar / 2, "segments": segments,
+                        "top_y": y})
+        x += bar + gap
+    legend = [{"category": c, "color": colors[c], "x": left + (i % 6) * 110, "y": 30 + 18 * (i // 6)}
+              for i, c in enumerate(categories)]
+    return environment().get_template("stacked_bars.svg").render(
+        title=title, y_label=y_label, columns=columns, legend=legend, bar=bar, width=max(x + 16, 420),
+        height=top + plot_h + bottom, left=left, top=top, plot_h=plot_h, plot_right=x,
+        ticks=[(t, top + plot_h - t * scale) for t in ticks], empty=not bars)

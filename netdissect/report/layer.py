@@ -1,0 +1,123 @@
+"""The report of one layer: a self-contained folder (``index.html``, CSS, JS, SVG, JPEG strips).
+
+The folder works offline: no CDN, no request outside it. It is built in a temporary sibling folder and
+moved into place at the end, so an interrupted run never leaves a report that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from netdissect.errors import NetDissectError
+from netdissect.report.charts import category_colors, label_bar_chart
+from netdissect.report.results import count_detectors, detector_mask, iou_threshold_of, label_bars
+from netdissect.report.strips import LoadImage, MapsForRows, gather_maps, render_strips, top_rows
+from netdissect.report.templating import environment, static_file
+
+STATIC_FILES = ("report.css", "report.js")
+
+
+def headline(counts) -> str:
+    """'D of U units are detectors, covering K concepts with IoU ≥ t' (spec/dissection.md §7)."""
+    return (f"{counts.detectors} of {counts.units} units are detectors, covering {counts.unique_top} "
+            f"concept{'' if counts.unique_top == 1 else 's'} with IoU ≥ {counts.iou_threshold:g}")
+
+
+def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float) -> np.ndarray:
+    """Row positions in display order: detectors grouped by category (category order), each group by
+    score descending; then the other units by score descending; ties by unit number."""
+    detector = detector_mask(result, iou_threshold)
+    group = result["category"].map({c: i for i, c in enumerate(categories)}).fillna(len(categories)).to_numpy()
+    group = np.where(detector, group, len(categories) + 1)
+    return np.lexsort((result["unit"].to_numpy(), -result["score"].to_numpy(), group))
+
+
+def _cards(result: pd.DataFrame, categories: list[str], iou_threshold: float,
+           strips: dict[int, str], topk: int) -> list[dict[str, Any]]:
+    detector = detector_mask(result, iou_threshold)
+    cards = []
+    for rank, pos in enumerate(unit_order(result, categories, iou_threshold)):
+        row = result.iloc[pos]
+        unit = int(row["unit"])
+        per_category = [{"category": c, "label": row[f"{c}-label"], "iou": float(row[f"{c}-iou"]),
+                         "truth": int(row[f"{c}-truth"]), "activation": int(row[f"{c}-activation"]),
+                         "intersect": int(row[f"{c}-intersect"]),
+                         "best": c == row["category"] and row["label"] != ""} for c in categories]
+        cards.append({"unit": unit, "label": row["label"], "category": row["category"] if row["label"] else "",
+                      "score": float(row["score"]), "detector": bool(detector[pos]), "rank": rank,
+                      "strip": strips.get(unit), "per_category": per_category, "topk": topk})
+    return cards
+
+
+def _replace_dir(built: Path, out: Path) -> None:
+    """Move the finished folder ``built`` onto ``out`` (replacing an older report)."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(built, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def render_layer_report(out: str | Path, result: pd.DataFrame, categories: list[str], summary: Mapping[str, Any],
+                        thresholds: np.ndarray, imgmax: np.ndarray, maps_for_rows: MapsForRows,
+                        load_image: LoadImage, *, topk: int = 10, quality: int = 85, workers: int = 2,
+                        title: str | None = None) -> Path:
+    """Write the report of one layer into the folder ``out``; return the path of its ``index.html``.
+
+    ``result``/``categories`` come from :func:`netdissect.report.results.read_result_csv`; ``summary``
+    (summary.json) supplies model, layer, dataset and iou_threshold; ``thresholds`` (U,) and ``imgmax``
+    (N, U) are the layer's files; ``maps_for_rows(rows)`` returns activations (len(rows), U, H, W);
+    ``load_image(row)`` returns the dataset image uint8 (3, h, w).
+    """
+    out = Path(out)
+    units = len(result)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    imgmax = np.asarray(imgmax)
+    if thresholds.shape != (units,):
+        raise NetDissectError(f"thresholds.npy: expected shape ({units},), one threshold per unit of result.csv, "
+                              f"got {thresholds.shape}. Check that both files come from the same layer.")
+    if imgmax.ndim != 2 or imgmax.shape[1] != units or imgmax.shape[0] == 0:
+        raise NetDissectError(f"imgmax.npy: expected shape (images, {units}), one column per unit of result.csv, "
+                              f"got {imgmax.shape}. Check that both files come from the same layer.")
+    if topk < 1:
+        raise NetDissectError(f"--topk: expected a whole number ≥ 1, got {topk}.")
+    iou_threshold = iou_threshold_of(summary)
+    counts = count_detectors(result, categories, iou_threshold)
+    model = str(summary.get("model") or "")
+    layer = str(summary.get("layer") or "")
+    dataset = str(summary.get("dataset") or "")
+    if isinstance(summary.get("dataset"), Mapping):
+        dataset = str(summary["dataset"].get("name") or summary["dataset"].get("root") or "")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        top = top_rows(imgmax, topk)
+        maps = gather_maps(top, maps_for_rows)
+        names = render_strips(built / "strips", top, maps, thresholds, load_image, quality=quality, workers=workers)
+        strips = {u + 1: f"strips/{name}" for u, name in enumerate(names)}
+        chart = label_bar_chart(label_bars(result, categories, iou_threshold), categories)
+        (built / "detectors.svg").write_text(chart, encoding="utf-8")
+        for name in STATIC_FILES:
+            (built / name).write_bytes(static_file(name))
+        page = environment().get_template("layer.html").render(
+            title=title or " ".join(p for p in (model, layer) if p) or "Network dissection",
+            model=model, layer=layer, dataset=dataset, headline=headline(counts), counts=counts,
+            categories=categories, colors=category_colors(categories), chart=chart,
+            cards=_cards(result, categories, iou_threshold, strips, top.shape[1]), iou_threshold=iou_threshold,
+            settings={k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool))})
+        (built / "index.html").write_text(page, encoding="utf-8")
+        _replace_dir(built, out)
+    finally:
+        if built.exists():
+            shutil.rmtree(built, ignore_errors=True)
+    return out / "index.html"

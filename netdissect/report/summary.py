@@ -1,0 +1,97 @@
+"""The summary across models and layers (``report-all``): a table, a CSV and the paper's stacked bars.
+
+For every model × layer: units, detectors and unique detectors, overall and per category, under both
+definitions of spec/dissection.md §5 (``unique_top`` and ``unique_by_category``, the paper's figure).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from netdissect.io import atomic_write_text
+from netdissect.report.charts import category_colors, stacked_bar_chart
+from netdissect.report.results import LayerCounts
+from netdissect.report.templating import environment, static_file
+
+COUNT_KINDS = ("detectors", "unique_top", "unique_by_category")
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One row of the summary: where it comes from and its counts; ``report`` is the layer report's
+    index.html (None when there is none)."""
+
+    dataset: str
+    model: str
+    layer: str
+    counts: LayerCounts
+    report: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} {self.layer}".strip()
+
+
+def summary_categories(entries: Sequence[LayerEntry]) -> list[str]:
+    """Every category of any layer, in first-seen order (layers of one dataset share one order)."""
+    return list(dict.fromkeys(cat for e in entries for cat in e.counts.per_category))
+
+
+def summary_table(entries: Sequence[LayerEntry]) -> tuple[list[str], list[list[object]]]:
+    """Header and rows of ``summary.csv``: one row per model × layer."""
+    categories = summary_categories(entries)
+    header = ["dataset", "model", "layer", "units", "iou_threshold", *COUNT_KINDS,
+              *(f"{cat}-{kind}" for cat in categories for kind in COUNT_KINDS)]
+    rows = []
+    for e in entries:
+        c = e.counts
+        rows.append([e.dataset, e.model, e.layer, c.units, f"{c.iou_threshold:g}", c.detectors, c.unique_top,
+                     c.unique_by_category,
+                     *(c.per_category.get(cat, {}).get(kind, 0) for cat in categories for kind in COUNT_KINDS)])
+    return header, rows
+
+
+def summary_csv(entries: Sequence[LayerEntry]) -> str:
+    header, rows = summary_table(entries)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _chart(entries: Sequence[LayerEntry], categories: list[str], kind: str, title: str) -> str:
+    names = [e.name if len({x.dataset for x in entries}) <= 1 else f"{e.dataset} {e.name}" for e in entries]
+    bars = [(name, {cat: e.counts.per_category.get(cat, {}).get(kind, 0) for cat in categories})
+            for name, e in zip(names, entries)]
+    return stacked_bar_chart(bars, categories, title=title)
+
+
+def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Path:
+    """Write ``index.html``, ``summary.csv``, ``unique_by_category.svg``, ``unique_top.svg`` and the
+    stylesheet into ``out``; ``index.html`` is written last. Returns its path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    categories = summary_categories(entries)
+    charts = {
+        "unique_by_category": _chart(entries, categories, "unique_by_category",
+                                     "Unique detectors per category (unique_by_category, the paper's count)"),
+        "unique_top": _chart(entries, categories, "unique_top",
+                             "Unique detectors by top label (unique_top)"),
+    }
+    for kind, svg in charts.items():
+        atomic_write_text(out / f"{kind}.svg", svg)
+    atomic_write_text(out / "summary.csv", summary_csv(entries))
+    atomic_write_text(out / "report.css", static_file("report.css").decode("utf-8"))
+    rows = [{"entry": e, "link": Path(os.path.relpath(e.report, out)).as_posix() if e.report else None}
+            for e in entries]
+    page = environment().get_template("summary.html").render(
+        rows=rows, categories=categories, colors=category_colors(categories), charts=charts, kinds=COUNT_KINDS,
+        datasets=sorted({e.dataset for e in entries if e.dataset}))
+    atomic_write_text(out / "index.html", page)
+    return out / "index.html"
