@@ -1,0 +1,175 @@
+"""The stages as functions over files, shared by the per-stage commands and the one-shot ``dissect``.
+
+    extract  -> SHARD_DIR/{layer}.act.npy, .imgmax.npy, .topk.npy, meta.json
+    quantile -> LAYER_DIR/thresholds.npy, imgmax.npy, thresholds.json
+    tally    -> TALLY.npz (counts of one shard)
+    merge    -> COUNTS.npz (sum of the shards' counts)
+    score    -> LAYER_DIR/result.csv, summary.json
+
+``thresholds.json`` (beside thresholds.npy) records where the thresholds came from:
+``{"layer", "quantile" (null when read from a file), "thresholds_file" (null when computed), "units"}``;
+tally copies it into the counts' settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from netdissect.errors import NetDissectError
+from netdissect.io import save_json, save_npy
+
+log = logging.getLogger(__name__)
+
+
+def open_dataset(root: str | Path, categories: Sequence[str] | None = None, *, images: bool = True,
+                 labels: bool = True):
+    from netdissect.broden import BrodenDataset
+
+    ds = BrodenDataset(root, categories=list(categories) if categories else None,
+                       load_images=images, load_labels=labels)
+    if len(ds) == 0:
+        raise NetDissectError(f"{root}/index.csv has no rows: the dataset is empty, nothing to dissect")
+    return ds
+
+
+def extract(dataset: str | Path, model_spec: str, layers: Sequence[str], shard: int, shards: int,
+            out: str | Path, *, weights: str | None = None, mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None, batch_size: int = 32, workers: int = 0, device: str = "cpu",
+            dtype: str = "float32", quantile: float = 0.005, progress: bool = True) -> dict[str, Any]:
+    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`)."""
+    from netdissect.extract import extract_shard
+    from netdissect.models import load_model
+
+    model = load_model(model_spec, weights, mean, std)
+    ds = open_dataset(dataset, labels=False)
+    return extract_shard(ds, model, layers, shard, shards, out, batch_size=batch_size, workers=workers,
+                         device=device, dtype=dtype, quantile=quantile, progress=progress)
+
+
+def quantile(shard_dirs: Sequence[str | Path], layer: str, out: str | Path, *, q: float | None = None,
+             thresholds_file: str | Path | None = None) -> np.ndarray:
+    """Stage 2: merge the shards' candidates into exact thresholds (or read them from a file)."""
+    from netdissect.extract import layer_meta, load_meta, shard_dirs_of
+    from netdissect.quantile import load_thresholds, merge_candidates, thresholds_from_candidates, candidate_count
+
+    dirs = shard_dirs_of(shard_dirs)
+    metas = sorted(((load_meta(d), d) for d in dirs), key=lambda md: md[0]["start"])
+    first, first_dir = metas[0]
+    info = layer_meta(first, layer, first_dir)
+    expected = 0
+    for meta, d in metas:
+        other = layer_meta(meta, layer, d)
+        if (other["units"], other["height"], other["width"]) != (info["units"], info["height"], info["width"]) \
+                or meta["model"] != first["model"] or meta["weights_sha256"] != first["weights_sha256"]:
+            raise NetDissectError(f"{d}: layer {layer} or model differs from {first_dir}; all shards must come "
+                                  f"from one model")
+        if meta["start"] != expected:
+            raise NetDissectError(f"{d}: covers rows [{meta['start']}, {meta['stop']}) but rows must continue at "
+                                  f"{expected}; a shard is missing or given twice")
+        expected = meta["stop"]
+    if expected != first["num_images"]:
+        raise NetDissectError(f"the shards cover rows [0, {expected}) of {first['num_images']}; give every shard "
+                              f"(missing: from row {expected})")
+    if thresholds_file is not None:
+        thresholds = load_thresholds(thresholds_file, info["units"], layer)
+    else:
+        q = first["quantile"] if q is None else q
+        k = candidate_count(info["num_values"], q)
+        candidates = merge_candidates((np.load(Path(d) / f"{layer}.topk.npy") for _, d in metas), k)
+        thresholds = thresholds_from_candidates(candidates, info["num_values"], q)
+    imgmax = np.concatenate([np.load(Path(d) / f"{layer}.imgmax.npy") for _, d in metas], axis=0)
+    out = Path(out)
+    save_npy(out / "imgmax.npy", imgmax)
+    save_json(out / "thresholds.json", {"layer": layer, "quantile": None if thresholds_file else q,
+                                        "thresholds_file": str(thresholds_file) if thresholds_file else None,
+                                        "units": info["units"]})
+    save_npy(out / "thresholds.npy", thresholds)
+    return thresholds
+
+
+def tally(dataset: str | Path, shard_dir: str | Path, layer: str, thresholds_path: str | Path, out: str | Path,
+          *, union: str = "paper", categories: Sequence[str] | None = None, device: str = "cpu",
+          batch_size: int = 100, workers: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+    """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz)."""
+    from netdissect.extract import layer_meta, load_meta
+    from netdissect.quantile import load_thresholds
+    from netdissect.tally import save_counts, tally_shard
+
+    meta = load_meta(shard_dir)
+    info = layer_meta(meta, layer, shard_dir)
+    ds = open_dataset(dataset, categories, images=False)
+    if len(ds) != meta["num_images"] or ds.fingerprint() != meta["dataset_fingerprint"]:
+        raise NetDissectError(f"{shard_dir} was extracted from a different dataset ({meta['dataset']}, "
+                              f"{meta['num_images']} images) than {dataset} ({len(ds)} images); tally with the "
+                              f"dataset the activations came from")
+    thresholds = load_thresholds(thresholds_path, info["units"], layer)
+    imgmax = np.load(Path(shard_dir) / f"{layer}.imgmax.npy")
+    counts = tally_shard(ds, Path(shard_dir) / f"{layer}.act.npy", imgmax, thresholds, meta["start"], meta["stop"],
+                         union=union, batch_size=batch_size, workers=workers, device=device, progress=progress,
+                         layer=layer)
+    source_path = Path(thresholds_path).with_suffix(".json")
+    source = json.loads(source_path.read_text()) if source_path.is_file() else {}
+    settings = {"layer": layer, "quantile": source.get("quantile"),
+                "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
+                "union": union, "upsample": "bilinear", "categories": list(ds.categories),
+                "model": meta["model"], "weights": meta["weights"], "weights_sha256": meta["weights_sha256"],
+                "mean": meta["mean"], "std": meta["std"], "dtype": meta["dtype"], "dataset": str(dataset),
+                "dataset_fingerprint": meta["dataset_fingerprint"], "dataset_images": meta["num_images"]}
+    save_counts(out, counts, thresholds, imgmax, meta["start"], meta["stop"], settings)
+    return counts
+
+
+def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """Stage 4: sum shard counts into one counts file."""
+    from netdissect.tally import load_counts, merge_counts, save_counts
+
+    merged = merge_counts([load_counts(p) for p in inputs], [str(p) for p in inputs])
+    save_counts(out, merged, merged["thresholds"], merged["imgmax"], merged["start"], merged["stop"],
+                merged["settings"])
+    return merged
+
+
+def score(counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_threshold: float = 0.04
+          ) -> dict[str, Any]:
+    """Stage 5: result.csv and summary.json from a counts file."""
+    from netdissect.score import write_scores
+    from netdissect.tally import load_counts
+
+    counts = load_counts(counts_path)
+    ds = open_dataset(dataset, counts["settings"].get("categories"), images=False, labels=False)
+    if counts["settings"].get("dataset_fingerprint") not in (None, ds.fingerprint()):
+        raise NetDissectError(f"{counts_path} was counted on another dataset than {dataset} (fingerprints "
+                              f"differ); score with the dataset the counts came from")
+    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold)
+
+
+def dissect(dataset: str | Path, model_spec: str, layers: Sequence[str], out: str | Path, *,
+            weights: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+            q: float = 0.005, thresholds_file: str | None = None, union: str = "paper",
+            iou_threshold: float = 0.04, batch_size: int = 32, workers: int = 0, device: str = "cpu",
+            categories: Sequence[str] | None = None, dtype: str = "float32", progress: bool = True
+            ) -> dict[str, dict[str, Any]]:
+    """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy, imgmax.npy,
+    counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
+    if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
+        raise NetDissectError(f"--thresholds {thresholds_file}: several layers were given, so the file name must "
+                              f"contain {{layer}} (e.g. runs/old/{{layer}}/thresholds.npy)")
+    out = Path(out)
+    shard_dir = out / "shards" / "0"
+    extract(dataset, model_spec, layers, 0, 1, shard_dir, weights=weights, mean=mean, std=std,
+            batch_size=batch_size, workers=workers, device=device, dtype=dtype, quantile=q, progress=progress)
+    summaries = {}
+    for layer in layers:
+        layer_dir = out / layer
+        file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
+        quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
+        tally(dataset, shard_dir, layer, layer_dir / "thresholds.npy", layer_dir / "counts.npz", union=union,
+              categories=categories, device=device, batch_size=max(batch_size, 100), workers=workers,
+              progress=progress)
+        summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
+    return summaries

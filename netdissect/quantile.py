@@ -1,0 +1,147 @@
+"""Exact per-unit thresholds (spec §2), mergeable across shards with bounded memory.
+
+The threshold of unit u is ``numpy.quantile(values, 1 - q)`` over all ``n = N·H·W`` values of that
+unit in the whole dataset (linear interpolation between order statistics). numpy computes it as::
+
+    v  = (n - 1) * (1 - q)           # virtual index into the ascending order statistics
+    lo = floor(v);  gamma = v - lo
+    T  = lerp(sorted[lo], sorted[lo + 1], gamma)      (sorted[n - 1] when v >= n - 1)
+
+so T depends only on the ``k = n - lo`` LARGEST values of the unit (:func:`candidate_count`). Each
+shard keeps its top-k values per unit (k computed from the GLOBAL n, which extraction knows from the
+dataset length); the top-k of a union is the top-k of the shards' top-k's, so merging loses nothing
+and :func:`thresholds_from_candidates` reproduces numpy's result bit for bit (same float64 formula).
+
+Memory bound. ``k ≈ q·n + 1``. A shard's candidates file is (U, min(k, n_shard)) float32, e.g.
+ResNet-18 layer4 on Broden (63,305 images, 7×7, q = 0.005): k = 15,510, 512 units → 32 MB.
+While extracting, :class:`TopK` holds at most U·(2k + B·H·W) float32 values per layer (B = batch);
+merging holds two shards' candidates at once: U·2k. Big maps cost more (layer1, 56×56, 64 units:
+k ≈ 993,000 → 254 MB per shard file); pass ``--quantile`` to extract only as small as you need.
+
+Candidates files (``{layer}.topk.npy``) hold (U, k_shard) float32, each row sorted descending.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from netdissect.errors import NetDissectError
+
+
+def candidate_count(num_values: int, q: float) -> int:
+    """How many of the largest values per unit the level ``1 - q`` quantile needs (exact, numpy's formula)."""
+    if not 0.0 <= q < 1.0:
+        raise NetDissectError(f"--quantile {q}: expected a fraction 0 <= q < 1 (0.005 = top 0.5%)")
+    if num_values < 1:
+        raise NetDissectError("no activation values: the dataset is empty")
+    virtual = (num_values - 1) * (1.0 - q)
+    if virtual >= num_values - 1:
+        return 1
+    return num_values - math.floor(virtual)
+
+
+class TopK:
+    """Streaming top-k per unit: ``add`` (U, m) blocks, ``result`` gives (U, ≤k) sorted descending.
+
+    Blocks are buffered and reduced with one ``torch.topk`` whenever more than k values wait, so each
+    value is handled O(1) times on average and at most U·(2k + largest block) values are held.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.kept: torch.Tensor | None = None
+        self.pending: list[torch.Tensor] = []
+        self.pending_size = 0
+
+    def add(self, values: torch.Tensor) -> None:
+        self.pending.append(values)
+        self.pending_size += values.shape[1]
+        if self.pending_size > self.k:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        parts = ([self.kept] if self.kept is not None else []) + self.pending
+        allv = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        k = min(self.k, allv.shape[1])
+        self.kept = torch.topk(allv, k, dim=1, sorted=False).values if k < allv.shape[1] else allv
+        self.pending, self.pending_size = [], 0
+
+    def result(self) -> np.ndarray:
+        """(U, min(k, values seen)) float32, each row descending."""
+        if self.pending:
+            self._reduce()
+        if self.kept is None:
+            raise NetDissectError("no activation values were added: the shard is empty")
+        return torch.sort(self.kept, dim=1, descending=True).values.cpu().numpy().astype(np.float32, copy=False)
+
+
+def merge_candidates(parts: Iterable[np.ndarray], k: int) -> np.ndarray:
+    """Top-k per unit of several (U, k_i) candidate arrays: (U, min(k, Σk_i)), rows descending."""
+    merged: np.ndarray | None = None
+    for part in parts:
+        if merged is not None and part.shape[0] != merged.shape[0]:
+            raise NetDissectError(f"candidate arrays disagree on the number of units: {merged.shape[0]} vs "
+                                  f"{part.shape[0]}; were the shards extracted from the same model and layer?")
+        both = part if merged is None else np.concatenate([merged, part], axis=1)
+        kk = min(k, both.shape[1])
+        top = torch.topk(torch.from_numpy(np.ascontiguousarray(both)), kk, dim=1, sorted=True).values
+        merged = top.numpy()
+    if merged is None:
+        raise NetDissectError("no shards given to merge")
+    return merged
+
+
+def thresholds_from_candidates(candidates: np.ndarray, num_values: int, q: float) -> np.ndarray:
+    """Per-unit ``numpy.quantile(all values, 1 - q)`` from the top candidates (rows descending), float64."""
+    k = candidate_count(num_values, q)
+    if candidates.shape[1] < k:
+        raise NetDissectError(f"the shards kept {candidates.shape[1]} candidates per unit but the quantile "
+                              f"1 - {q} over {num_values} values needs {k}; re-run extract with --quantile {q} "
+                              f"(or a larger q)")
+    desc = candidates.astype(np.float64)
+    virtual = (num_values - 1) * (1.0 - q)
+    if virtual >= num_values - 1:
+        return desc[:, 0].copy()
+    lo = math.floor(virtual)
+    gamma = virtual - lo
+    a = desc[:, num_values - 1 - lo]      # ascending order statistic lo
+    b = desc[:, num_values - 2 - lo]      # ascending order statistic lo + 1
+    diff = b - a                           # numpy's _lerp, exactly
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+def load_thresholds(path: str | Path, units: int, layer: str) -> np.ndarray:
+    """Read a thresholds file (one number per unit, .npy) as float64 (U,), checking its length."""
+    try:
+        t = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise NetDissectError(f"--thresholds {path}: file not found") from None
+    except Exception as err:
+        raise NetDissectError(f"--thresholds {path}: not a .npy array ({err})") from None
+    t = np.asarray(t)
+    if t.ndim != 1 or t.shape[0] != units or not np.issubdtype(t.dtype, np.number):
+        raise NetDissectError(f"--thresholds {path}: expected {units} numbers (one per unit of layer {layer}), "
+                              f"found an array of shape {t.shape} and type {t.dtype}; give the thresholds.npy "
+                              f"of the same model and layer")
+    t = t.astype(np.float64)
+    if not np.isfinite(t).all():
+        raise NetDissectError(f"--thresholds {path}: unit {int(np.flatnonzero(~np.isfinite(t))[0])} has a "
+                              f"non-finite threshold; thresholds must be finite numbers")
+    return t
+
+
+def float32_below(thresholds: np.ndarray) -> np.ndarray:
+    """Largest float32 ≤ each float64 threshold: for float32 x, ``x > T`` ⇔ ``x > float32_below(T)``.
+
+    Lets masks be compared in float32 while keeping the float64 threshold's exact meaning.
+    """
+    t = np.asarray(thresholds, dtype=np.float64)
+    t32 = t.astype(np.float32)
+    above = t32.astype(np.float64) > t
+    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
+    return t32

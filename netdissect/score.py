@@ -1,0 +1,142 @@
+"""IoU, labels, detectors and unique-detector counts (spec §5); result.csv and summary.json (§6).
+
+Everything here is a function of the counts (G, I, C), so scores can be recomputed from a counts
+file without the model: ``netdissect score --counts counts.npz --dataset DIR --out LAYER_DIR``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from netdissect.errors import NetDissectError
+from netdissect.io import atomic_write_text, save_json
+
+IOU_EPS = 1e-10
+
+
+@dataclass
+class Scores:
+    """Per-unit results of one layer. U units, L labels, K categories."""
+
+    iou: np.ndarray          # (U, L) float64; 0 for labels without a primary category and label 0
+    best_label: np.ndarray   # (U, K) int64, best label of each category, 0 = empty
+    best_iou: np.ndarray     # (U, K) float64
+    category: np.ndarray     # (U,) int64, index of the unit's category
+    label: np.ndarray        # (U,) int64, the unit's label (0 = empty)
+    score: np.ndarray        # (U,) float64, IoU of that label
+    detector: np.ndarray     # (U,) bool, score >= iou_threshold
+    iou_threshold: float
+
+
+def iou(G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray) -> np.ndarray:
+    """IoU[u,l] = I / (C[u, primary(l)] + G[l] − I + 1e-10); 0 where l has no primary category or l = 0."""
+    scorable = primary >= 0
+    scorable[0] = False
+    cat = np.where(scorable, primary, 0)
+    union = C[:, cat].astype(np.float64) + G[None, :].astype(np.float64) - I + IOU_EPS
+    return np.where(scorable[None, :], I / union, 0.0)
+
+
+def score_units(G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray,
+                iou_threshold: float = 0.04) -> Scores:
+    """Labels, scores and detectors of every unit (spec §5)."""
+    primary = np.asarray(primary, dtype=np.int64)
+    num_categories = C.shape[1]
+    values = iou(G, I, C, primary)
+    in_cat = primary[None, :] == np.arange(num_categories)[:, None]              # (K, L)
+    per_cat = np.where(in_cat[None], values[:, None, :], -1.0)                   # (U, K, L)
+    best_label = per_cat.argmax(axis=2)                                          # ties: lowest label
+    best_iou = np.take_along_axis(values, best_label, axis=1) * (per_cat.max(axis=2) >= 0)
+    best_label = np.where(best_iou > 0, best_label, 0)
+    category = best_iou.argmax(axis=1)                                           # ties: earlier category
+    score = best_iou[np.arange(len(category)), category]
+    label = best_label[np.arange(len(category)), category]
+    return Scores(iou=values, best_label=best_label, best_iou=best_iou, category=category, label=label,
+                  score=score, detector=score >= iou_threshold, iou_threshold=iou_threshold)
+
+
+def unique_top(scores: Scores) -> int:
+    """Distinct labels among detectors' overall labels."""
+    return int(np.unique(scores.label[scores.detector & (scores.label > 0)]).size)
+
+
+def unique_by_category(scores: Scores) -> list[int]:
+    """Per category: distinct category-best labels among units whose category-best IoU > iou_threshold."""
+    counts = []
+    for c in range(scores.best_label.shape[1]):
+        chosen = scores.best_iou[:, c] > scores.iou_threshold
+        counts.append(int(np.unique(scores.best_label[chosen & (scores.best_label[:, c] > 0), c]).size))
+    return counts
+
+
+def result_csv(scores: Scores, G: np.ndarray, I: np.ndarray, C: np.ndarray, categories: Sequence[str],
+               label_names: Sequence[str]) -> str:
+    """result.csv text (spec §6): header, then one row per unit sorted by score descending (ties: unit)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    header = ["unit", "category", "label", "score"]
+    for cat in categories:
+        header += [f"{cat}-label", f"{cat}-truth", f"{cat}-activation", f"{cat}-intersect", f"{cat}-iou"]
+    writer.writerow(header)
+    order = np.argsort(-scores.score, kind="stable")
+    for u in order:
+        lab = int(scores.label[u])
+        row: list[Any] = [u + 1, categories[int(scores.category[u])], label_names[lab] if lab else "",
+                          repr(float(scores.score[u]))]
+        for c in range(len(categories)):
+            l = int(scores.best_label[u, c])
+            if l:
+                row += [label_names[l], int(G[l]), int(C[u, c]), int(I[u, l]), repr(float(scores.best_iou[u, c]))]
+            else:
+                row += ["", 0, int(C[u, c]), 0, repr(0.0)]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def summary(scores: Scores, categories: Sequence[str], label_names: Sequence[str],
+            settings: dict[str, Any], num_images: int) -> dict[str, Any]:
+    """summary.json content: units, detectors, both unique counts, per-category counts, settings."""
+    by_cat = unique_by_category(scores)
+    per_category = {}
+    for c, name in enumerate(categories):
+        det = scores.detector & (scores.category == c) & (scores.label > 0)
+        per_category[name] = {"detectors": int(det.sum()),
+                              "unique_top": int(np.unique(scores.label[det]).size),
+                              "unique_by_category": by_cat[c]}
+    return {
+        "layer": settings.get("layer"),
+        "units": int(scores.score.size),
+        "detectors": int(scores.detector.sum()),
+        "iou_threshold": scores.iou_threshold,
+        "unique_top": unique_top(scores),
+        "unique_by_category": int(sum(by_cat)),
+        "per_category": per_category,
+        "num_images": num_images,
+        "settings": settings,
+        "fingerprints": {"dataset": settings.get("dataset_fingerprint"), "model": settings.get("model"),
+                         "weights_sha256": settings.get("weights_sha256")},
+    }
+
+
+def write_scores(out_dir: str | Path, counts: dict[str, Any], categories: Sequence[str],
+                 label_names: Sequence[str], primary: np.ndarray, iou_threshold: float = 0.04) -> dict[str, Any]:
+    """Score a counts dict and write ``result.csv`` and ``summary.json`` into ``out_dir``; returns the summary."""
+    if not iou_threshold >= 0:
+        raise NetDissectError(f"--iou-threshold {iou_threshold}: expected a number >= 0")
+    G, I, C = counts["G"], counts["I"], counts["C"]
+    if len(label_names) != G.shape[0] or len(categories) != C.shape[1]:
+        raise NetDissectError(f"the counts have {G.shape[0]} labels and {C.shape[1]} categories, the dataset "
+                              f"{len(label_names)} labels and {len(categories)} categories; score with the "
+                              f"dataset (and --categories) the counts were made from")
+    scores = score_units(G, I, C, primary, iou_threshold)
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "result.csv", result_csv(scores, G, I, C, categories, label_names))
+    info = summary(scores, categories, label_names, counts["settings"], counts["stop"] - counts["start"])
+    save_json(out_dir / "summary.json", info)
+    return info
