@@ -1,0 +1,337 @@
+"""Merge source datasets into one Broden folder (spec: broden-sources.md §6; ``netdissect broden regenerate``).
+
+Two passes over the images, each parallel over images with a process pool (bounded memory: a worker
+holds one image at a time, the parent only small per-key counters and one index row per image):
+
+1. **Statistics** at source resolution: per key ``(source, category, local label)`` the number of
+   images having it and its summed pixel fraction (colour labels computed from the original JPEG).
+2. **Naming** (:mod:`.naming`), then filter and number with the Broden writer's
+   :func:`~netdissect.broden.writer.compute_tables`, giving an integer lookup array per
+   ``(source, category)`` from local to global label numbers.
+3. **Translate**: every image's JPEG resized to ``S×S`` (Pillow bilinear, no crop), every label layer
+   nearest-resized to ``S//2`` on a corner-aligned grid and remapped, written by
+   :func:`~netdissect.broden.writer.write_image`; then the tables, ``syns.txt``, ``README.txt`` and
+   ``index.csv`` (last).
+
+Everything is written into a temporary folder beside ``--out``, renamed to ``--out`` at the end.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+from PIL import Image
+
+from netdissect.broden import colors
+from netdissect.broden.sources import SOURCE_NAMES, adapter_class
+from netdissect.broden.sources.base import LabelData, Source, SourceImage
+from netdissect.broden.sources.naming import Key, Naming, name_keys
+from netdissect.broden.writer import IndexRow, compute_tables, tables_text, write_image, write_index
+from netdissect.errors import NetDissectError
+from netdissect.io import atomic_write_text
+
+COLOR = "color"
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure array functions
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source rows for a corner-aligned nearest resize: ``floor(i * (n_in - 1) / (n_out - 1) + 0.5)``."""
+    if n_out == 1:
+        return np.zeros(1, dtype=np.intp)
+    return np.floor(np.arange(n_out) * ((n_in - 1) / (n_out - 1)) + 0.5).astype(np.intp)
+
+
+def resize_labels(labels: np.ndarray, side: int) -> np.ndarray:
+    """Nearest-resize a ``H×W`` map or each layer of a ``k×H×W`` stack to ``side×side`` (spec §6.6)."""
+    rows = nearest_indices(labels.shape[-2], side)
+    cols = nearest_indices(labels.shape[-1], side)
+    return labels[..., rows[:, None], cols[None, :]]
+
+
+def remap(labels: np.ndarray, lookup: np.ndarray) -> np.ndarray:
+    """Local → global numbers through ``lookup``; values beyond the lookup become 0."""
+    labels = np.asarray(labels)
+    inside = labels < len(lookup)
+    return np.where(inside, lookup[np.where(inside, labels, 0)], 0).astype(np.int32)
+
+
+def label_shares(data: LabelData) -> dict[int, float]:
+    """One image's statistics in one category (spec §6.1): local label → coverage.
+
+    Maps and stacks: every nonzero value, its pixel count over all layers / (H·W). Image-level labels:
+    1.0 per listing (label 0 included, as in the original; it is named ``-`` and never kept).
+    """
+    if isinstance(data, np.ndarray) and data.ndim >= 2:
+        counts = np.bincount(data.ravel())
+        present = np.flatnonzero(counts)
+        present = present[present != 0]
+        area = data.shape[-1] * data.shape[-2]
+        return dict(zip(present.tolist(), (counts[present] / area).tolist()))
+    shares: dict[int, float] = defaultdict(float)
+    for label in np.atleast_1d(np.asarray(data, dtype=np.int64)).tolist():
+        shares[label] += 1.0
+    return dict(shares)
+
+
+def load_rgb(path: Path, source: str) -> np.ndarray:
+    """Decode an image to RGB uint8 (grayscale replicated, alpha dropped, no EXIF rotation)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise NetDissectError(f"{source}: image {path} is missing; fetch the source again") from None
+    except Exception as err:
+        raise NetDissectError(f"{source}: cannot decode image {path} ({err}); it is corrupt or truncated: "
+                              f"fetch it again") from None
+
+
+def resize_rgb(rgb: np.ndarray, side: int) -> np.ndarray:
+    """``side×side`` with Pillow's BILINEAR (antialiased when shrinking); no crop, aspect not kept."""
+    return np.asarray(Image.fromarray(rgb).resize((side, side), Image.BILINEAR))
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-image work, run in worker processes
+
+
+@dataclass
+class Job:
+    """What every worker needs; sent once per worker by the pool initializer."""
+
+    sources: dict[str, Source]
+    color_table: np.ndarray
+    out: Path | None = None                                   # translate pass only
+    size: int = 0
+    lookups: dict[tuple[str, str], np.ndarray] | None = None   # (source, category) -> local-to-global
+
+
+_JOB: Job | None = None
+
+
+def _init(job: Job) -> None:
+    global _JOB
+    _JOB = job
+
+
+def image_labels(job: Job, source: str, image: SourceImage) -> tuple[np.ndarray, dict[str, LabelData]]:
+    """Decode an image and gather its label data, colour included (computed at full resolution)."""
+    rgb = load_rgb(image.jpeg, source)
+    data = job.sources[source].labels(image)
+    data[COLOR] = colors.name_colors(rgb, job.color_table).astype(np.int32) + 1
+    return rgb, data
+
+
+def _statistics(task: tuple[str, SourceImage]) -> tuple[str, dict[tuple[str, int], float]]:
+    source, image = task
+    _, data = image_labels(_JOB, source, image)
+    return source, {(category, j): share for category, d in data.items() for j, share in label_shares(d).items()}
+
+
+def _translate(task: tuple[str, SourceImage]) -> IndexRow:
+    source, image = task
+    job = _JOB
+    rgb, data = image_labels(job, source, image)
+    side = job.size // 2
+    layers: dict[str, LabelData] = {}
+    for category, d in data.items():
+        lookup = job.lookups[(source, category)]
+        if isinstance(d, np.ndarray) and d.ndim >= 2:
+            layers[category] = remap(resize_labels(d, side), lookup)
+        elif isinstance(d, list) and not d:
+            layers[category] = []
+        else:    # image-level: skip source 0, keep a filtered label as 0 (original behaviour)
+            layers[category] = [int(lookup[j]) if j < len(lookup) else 0
+                                for j in np.atleast_1d(np.asarray(d, dtype=np.int64)).tolist() if j != 0]
+    return write_image(job.out, f"{source}/{image.stem}.jpg", resize_rgb(rgb, job.size), layers)
+
+
+def _map(func, tasks: list, job: Job, workers: int, desc: str, progress: bool) -> Iterator:
+    """``func`` over ``tasks`` in order, in ``workers`` processes (in this one when workers == 1)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="img", file=sys.stderr, disable=not progress)
+    try:
+        if workers <= 1:
+            _init(job)
+            for task in tasks:
+                yield func(task)
+                bar.update()
+            return
+        chunk = max(1, min(16, len(tasks) // (workers * 8)))
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_init, initargs=(job,)) as pool:
+            for result in pool.imap(func, tasks, chunksize=chunk):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole build
+
+
+def open_sources(paths: Mapping[str, str | os.PathLike]) -> dict[str, Source]:
+    """Adapters for the given ``source name -> folder``, in the fixed order ade20k, dtd, opensurfaces, pascal."""
+    unknown = set(paths) - set(SOURCE_NAMES)
+    if unknown:
+        raise NetDissectError(f"unknown source(s) {sorted(unknown)}; expected some of {list(SOURCE_NAMES)}")
+    if not paths:
+        raise NetDissectError("no source given: pass at least one of --ade20k, --pascal, --opensurfaces, --dtd")
+    return {name: adapter_class(name)(paths[name]) for name in SOURCE_NAMES if name in paths}
+
+
+def list_images(sources: Mapping[str, Source]) -> list[tuple[str, SourceImage]]:
+    """Every image of every source; a repeated stem within a source gets a counter (``foo``, ``foo2`` ...)."""
+    tasks = []
+    for name, source in sources.items():
+        seen: Counter[str] = Counter()
+        images = source.images()
+        if not images:
+            raise NetDissectError(f"{name}: no images found under {getattr(source, 'root', '?')}; "
+                                  f"is the folder laid out as the source ships it?")
+        for image in images:
+            seen[image.stem] += 1
+            if seen[image.stem] > 1:
+                image = SourceImage(f"{image.stem}{seen[image.stem]}", image.jpeg, image.key)
+            tasks.append((name, image))
+    return tasks
+
+
+def load_table(path: str | os.PathLike | None) -> tuple[np.ndarray, bool]:
+    """The colour table: the published one from ``path`` (verified), else the fallback rule's table."""
+    if path is None:
+        return np.ascontiguousarray(colors.fallback_table()), False
+    table = colors.load_color_table(path)
+    if not colors.is_original_table(table):
+        counts = np.bincount(table.ravel(), minlength=11)
+        found = ", ".join(f"{n} {c}" for n, c in zip(colors.COLOR_NAMES, counts))
+        raise NetDissectError(f"--color-table {path}: not the published colour-name table (sha256 of its "
+                              f"[r][g][b] bytes must be {colors.ORIGINAL_TABLE_SHA256}; cells per colour found: "
+                              f"{found}; expected black 194, blue 6071, brown 743, grey 293, green 9573, "
+                              f"orange 1698, pink 2748, purple 6749, red 1725, white 209, yellow 2765). "
+                              f"Rebuild it as broden-sources.md §5 says, or leave the option out to use the "
+                              f"approximate fallback rule")
+    return table, True
+
+
+def lookup_arrays(naming: Naming, numbers: Mapping[str, int]) -> dict[tuple[str, str], np.ndarray]:
+    """Per (source, category): an int32 array mapping local label numbers to global ones (0 = dropped)."""
+    top: dict[tuple[str, str], int] = defaultdict(int)
+    for source, category, j in naming.label:
+        top[(source, category)] = max(top[(source, category)], j)
+    arrays = {sc: np.zeros(n + 1, dtype=np.int32) for sc, n in top.items()}
+    for (source, category, j), name in naming.label.items():
+        arrays[(source, category)][j] = numbers.get(name, 0)
+    return arrays
+
+
+def syns_text(naming: Naming, freq: Mapping[Key, int], adapter_names: Mapping[Key, list[str]]) -> str:
+    """The debug list of merged names: per label name its keys with frequency and adapter names."""
+    keys_of: dict[str, list[Key]] = defaultdict(list)
+    for key, name in naming.label.items():
+        keys_of[name].append(key)
+    lines = []
+    for name in sorted(keys_of, key=lambda n: (-len(keys_of[n]), n)):
+        lines.append(f"name: {name}")
+        for s, c, j in sorted(keys_of[name]):
+            lines.append(f"{s}/{c}#{j}: {freq[(s, c, j)]}, ({';'.join(adapter_names[(s, c, j)])})")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def readme_text(folder: str, counts: Mapping[str, int], size: int, min_frequency: int, min_coverage: float,
+                original_colors: bool) -> str:
+    sources = "\n".join(f"  {name}: {n} images" for name, n in counts.items())
+    color_note = ("colour labels from the published colour-name table (van de Weijer et al. 2009)"
+                  if original_colors else
+                  "colour labels from the APPROXIMATE fallback rule (broden-sources.md §5), not the published "
+                  "table: this dataset is not Broden-identical in its colour labels")
+    return (f"{folder} joined segmentation data set\n\n"
+            f"Sources:\n{sources}\n"
+            f"Total: {sum(counts.values())} images\n\n"
+            f"Settings: size ({size}, {size}), segmentation size ({size // 2}, {size // 2}), no crop, "
+            f"splits train 0.7 / val 0.3 by md5 hash, min_frequency {min_frequency}, min_coverage {min_coverage}\n"
+            f"Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')} "
+            f"by netdissect broden regenerate.\n\n"
+            f"Labels were named, merged across sources and categories, filtered and numbered as described in "
+            f"broden-sources.md §6; {color_note}. syns.txt lists which source labels were merged.\n")
+
+
+def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os.PathLike], *,
+               min_frequency: int = 10, min_coverage: float = 0.5, workers: int | None = None,
+               color_table: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Build a Broden folder at ``out`` from ``sources`` (name → folder). Returns ``out``."""
+    out = Path(out)
+    if size < 2:
+        raise NetDissectError(f"--size {size}: expected an image side of at least 2 (224, 227 or 384)")
+    if min_frequency < 0 or min_coverage < 0:
+        raise NetDissectError("--min-frequency and --min-coverage must be >= 0")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NetDissectError(f"--out {out} already exists; remove it (or choose another folder) to regenerate")
+    workers = workers or os.cpu_count() or 1
+    table, original_colors = load_table(color_table)
+    adapters = open_sources(sources)
+    tasks = list_images(adapters)
+    job = Job(adapters, table)
+
+    # 1. statistics at source resolution
+    freq: Counter[Key] = Counter()
+    cov: dict[Key, float] = defaultdict(float)
+    counts: Counter[str] = Counter()
+    for source, shares in _map(_statistics, tasks, job, workers, "statistics", progress):
+        counts[source] += 1
+        for (category, j), share in shares.items():
+            freq[(source, category, j)] += 1
+            cov[(source, category, j)] += share
+
+    # 2. naming, filtering, numbering
+    def names_of(key: Key) -> list[str]:
+        source, category, j = key
+        if category == COLOR:
+            return [f"{colors.COLOR_NAMES[j - 1]}-c"] if j else []
+        return adapters[source].names(category, j)
+
+    adapter_names = {key: names_of(key) for key in freq}
+    naming = name_keys(freq, cov, adapter_names.__getitem__)
+    stats: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0])
+    for key, name in naming.label.items():
+        stats[(name, key[1])][0] += freq[key]
+        stats[(name, key[1])][1] += cov[key]
+    tables = compute_tables({k: (n, c) for k, (n, c) in stats.items()}, syns=naming.syns(),
+                            min_frequency=min_frequency, min_coverage=min_coverage)
+    if not tables.label_rows:
+        raise NetDissectError(f"no label passes --min-frequency {min_frequency} and --min-coverage {min_coverage}; "
+                              f"lower them or add images")
+
+    # 3. translate into a temporary folder, then rename
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        job = Job(adapters, table, tmp, size, lookup_arrays(naming, tables.numbers))
+        rows = list(_map(_translate, tasks, job, workers, f"translate {size}px", progress))
+        for name, text in tables_text(tables).items():
+            atomic_write_text(tmp / name, text)
+        atomic_write_text(tmp / "syns.txt", syns_text(naming, freq, adapter_names))
+        atomic_write_text(tmp / "README.txt", readme_text(out.name, counts, size, min_frequency, min_coverage,
+                                                          original_colors), newline="\r\n")
+        write_index(tmp, rows, tables.categories)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
