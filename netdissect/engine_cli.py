@@ -43,6 +43,8 @@ def register(sub, *groups) -> None:
     p = sub.add_parser("layers", help="list a model's layers and their output shapes")
     _model_options(p)
     p.add_argument("--size", type=int, default=224, help="image side of the dummy input (default 224)")
+    p.add_argument("--check", type=_names, metavar="L1,L2",
+                   help="only these layers: fail (exit 2) naming any the model lacks, else list them")
     p.set_defaults(func=_layers)
 
     p = sub.add_parser("extract", help="forward pass over one shard: activations, maxima, quantile candidates")
@@ -120,7 +122,7 @@ def _layers(args: argparse.Namespace) -> int:
 
     _setup(args)
     model = load_model(args.model, args.weights, args.mean, args.std)
-    for name, shape in layer_shapes(model, size=args.size).items():
+    for name, shape in layer_shapes(model, args.check, size=args.size).items():
         shape_text = "x".join(str(s) for s in shape) if isinstance(shape, tuple) else shape
         print(f"{name}\t{shape_text}")
     return 0
