@@ -77,6 +77,13 @@ def write_result_csv(path: Path, rows: list[dict], categories=CATEGORIES) -> Pat
     return path
 
 
+def smooth_image(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """A uint8 (3, size, size) picture of soft colour blobs: 3x3 random colours upsampled."""
+    coarse = torch.from_numpy(rng.random((1, 3, 3, 3)).astype(np.float32) * 255)
+    fine = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return fine[0].clamp(0, 255).round().to(torch.uint8)
+
+
 def make_layer(folder: Path, units: int = 24, images: int = 30, size: int = 32, map_size: int = 4,
                seed: int = 0) -> SyntheticLayer:
     """A synthetic layer in ``folder`` (result.csv written there); thresholds at the top 10%."""
@@ -86,7 +93,7 @@ def make_layer(folder: Path, units: int = 24, images: int = 30, size: int = 32, 
     acts = rng.random((images, units, map_size, map_size)).astype(np.float32)
     imgmax = acts.max(axis=(2, 3))
     thresholds = np.quantile(acts.transpose(1, 0, 2, 3).reshape(units, -1), 0.9, axis=1)
-    pictures = [torch.from_numpy(rng.integers(0, 256, (3, size, size), dtype=np.uint8)) for _ in range(images)]
+    pictures = [smooth_image(rng, size) for _ in range(images)]
     return SyntheticLayer(result_csv, acts, imgmax, thresholds, pictures)
 
 

@@ -80,7 +80,7 @@ def stacked_bar_chart(bars: Sequence[tuple[str, Mapping[str, int]]], categories:
     """SVG of one stacked bar per ``(name, {category: count})``, segments in category order."""
     colors = category_colors(categories)
     bar, gap, plot_h = 30, 14, 220
-    left, top = 56, 40 + 18 * math.ceil(len(categories) / 6)
+    left, top = 56, 44
     longest = max((len(name) for name, _ in bars), default=0)
     bottom = 16 + int(0.72 * min(longest, 48) * _CHAR_WIDTH)
     totals = [sum(counts.get(c, 0) for c in categories) for _, counts in bars]
@@ -97,9 +97,12 @@ def stacked_bar_chart(bars: Sequence[tuple[str, Mapping[str, int]]], categories:
         columns.append({"name": name, "total": total, "x": x, "center": x + bar / 2, "segments": segments,
                         "top_y": y})
         x += bar + gap
-    legend = [{"category": c, "color": colors[c], "x": left + (i % 6) * 110, "y": 30 + 18 * (i // 6)}
-              for i, c in enumerate(categories)]
+    # legend right of the plot, top to bottom in the order the segments stack (last category on top)
+    legend = [{"category": c, "color": colors[c], "x": x + 18, "y": top + 12 + 18 * i}
+              for i, c in enumerate(reversed(list(categories)))]
+    legend_width = 40 + max((len(c) for c in categories), default=0) * _CHAR_WIDTH
+    width = max(x + 18 + legend_width, left + len(title) * 7.6 + 10, 320)
     return environment().get_template("stacked_bars.svg").render(
-        title=title, y_label=y_label, columns=columns, legend=legend, bar=bar, width=max(x + 16, 420),
+        title=title, y_label=y_label, columns=columns, legend=legend, bar=bar, width=width,
         height=top + plot_h + bottom, left=left, top=top, plot_h=plot_h, plot_right=x,
         ticks=[(t, top + plot_h - t * scale) for t in ticks], empty=not bars)

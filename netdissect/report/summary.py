@@ -80,9 +80,9 @@ def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Pat
     categories = summary_categories(entries)
     charts = {
         "unique_by_category": _chart(entries, categories, "unique_by_category",
-                                     "Unique detectors per category (unique_by_category, the paper's count)"),
+                                     "Unique detectors (unique_by_category)"),
         "unique_top": _chart(entries, categories, "unique_top",
-                             "Unique detectors by top label (unique_top)"),
+                             "Unique detectors (unique_top)"),
     }
     for kind, svg in charts.items():
         atomic_write_text(out / f"{kind}.svg", svg)
