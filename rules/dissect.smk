@@ -35,7 +35,7 @@ rule extract:
         "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
         " --layers {params.layers} --shard {wildcards.k} --shards {params.shards} --out {output}"
         " --batch-size {params.batch_size} --workers {params.workers} --device {params.device}"
-        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} > {log} 2>&1"
+        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} --no-progress > {log} 2>&1"
 
 
 rule quantile:
@@ -89,7 +89,8 @@ rule tally:
     shell:
         "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {wildcards.layer}"
         " --thresholds {input.thresholds} --out {output} --union {params.union} {params.categories}"
-        " --device {params.device} --batch-size {params.batch_size} --workers {params.workers} > {log} 2>&1"
+        " --device {params.device} --batch-size {params.batch_size} --workers {params.workers} --no-progress"
+        " > {log} 2>&1"
 
 
 rule merge:
