@@ -116,6 +116,7 @@ class Job:
     out: Path | None = None                                   # translate pass only
     size: int = 0
     lookups: dict[tuple[str, str], np.ndarray] | None = None   # (source, category) -> local-to-global
+    categories: tuple[str, ...] = ()                          # the categories that kept some label
 
 
 _JOB: Job | None = None
@@ -147,6 +148,8 @@ def _translate(task: tuple[str, SourceImage]) -> IndexRow:
     side = job.size // 2
     layers: dict[str, LabelData] = {}
     for category, d in data.items():
+        if category not in job.categories:       # every label of this category was filtered out
+            continue
         lookup = job.lookups[(source, category)]
         if isinstance(d, np.ndarray) and d.ndim >= 2:
             layers[category] = remap(resize_labels(d, side), lookup)
@@ -171,7 +174,10 @@ def _map(func, tasks: list, job: Job, workers: int, desc: str, progress: bool) -
                 bar.update()
             return
         chunk = max(1, min(16, len(tasks) // (workers * 8)))
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=_init, initargs=(job,)) as pool:
+        # forkserver: safe with threads in the parent, and the server imports this module once per session.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        with context.Pool(workers, initializer=_init, initargs=(job,)) as pool:
             for result in pool.imap(func, tasks, chunksize=chunk):
                 yield result
                 bar.update()
@@ -320,7 +326,7 @@ def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        job = Job(adapters, table, tmp, size, lookup_arrays(naming, tables.numbers))
+        job = Job(adapters, table, tmp, size, lookup_arrays(naming, tables.numbers), tuple(tables.categories))
         rows = list(_map(_translate, tasks, job, workers, f"translate {size}px", progress))
         for name, text in tables_text(tables).items():
             atomic_write_text(tmp / name, text)
