@@ -61,7 +61,7 @@ def write_tiny_broden(root: Path, n_images: int = 12, seg: int = 8, scale: int =
     (root / "images" / "src").mkdir(parents=True, exist_ok=True)
     size = seg * scale
     if images is None:
-        images = rng.integers(0, 256, size=(n_images, size, size, 3), dtype=np.uint8)
+        images = np.random.default_rng(seed + 1000).integers(0, 256, size=(n_images, size, size, 3), dtype=np.uint8)
     rows, all_layers, all_image_labels = [], [], []
     for i in range(n_images):
         stem = f"img{i:03d}"

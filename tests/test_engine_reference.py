@@ -70,7 +70,8 @@ def test_dissect_equals_brute_force(tiny, tmp_path, union):
         assert np.array_equal(np.load(out / layer / "thresholds.npy"), ref["thresholds"])
         for key in ("G", "I", "C"):
             assert np.array_equal(counts[key], ref[key]), (layer, key)
-        assert counts["I"].sum() > 0
+        if layer != "0":              # (layer 0's isolated peaks average out when shrunk to 8x8)
+            assert counts["I"].sum() > 0 and counts["C"].sum() > 0
         assert np.array_equal(counts["imgmax"], acts.max(axis=(2, 3)))
         assert counts["settings"]["union"] == union
 
