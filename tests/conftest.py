@@ -155,3 +155,20 @@ def write_worked_example(root: Path) -> Path:
 def broden_example(tmp_path: Path) -> Path:
     """A fresh copy of the spec's §11 worked example (CRLF, hand-written)."""
     return write_worked_example(tmp_path / "worked")
+
+
+SYNTH_IMAGES = 60
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 60-image, 224-px synthetic dataset (seed 0), shared by the whole session: do not modify it.
+
+    36 scene images (objects, parts with up to two layers, materials, a scene), 12 material images,
+    12 texture images; about 65 labels in six categories.
+    """
+    from netdissect.broden.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "synth224"
+    synthesize(root, SYNTH_IMAGES, size=224, seed=0, workers=2)
+    return root

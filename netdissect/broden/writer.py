@@ -202,11 +202,21 @@ def write_image(out_dir: str | Path, image: str, rgb: np.ndarray, layers: Mappin
             (written as int items, zeros kept as the caller gave them). Global numbers throughout;
             an empty list or an empty stack gives an empty cell.
     """
+    rgb = np.asarray(rgb)
+    cells, shape = write_label_layers(out_dir, image, layers)
+    write_jpeg(Path(out_dir) / "images" / image, rgb)
+    sh, sw = shape if shape is not None else (rgb.shape[0] // 2, rgb.shape[1] // 2)
+    return IndexRow(image, rgb.shape[0], rgb.shape[1], sh, sw, cells)
+
+
+def write_label_layers(out_dir: str | Path, image: str,
+                       layers: Mapping[str, LayerData]) -> tuple[dict[str, list[int | str]], tuple[int, int] | None]:
+    """Write the label PNGs of one image (see :func:`write_image`); return its index cells by category
+    and the (sh, sw) of its maps (None if it has none)."""
     if not image.endswith(".jpg") or image.count("/") != 1:
         raise NetDissectError(f"image name {image!r}: expected '<source>/<stem>.jpg'")
     stem = image[:-len(".jpg")]                       # never an end-anchored regex (spec §12)
     images = Path(out_dir) / "images"
-    rgb = np.asarray(rgb)
     shape: tuple[int, int] | None = None
     cells: dict[str, list[int | str]] = {}
     for category, data in layers.items():
@@ -222,9 +232,7 @@ def write_image(out_dir: str | Path, image: str, rgb: np.ndarray, layers: Mappin
             cells[category] = list(names)
         else:
             cells[category] = [int(v) for v in np.asarray(data, dtype=np.int64).ravel()]
-    write_jpeg(images / image, rgb)
-    sh, sw = shape if shape is not None else (rgb.shape[0] // 2, rgb.shape[1] // 2)
-    return IndexRow(image, rgb.shape[0], rgb.shape[1], sh, sw, cells)
+    return cells, shape
 
 
 def index_text(rows: Iterable[IndexRow], categories: Sequence[str]) -> str:
