@@ -209,9 +209,11 @@ def read_tables(root: Path, problems: Problems, categories: Sequence[str] | None
 def read_index(path: Path, categories: list[str], problems: Problems) -> dict[str, Any]:
     """Parse index.csv for the given categories.
 
-    Returns dict(frame, images, sizes, layers, image_labels, pixel_categories, lines):
+    Returns dict(frame, header, images, sizes, layers, image_labels, pixel_categories, cells, lines):
     ``layers[i]`` lists row i's pixel layers (PNG paths, constant ints) in category order,
-    ``image_labels[i]`` its nonzero image-level labels, ``lines[i]`` its line number in the file.
+    ``image_labels[i]`` its nonzero image-level labels, ``cells[i]`` its items per category,
+    ``lines[i]`` its line number in the file. Every defect is reported; defective items are left out
+    and unreadable sizes are 0, so that the checker can go on with the rest of the row.
     """
     header, rows = _read_rows(path, INDEX_FIXED_COLUMNS + categories, problems)
     images: list[str] = []
@@ -220,38 +222,33 @@ def read_index(path: Path, categories: list[str], problems: Problems) -> dict[st
     lines: list[int] = []
     has_png = dict.fromkeys(categories, False)
     for line, row in rows:
-        bad = False
         image = row["image"]
         if not safe_relative_path(image):
             problems.add(path, f"expected a relative path under images/ such as ade20k/x.jpg, found {image!r}",
                          row=line, column="image")
-            bad = True
         if row["split"] not in ("train", "val"):
             problems.add(path, f"expected 'train' or 'val', found {row['split']!r}", row=line, column="split")
         for k, column in enumerate(("ih", "iw", "sh", "sw")):
             text = row[column]
             if not text.isdigit() or int(text) < 1:
                 problems.add(path, f"expected a positive integer, found {text!r}", row=line, column=column)
-                bad = True
             else:
-                sizes[len(images), k] = int(text)
+                sizes[len(images), k] = int(text)          # 0 stays where the size is unknown
         row_cells = []
         for category in categories:
-            items = parse_cell(row[category])
-            for item in items:
+            items = []
+            for item in parse_cell(row[category]):
                 if isinstance(item, str):
                     has_png[category] = True
                     if not safe_relative_path(item) or not item.endswith(".png"):
                         problems.add(path, f"item {item!r} is neither an integer label nor a relative path "
                                      f"to a .png under images/", row=line, column=category)
-                        bad = True
+                        continue                            # a defective item is left out
+                items.append(item)
             row_cells.append(items)
-        if bad:
-            continue
         images.append(image)
         cells.append(row_cells)
         lines.append(line)
-    sizes = sizes[:len(images)]
     pixel = [c for c in categories if has_png[c]]
     layers: list[list[Item]] = []
     image_labels: list[list[int]] = []
@@ -265,5 +262,5 @@ def read_index(path: Path, categories: list[str], problems: Problems) -> dict[st
         image_labels.append(row_image_labels)
     frame = pd.DataFrame([row for _, row in rows], columns=header).astype(
         {c: "int64" for c in ("ih", "iw", "sh", "sw")} if not len(problems) else {})
-    return {"frame": frame, "images": images, "sizes": sizes, "layers": layers, "image_labels": image_labels,
-            "pixel_categories": pixel, "lines": lines}
+    return {"frame": frame, "header": header, "images": images, "sizes": sizes, "layers": layers,
+            "image_labels": image_labels, "pixel_categories": pixel, "cells": cells, "lines": lines}

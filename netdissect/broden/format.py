@@ -78,6 +78,7 @@ class LabelRow:
     frequency: int
     coverage: float
     syns: list[str]
+    line: int = field(default=0, compare=False)        # line in the file (0: not read from a file)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class CategoryRow:
     last: int
     count: int
     frequency: int
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class CodeRow:
     name: str
     frequency: int
     coverage: float
+    line: int = field(default=0, compare=False)
 
 
 def _read_rows(path: Path, columns: list[str], problems: Problems,
@@ -181,7 +184,7 @@ def read_label_csv(path: Path, problems: Problems) -> list[LabelRow]:
             continue
         seen[number] = line
         syns = [s for s in row.get("syns", "").split(";") if s]
-        out.append(LabelRow(number, row["name"], categories, frequency, coverage, syns))
+        out.append(LabelRow(number, row["name"], categories, frequency, coverage, syns, line))
     return out
 
 
@@ -203,7 +206,7 @@ def read_category_csv(path: Path, problems: Problems) -> list[CategoryRow]:
         names.add(name)
         if None in values:
             continue
-        out.append(CategoryRow(name, *values))  # type: ignore[arg-type]
+        out.append(CategoryRow(name, *values, line=line))  # type: ignore[arg-type, misc]
     return out
 
 
@@ -218,7 +221,7 @@ def read_code_csv(path: Path, problems: Problems) -> list[CodeRow]:
         coverage = _float(row.get("coverage", "0") or "0", path, line, "coverage", problems)
         if None in (code, number, frequency, coverage):
             continue
-        out.append(CodeRow(code, number, row.get("name", ""), frequency, coverage))  # type: ignore[arg-type]
+        out.append(CodeRow(code, number, row.get("name", ""), frequency, coverage, line))  # type: ignore[arg-type]
     return out
 
 
