@@ -11,7 +11,8 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+# The default config lives beside this file, whatever the working directory (--directory).
+configfile: Path(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml")
