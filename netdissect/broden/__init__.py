@@ -9,7 +9,21 @@ Format: ``spec/broden-format.md``. Public API (docs/interfaces.md):
   renders a procedural dataset (``netdissect synth``).
 """
 
-from netdissect.broden.dataset import BrodenDataset
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netdissect.broden.dataset import BrodenDataset
+
+
+def __getattr__(name: str):
+    # BrodenDataset imports torch (seconds): load it on first use, so that writer-only users
+    # (regeneration workers) start fast.
+    if name == "BrodenDataset":
+        from netdissect.broden.dataset import BrodenDataset
+        return BrodenDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 from netdissect.broden.writer import (
     BrodenImage, BrodenTables, IndexRow, compute_tables, image_statistics, write_broden, write_image, write_index,
     write_tables)
