@@ -15,7 +15,8 @@ from netdissect.broden import colors
 from netdissect.broden.format import decode_label_png, split_hash
 from netdissect.broden.sources.fixtures import (MINI_PART2IND, AdeImage, PascalImage, PascalObject, write_ade20k,
                                                 write_dtd, write_opensurfaces, write_pascal)
-from netdissect.broden.sources.merge import label_shares, nearest_indices, regenerate, resize_labels
+from netdissect.broden.sources.merge import (color_labels, color_lut, label_shares, load_layers, nearest_indices,
+                                            regenerate, resize_labels, save_layers)
 from netdissect.broden.sources.naming import clean_names, name_keys, rewrite_synonyms
 from netdissect.cli import main
 from netdissect.errors import NetDissectError
@@ -97,6 +98,24 @@ def test_label_shares():
     assert label_shares([3, 5]) == {3: 1.0, 5: 1.0}
     assert label_shares(0) == {0: 1.0}
     assert label_shares([]) == {}
+
+
+def test_flat_colour_lookup_equals_the_colour_module():
+    rgb = np.random.default_rng(1).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
+    table = colors.fallback_table()
+    np.testing.assert_array_equal(color_labels(rgb, color_lut(table)), colors.name_colors(rgb, table) + 1)
+    other = np.random.default_rng(2).integers(0, 11, size=(32, 32, 32), dtype=np.uint8)
+    np.testing.assert_array_equal(color_labels(rgb, color_lut(other)), colors.name_colors(rgb, other) + 1)
+
+
+def test_layers_survive_between_passes(tmp_path):
+    layers = {"object": np.array([[0, 6000], [3, 1]]), "part": np.zeros((2, 2, 2), int), "scene": 4,
+              "texture": [3, 1], "none": []}
+    save_layers(tmp_path / "0.npz", layers)
+    back = load_layers(tmp_path / "0.npz")
+    np.testing.assert_array_equal(back["object"], layers["object"])
+    assert back["part"].shape == (2, 2, 2)
+    assert (back["scene"], back["texture"], back["none"]) == ([4], [3, 1], [])
 
 
 # ---------------------------------------------------------------------------------------------------

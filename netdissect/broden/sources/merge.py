@@ -36,7 +36,7 @@ from netdissect.broden import colors
 from netdissect.broden.sources import SOURCE_NAMES, adapter_class
 from netdissect.broden.sources.base import LabelData, Source, SourceImage
 from netdissect.broden.sources.naming import Key, Naming, name_keys
-from netdissect.broden.writer import IndexRow, compute_tables, tables_text, write_image, write_index
+from netdissect.broden.writer import IndexRow, compute_tables, tables_text, write_index, write_jpeg, write_label_layers
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_write_text
 
@@ -103,6 +103,42 @@ def resize_rgb(rgb: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((side, side), Image.BILINEAR))
 
 
+def color_labels(rgb: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Local colour labels (1..11) per pixel: ``lut[(R>>3)·1024 + (G>>3)·32 + (B>>3)]``.
+
+    ``lut`` is a colour table ``T`` flattened in C order, plus 1 (see :func:`color_lut`); one flat
+    lookup is several times faster than indexing ``T`` with three arrays.
+    """
+    bins = (rgb >> 3).astype(np.uint16)
+    return lut[(bins[..., 0] << 10) | (bins[..., 1] << 5) | bins[..., 2]]
+
+
+def color_lut(table: np.ndarray) -> np.ndarray:
+    """A (32, 32, 32) colour table as the flat int32 lookup of :func:`color_labels` (values 1..11)."""
+    return np.ascontiguousarray(table, dtype=np.int32).reshape(-1) + 1
+
+
+def save_layers(path: Path, layers: Mapping[str, LabelData]) -> None:
+    """Keep one image's resized local label data until the translate pass (compressed .npz).
+
+    Maps and stacks are stored under ``map:<category>``, image-level labels under ``ids:<category>``.
+    """
+    arrays = {}
+    for category, data in layers.items():
+        if isinstance(data, np.ndarray) and data.ndim >= 2:
+            arrays[f"map:{category}"] = data.astype(np.uint16 if data.max(initial=0) < 65536 else np.int32)
+        else:
+            arrays[f"ids:{category}"] = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    np.savez_compressed(path, **arrays)
+
+
+def load_layers(path: Path) -> dict[str, LabelData]:
+    """Inverse of :func:`save_layers` (image-level labels come back as lists)."""
+    with np.load(path) as npz:
+        return {key.split(":", 1)[1]: (npz[key].astype(np.int32) if key.startswith("map:") else npz[key].tolist())
+                for key in npz.files}
+
+
 # --------------------------------------------------------------------------------------------------
 # Per-image work, run in worker processes
 
@@ -112,14 +148,16 @@ class Job:
     """What every worker needs; sent once per worker by the pool initializer."""
 
     sources: dict[str, Source]
-    color_table: np.ndarray
-    out: Path | None = None                                   # translate pass only
-    size: int = 0
-    lookups: dict[tuple[str, str], np.ndarray] | None = None   # (source, category) -> local-to-global
-    categories: tuple[str, ...] = ()                          # the categories that kept some label
+    lut: np.ndarray                                           # colour lookup (color_lut)
+    out: Path                                                 # the dataset folder being built
+    work: Path                                                # per-image data between the passes
+    size: int
+    lookups: dict[tuple[str, str], np.ndarray] | None = None   # translate: (source, category) -> local-to-global
+    categories: tuple[str, ...] = ()                          # translate: categories that kept some label
 
 
 _JOB: Job | None = None
+Task = tuple[int, str, SourceImage]          # (image number, source name, image)
 
 
 def _init(job: Job) -> None:
@@ -131,34 +169,42 @@ def image_labels(job: Job, source: str, image: SourceImage) -> tuple[np.ndarray,
     """Decode an image and gather its label data, colour included (computed at full resolution)."""
     rgb = load_rgb(image.jpeg, source)
     data = job.sources[source].labels(image)
-    data[COLOR] = colors.name_colors(rgb, job.color_table).astype(np.int32) + 1
+    data[COLOR] = color_labels(rgb, job.lut)
     return rgb, data
 
 
-def _statistics(task: tuple[str, SourceImage]) -> tuple[str, dict[tuple[str, int], float]]:
-    source, image = task
-    _, data = image_labels(_JOB, source, image)
-    return source, {(category, j): share for category, d in data.items() for j, share in label_shares(d).items()}
-
-
-def _translate(task: tuple[str, SourceImage]) -> IndexRow:
-    source, image = task
+def _convert(task: Task) -> tuple[str, dict[tuple[str, int], float]]:
+    """Pass 1: statistics at source resolution; write the resized JPEG; keep the resized local labels."""
+    number, source, image = task
     job = _JOB
     rgb, data = image_labels(job, source, image)
-    side = job.size // 2
+    shares = {(category, j): share for category, d in data.items() for j, share in label_shares(d).items()}
+    write_jpeg(job.out / "images" / source / f"{image.stem}.jpg", resize_rgb(rgb, job.size))
+    save_layers(job.work / f"{number}.npz",
+                {category: resize_labels(d, job.size // 2) if isinstance(d, np.ndarray) and d.ndim >= 2 else d
+                 for category, d in data.items()})
+    return source, shares
+
+
+def _translate(task: Task) -> IndexRow:
+    """Pass 2: remap the kept local labels to global numbers and write the label PNGs."""
+    number, source, image = task
+    job = _JOB
+    work = job.work / f"{number}.npz"
     layers: dict[str, LabelData] = {}
-    for category, d in data.items():
+    for category, d in load_layers(work).items():
         if category not in job.categories:       # every label of this category was filtered out
             continue
         lookup = job.lookups[(source, category)]
-        if isinstance(d, np.ndarray) and d.ndim >= 2:
-            layers[category] = remap(resize_labels(d, side), lookup)
-        elif isinstance(d, list) and not d:
-            layers[category] = []
+        if isinstance(d, np.ndarray):
+            layers[category] = remap(d, lookup)
         else:    # image-level: skip source 0, keep a filtered label as 0 (original behaviour)
-            layers[category] = [int(lookup[j]) if j < len(lookup) else 0
-                                for j in np.atleast_1d(np.asarray(d, dtype=np.int64)).tolist() if j != 0]
-    return write_image(job.out, f"{source}/{image.stem}.jpg", resize_rgb(rgb, job.size), layers)
+            layers[category] = [int(lookup[j]) if j < len(lookup) else 0 for j in d if j != 0]
+    name = f"{source}/{image.stem}.jpg"
+    cells, _ = write_label_layers(job.out, name, layers)
+    work.unlink()
+    side = job.size // 2
+    return IndexRow(name, job.size, job.size, side, side, cells)
 
 
 def _map(func, tasks: list, job: Job, workers: int, desc: str, progress: bool) -> Iterator:
@@ -199,9 +245,9 @@ def open_sources(paths: Mapping[str, str | os.PathLike]) -> dict[str, Source]:
     return {name: adapter_class(name)(paths[name]) for name in SOURCE_NAMES if name in paths}
 
 
-def list_images(sources: Mapping[str, Source]) -> list[tuple[str, SourceImage]]:
-    """Every image of every source; a repeated stem within a source gets a counter (``foo``, ``foo2`` ...)."""
-    tasks = []
+def list_images(sources: Mapping[str, Source]) -> list[Task]:
+    """Every image of every source, numbered; a repeated stem within a source gets a counter (``foo2`` ...)."""
+    tasks: list[Task] = []
     for name, source in sources.items():
         seen: Counter[str] = Counter()
         images = source.images()
@@ -212,7 +258,7 @@ def list_images(sources: Mapping[str, Source]) -> list[tuple[str, SourceImage]]:
             seen[image.stem] += 1
             if seen[image.stem] > 1:
                 image = SourceImage(f"{image.stem}{seen[image.stem]}", image.jpeg, image.key)
-            tasks.append((name, image))
+            tasks.append((len(tasks), name, image))
     return tasks
 
 
@@ -291,43 +337,36 @@ def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os
     table, original_colors = load_table(color_table)
     adapters = open_sources(sources)
     tasks = list_images(adapters)
-    job = Job(adapters, table)
-
-    # 1. statistics at source resolution
-    freq: Counter[Key] = Counter()
-    cov: dict[Key, float] = defaultdict(float)
-    counts: Counter[str] = Counter()
-    for source, shares in _map(_statistics, tasks, job, workers, "statistics", progress):
-        counts[source] += 1
-        for (category, j), share in shares.items():
-            freq[(source, category, j)] += 1
-            cov[(source, category, j)] += share
-
-    # 2. naming, filtering, numbering
-    def names_of(key: Key) -> list[str]:
-        source, category, j = key
-        if category == COLOR:
-            return [f"{colors.COLOR_NAMES[j - 1]}-c"] if j else []
-        return adapters[source].names(category, j)
-
-    adapter_names = {key: names_of(key) for key in freq}
-    naming = name_keys(freq, cov, adapter_names.__getitem__)
-    stats: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0])
-    for key, name in naming.label.items():
-        stats[(name, key[1])][0] += freq[key]
-        stats[(name, key[1])][1] += cov[key]
-    tables = compute_tables({k: (n, c) for k, (n, c) in stats.items()}, syns=naming.syns(),
-                            min_frequency=min_frequency, min_coverage=min_coverage)
-    if not tables.label_rows:
-        raise NetDissectError(f"no label passes --min-frequency {min_frequency} and --min-coverage {min_coverage}; "
-                              f"lower them or add images")
-
-    # 3. translate into a temporary folder, then rename
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        job = Job(adapters, table, tmp, size, lookup_arrays(naming, tables.numbers), tuple(tables.categories))
-        rows = list(_map(_translate, tasks, job, workers, f"translate {size}px", progress))
+        job = Job(adapters, color_lut(table), out=tmp, work=tmp / ".work", size=size)
+        job.work.mkdir()
+
+        # 1. statistics at source resolution; resized JPEGs; resized local labels kept in .work
+        freq: Counter[Key] = Counter()
+        cov: dict[Key, float] = defaultdict(float)
+        counts: Counter[str] = Counter()
+        for source, shares in _map(_convert, tasks, job, workers, "convert", progress):
+            counts[source] += 1
+            for (category, j), share in shares.items():
+                freq[(source, category, j)] += 1
+                cov[(source, category, j)] += share
+
+        # 2. naming, filtering, numbering
+        adapter_names = {key: key_names(adapters, key) for key in freq}
+        naming = name_keys(freq, cov, adapter_names.__getitem__)
+        tables = compute_tables(label_statistics(naming, freq, cov), syns=naming.syns(),
+                                min_frequency=min_frequency, min_coverage=min_coverage)
+        if not tables.label_rows:
+            raise NetDissectError(f"no label passes --min-frequency {min_frequency} and --min-coverage "
+                                  f"{min_coverage}; lower them or add images")
+
+        # 3. global label PNGs, tables, index.csv last; then the folder gets its name
+        job.lookups = lookup_arrays(naming, tables.numbers)
+        job.categories = tuple(tables.categories)
+        rows = list(_map(_translate, tasks, job, workers, "translate", progress))
+        job.work.rmdir()
         for name, text in tables_text(tables).items():
             atomic_write_text(tmp / name, text)
         atomic_write_text(tmp / "syns.txt", syns_text(naming, freq, adapter_names))
@@ -341,3 +380,21 @@ def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def key_names(adapters: Mapping[str, Source], key: Key) -> list[str]:
+    """The adapter's names of a key; colour keys are named ``<colour>-c``."""
+    source, category, j = key
+    if category == COLOR:
+        return [f"{colors.COLOR_NAMES[j - 1]}-c"] if j else []
+    return adapters[source].names(category, j)
+
+
+def label_statistics(naming: Naming, freq: Mapping[Key, int], cov: Mapping[Key, float]
+                     ) -> dict[tuple[str, str], tuple[int, float]]:
+    """(label name, category) -> (n, c): the keys' statistics summed per chosen name (writer input)."""
+    stats: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0])
+    for key, name in naming.label.items():
+        stats[(name, key[1])][0] += freq[key]
+        stats[(name, key[1])][1] += cov[key]
+    return {k: (n, c) for k, (n, c) in stats.items()}
