@@ -6,7 +6,9 @@ rule report_layer:
     input:
         index=dataset_index,
         result="results/{dataset}/{model}/{layer}/result.csv",
-        counts="results/{dataset}/{model}/{layer}/counts.npz",
+        summary="results/{dataset}/{model}/{layer}/summary.json",
+        thresholds="results/{dataset}/{model}/{layer}/thresholds.npy",
+        imgmax="results/{dataset}/{model}/{layer}/imgmax.npy",
         shards=all_shard_dirs,
     output:
         "results/{dataset}/{model}/{layer}/report/index.html",
@@ -24,14 +26,15 @@ rule report_layer:
     conda:
         "../envs/netdissect.yaml"
     shell:
-        "netdissect report --dataset {params.dataset} --layer-dir {params.layer_dir} --shards {input.shards}"
-        " --out {params.out} --topk {params.topk} > {log} 2>&1"
+        "netdissect report --dataset {params.dataset} --layer-dir {params.layer_dir} --layer {wildcards.layer}"
+        " --shards {input.shards} --out {params.out} --topk {params.topk} > {log} 2>&1"
 
 
 rule report_summary:
     """Unique detectors per category for every model x layer: table and stacked bars (the paper's figure)."""
     input:
         results=all_results(),
+        summaries=[f"{d}/summary.json" for d in all_layer_dirs()],
         reports=all_layer_reports(),
     output:
         "results/report/index.html",
