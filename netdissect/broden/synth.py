@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import io
 import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -44,7 +44,7 @@ from netdissect.broden.colors import COLOR_NAMES, name_colors
 from netdissect.broden.writer import (
     BrodenTables, IndexRow, compute_tables, write_index, write_jpeg, write_label_layers, write_tables)
 from netdissect.errors import NetDissectError
-from netdissect.io import atomic_path, atomic_write_text
+from netdissect.io import atomic_write_text
 
 SIZES = (224, 227, 384)
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -637,15 +637,14 @@ def image_statistics(item: SynthImage) -> dict[tuple[str, str], float]:
 
 # ---------------------------------------------------------------------------------------------
 # The dataset: two parallel passes over the rows.
-#   1. render each image, write its JPEG, keep its reduced label maps (local ids) in a work folder,
-#      return its statistics;      -> number the labels (compute_tables)
+#   1. render each image, write its JPEG, return its statistics and its reduced label maps (local
+#      ids, zip-compressed: a few kB per image)      -> number the labels (compute_tables)
 #   2. remap each image's maps to global numbers and write its PNGs.
 
 
 @dataclass(frozen=True)
 class _Job:
     out_dir: Path
-    work_dir: Path
     seed: int
     size: int
     color_table: np.ndarray | None
@@ -660,28 +659,29 @@ def _init_worker(job: _Job) -> None:
     _JOB = job
 
 
-def _render_task(i: int) -> tuple[dict[tuple[str, str], float], dict[str, list[str]]]:
-    """Pass 1 for row i: JPEG, reduced local maps (work folder); returns statistics and image-level labels."""
+def _render_task(i: int) -> tuple[dict[tuple[str, str], float], dict[str, list[str]], bytes]:
+    """Pass 1 for row i: writes the JPEG; returns statistics, image-level labels and reduced local maps (.npz bytes)."""
     job = _JOB
     assert job is not None
     item = render_image(i, job.seed, job.size, job.color_table)
     write_jpeg(job.out_dir / "images" / item.image, item.rgb)
-    with atomic_path(job.work_dir / f"{i}.npz") as tmp:
-        np.savez(tmp, **{c: reduce_map(m, job.size // 2) for c, m in item.maps.items() if m.size})
-    return image_statistics(item), item.image_labels
+    maps = io.BytesIO()
+    np.savez_compressed(maps, **{c: reduce_map(m, job.size // 2) for c, m in item.maps.items() if m.size})
+    return image_statistics(item), item.image_labels, maps.getvalue()
 
 
-def _label_task(i: int) -> dict[str, list[int | str]]:
+def _label_task(task: tuple[int, bytes]) -> dict[str, list[int | str]]:
     """Pass 2 for row i: the label PNGs in global numbers; returns their index cells."""
     job = _JOB
     assert job is not None and job.to_global is not None
-    with np.load(job.work_dir / f"{i}.npz") as maps:
+    i, data = task
+    with np.load(io.BytesIO(data)) as maps:
         layers = {category: job.to_global[maps[category]] for category in maps.files}
     cells, _ = write_label_layers(job.out_dir, image_name(i), layers)
     return cells
 
 
-def _map(task: Callable[[int], object], job: _Job, rows: range, workers: int) -> Iterator[object]:
+def _map(task: Callable[[Any], Any], job: _Job, rows: Iterable[Any], workers: int) -> Iterator[Any]:
     """``task`` over ``rows`` in order, in ``workers`` processes (inline for 1)."""
     if workers <= 1:
         _init_worker(job)
@@ -709,14 +709,14 @@ def synthesize(out_dir: str | Path, images: int, size: int = 224, seed: int = 0,
     workers = workers if workers is not None else len(os.sched_getaffinity(0))
     workers = max(1, min(workers, images))
     rows = range(images)
-    work_dir = out_dir / ".synth-work"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    job = _Job(out_dir, work_dir, seed, size, color_table)
+    job = _Job(out_dir, seed, size, color_table)
 
     stats: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
     image_labels: list[dict[str, list[str]]] = []
-    for shares, labels in _map(_render_task, job, rows, workers):          # type: ignore[misc]
+    maps: list[bytes] = []
+    for shares, labels, reduced in _map(_render_task, job, rows, workers):
         image_labels.append(labels)
+        maps.append(reduced)
         for key, coverage in shares.items():
             stats[key][0] += 1
             stats[key][1] += coverage
@@ -724,14 +724,13 @@ def synthesize(out_dir: str | Path, images: int, size: int = 224, seed: int = 0,
     to_global = np.zeros(len(VOCABULARY) + 1, dtype=np.int32)
     for name, number in tables.numbers.items():
         to_global[ID[name]] = number
-    job = _Job(out_dir, work_dir, seed, size, color_table, to_global)
+    job = _Job(out_dir, seed, size, color_table, to_global)
     side = size // 2
     index_rows = []
-    for i, cells in enumerate(_map(_label_task, job, rows, workers)):
+    for i, cells in enumerate(_map(_label_task, job, zip(rows, maps), workers)):
         for category, names in image_labels[i].items():
-            cells[category] = [tables.number(name) for name in names]     # type: ignore[index]
-        index_rows.append(IndexRow(image_name(i), size, size, side, side, cells))   # type: ignore[arg-type]
-    shutil.rmtree(work_dir)
+            cells[category] = [tables.number(name) for name in names]
+        index_rows.append(IndexRow(image_name(i), size, size, side, side, cells))
 
     write_tables(out_dir, tables)
     atomic_write_text(out_dir / "README.txt", _readme(out_dir, images, size, seed, color_table is not None),
