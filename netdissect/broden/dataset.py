@@ -138,7 +138,7 @@ class BrodenDataset(torch.utils.data.Dataset):
             out["image"] = torch.stack(images) if same else images
         for key in ("pixel_labels", "image_labels"):
             if batch and key in batch[0]:
-                out[key] = [item[key] for item in batch]
+                out[key] = _views_of_one_storage([item[key] for item in batch])
         return out
 
     def loader(self, batch_size: int, workers: int = 0, start: int = 0,
@@ -171,6 +171,17 @@ class BrodenDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"BrodenDataset({str(self.root)!r}, {len(self)} images, {self.num_labels - 1} labels, "
                 f"categories={self.categories})")
+
+
+def _views_of_one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same tensors as views into one new storage, so that a batch leaves a worker process as
+    one shared-memory block instead of one per tensor."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    views, start = [], 0
+    for t in tensors:
+        views.append(flat[start:start + t.numel()].view(t.shape))
+        start += t.numel()
+    return views
 
 
 def _single_thread_worker(_: int) -> None:
