@@ -218,7 +218,7 @@ def _metal(c: Canvas, ys, xs, y, x, tint):
     top, height = ys.start, max(ys.stop - ys.start, 1)
     t = (y - top) / height
     highlight = np.exp(-((t - 0.3) / 0.08) ** 2) * 0.5
-    return _shade(tint, 0.75 + 0.25 * (1 - t) + highlight + 0.0 * x)
+    return _shade(tint, 0.75 + 0.25 * (1 - t) + highlight)
 
 
 def _glass(c: Canvas, ys, xs, y, x, tint):
@@ -228,7 +228,7 @@ def _glass(c: Canvas, ys, xs, y, x, tint):
 
 def _foliage(c: Canvas, ys, xs, y, x, tint):
     blotch = c.noise(40)[ys, xs]
-    return _shade(tint, 0.45 + 0.9 * blotch * blotch + 0.0 * x)
+    return _shade(tint, 0.45 + 0.9 * blotch * blotch)
 
 
 def _stone(c: Canvas, ys, xs, y, x, tint):
@@ -242,7 +242,7 @@ def _rubber(c: Canvas, ys, xs, y, x, tint):
 
 def _sky(c: Canvas, ys, xs, y, x, tint):
     clouds = np.clip((c.noise(5)[ys, xs] - 0.55) * 4, 0, 1)[..., None]
-    blue = tint * (0.8 + 0.25 * y / c.size)[..., None] + 0.0 * x[..., None]
+    blue = tint * (0.8 + 0.25 * y / c.size)[..., None]
     return blue * (1 - clouds) + 245 * clouds
 
 
@@ -268,7 +268,7 @@ def _sand(c: Canvas, ys, xs, y, x, tint):
 
 
 def _plain(c: Canvas, ys, xs, y, x, tint):
-    return _shade(tint, 0.93 + 0.07 * c.noise(5)[ys, xs] + 0.0 * x)
+    return _shade(tint, 0.93 + 0.07 * c.noise(5)[ys, xs])
 
 
 MATERIAL_PATTERNS: dict[str, PatternFn] = {
@@ -474,7 +474,7 @@ def render_scene(c: Canvas) -> str:
         c.paint(band, kind.band, SURFACE_TINT[kind.band])
         c.label(c.object, band, kind.band)
 
-    placed = []                             # (bottom y, name, x, w, h)
+    placed = []                             # (depth key, name, x, w, h, top y); windows first
     for name, low, high in kind.objects:
         for _ in range(int(rng.integers(low, high + 1))):
             aspect, (h_lo, h_hi) = OBJECT_SHAPES[name][1:]
