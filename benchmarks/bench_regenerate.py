@@ -23,18 +23,22 @@ import time
 from pathlib import Path
 
 
-def tree_memory_kib(root_pid: int) -> tuple[int, int]:
+def tree_memory_kib(root_pid: int, cpu_ticks: dict[int, int]) -> tuple[int, int]:
     """(sum of Pss, sum of Rss) in KiB over ``root_pid`` and all its descendants (Linux /proc).
 
     Pss splits pages shared between processes (forked workers) among them, so its sum is the tree's
-    real footprint; the Rss sum counts shared pages once per process.
+    real footprint; the Rss sum counts shared pages once per process. Also records each process's
+    latest user+system CPU ticks in ``cpu_ticks``.
     """
     parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = int(fields[1])
+                ticks[int(entry)] = int(fields[11]) + int(fields[12])
             except (OSError, IndexError, ValueError):
                 pass
     tree, frontier = {root_pid}, [root_pid]
@@ -45,6 +49,7 @@ def tree_memory_kib(root_pid: int) -> tuple[int, int]:
         frontier.extend(children)
     pss = rss = 0
     for pid in tree:
+        cpu_ticks[pid] = max(cpu_ticks.get(pid, 0), ticks.get(pid, 0))
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
@@ -57,9 +62,10 @@ def tree_memory_kib(root_pid: int) -> tuple[int, int]:
     return pss, rss
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int, int]:
-    """Run ``cmd``; return (wall seconds, peak Pss sum, peak Rss sum of its process tree, in KiB)."""
+def run_measured(cmd: list[str]) -> tuple[float, float, int, int]:
+    """Run ``cmd``; return (wall seconds, CPU seconds of the process tree, peak Pss sum, peak Rss sum in KiB)."""
     peak_pss = peak_rss = 0
+    cpu_ticks: dict[int, int] = {}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd)
     done = threading.Event()
@@ -67,7 +73,7 @@ def run_measured(cmd: list[str]) -> tuple[float, int, int]:
     def sample() -> None:
         nonlocal peak_pss, peak_rss
         while not done.is_set():
-            pss, rss = tree_memory_kib(proc.pid)
+            pss, rss = tree_memory_kib(proc.pid, cpu_ticks)
             peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
             done.wait(0.05)
 
@@ -79,7 +85,7 @@ def run_measured(cmd: list[str]) -> tuple[float, int, int]:
     sampler.join()
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} exited with {code}")
-    return wall, peak_pss, peak_rss
+    return wall, sum(cpu_ticks.values()) / os.sysconf("SC_CLK_TCK"), peak_pss, peak_rss
 
 
 def main() -> None:
@@ -111,11 +117,12 @@ def main() -> None:
             out = scratch / f"out{k}"
             cmd = [sys.executable, "-m", "netdissect", "broden", "regenerate", "--out", str(out), "--size",
                    str(args.size), "--ade20k", str(fixture), "--workers", str(args.workers), "--no-progress"]
-            wall, pss, rss = run_measured(cmd)
-            print(f"run {k + 1}: {args.images} images -> {args.size}px in {wall:.1f} s = "
-                  f"{args.images / wall:.1f} images/s; peak memory of the process tree: PSS {pss / 1024:.0f} MiB "
-                  f"(RSS sum {rss / 1024:.0f} MiB); "
-                  f"load average after: {os.getloadavg()[0]:.2f}")
+            wall, cpu, pss, rss = run_measured(cmd)
+            print(f"run {k + 1}: {args.images} images -> {args.size}px in {wall:.1f} s = {args.images / wall:.1f} "
+                  f"images/s (wall); CPU {cpu:.1f} s = {1000 * cpu / args.images:.1f} ms/image, i.e. "
+                  f"{2 * args.images / cpu:.0f} images/s if 2 cores were free; peak memory of the process tree: "
+                  f"PSS {pss / 1024:.0f} MiB (RSS sum {rss / 1024:.0f} MiB); load average after: "
+                  f"{os.getloadavg()[0]:.2f}")
             shutil.rmtree(out)
     finally:
         shutil.rmtree(scratch)
