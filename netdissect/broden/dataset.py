@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from netdissect.broden.format import (
-    INDEX_FIXED_COLUMNS, CategoryRow, CodeRow, LabelRow, Problems, _read_rows, decode_label_png, parse_cell,
+    INDEX_FIXED_COLUMNS, CategoryRow, CodeRow, LabelRow, Problems, read_csv_rows, decode_label_png, parse_cell,
     primary_categories, read_category_csv, read_code_csv, read_label_csv)
 from netdissect.errors import NetDissectError
 
@@ -226,7 +226,7 @@ def read_index(path: Path, categories: list[str], problems: Problems) -> dict[st
     ``lines[i]`` its line number in the file. Every defect is reported; defective items are left out
     and unreadable sizes are 0, so that the checker can go on with the rest of the row.
     """
-    header, rows = _read_rows(path, INDEX_FIXED_COLUMNS + categories, problems)
+    header, rows = read_csv_rows(path, INDEX_FIXED_COLUMNS + categories, problems)
     images: list[str] = []
     sizes = np.zeros((len(rows), 4), dtype=np.int64)
     cells: list[list[list[Item]]] = []

@@ -105,7 +105,7 @@ class CodeRow:
     line: int = field(default=0, compare=False)
 
 
-def _read_rows(path: Path, columns: list[str], problems: Problems,
+def read_csv_rows(path: Path, columns: list[str], problems: Problems,
                required: list[str] | None = None) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Read a CSV file (CRLF or LF) into (header, [(line number, row dict)]).
 
@@ -163,7 +163,7 @@ def _float(text: str, path: Path, line: int, column: str, problems: Problems) ->
 
 def read_label_csv(path: Path, problems: Problems) -> list[LabelRow]:
     """Parse ``label.csv`` (spec §5). Rows with a defect are reported and left out."""
-    _, rows = _read_rows(path, LABEL_COLUMNS, problems, required=["number", "name"])
+    _, rows = read_csv_rows(path, LABEL_COLUMNS, problems, required=["number", "name"])
     out: list[LabelRow] = []
     seen: dict[int, int] = {}
     for line, row in rows:
@@ -190,7 +190,7 @@ def read_label_csv(path: Path, problems: Problems) -> list[LabelRow]:
 
 def read_category_csv(path: Path, problems: Problems) -> list[CategoryRow]:
     """Parse ``category.csv`` (spec §6); the returned order is the category order everywhere."""
-    _, rows = _read_rows(path, CATEGORY_COLUMNS, problems, required=["name"])
+    _, rows = read_csv_rows(path, CATEGORY_COLUMNS, problems, required=["name"])
     out: list[CategoryRow] = []
     names: set[str] = set()
     for line, row in rows:
@@ -212,7 +212,7 @@ def read_category_csv(path: Path, problems: Problems) -> list[CategoryRow]:
 
 def read_code_csv(path: Path, problems: Problems) -> list[CodeRow]:
     """Parse ``c_<category>.csv`` (spec §7)."""
-    _, rows = _read_rows(path, CODE_COLUMNS, problems, required=["code", "number"])
+    _, rows = read_csv_rows(path, CODE_COLUMNS, problems, required=["code", "number"])
     out: list[CodeRow] = []
     for line, row in rows:
         code = _int(row["code"], path, line, "code", problems, minimum=1)
