@@ -212,8 +212,15 @@ def as_maps(output: torch.Tensor, layer: str) -> torch.Tensor:
 
 def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int, shards: int,
                   out_dir: str | Path, *, batch_size: int = 32, workers: int = 0, device: str = "cpu",
-                  dtype: str = "float32", quantile: float = 0.005, progress: bool = True) -> dict[str, Any]:
-    """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content."""
+                  dtype: str = "float32", quantile: float = 0.005, progress: bool = True,
+                  timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
+
+    ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
+    whole batch loop: decoding, forward, writing, candidates).
+    """
+    import time
+
     from tqdm import tqdm
 
     if dtype not in DTYPES:
@@ -254,12 +261,17 @@ def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int
                 imgmax[layer] = np.empty((stop - start, info["units"]), dtype=np.float32)
             loader = ds.loader(batch_size, workers, start, stop)
             bar = tqdm(total=stop - start, desc=f"extract shard {shard}", unit="img", disable=not progress)
+            forward_s, loop_start = 0.0, time.perf_counter()
             for batch in iterate_batches(loader):
                 images = batch["image"]
                 if not isinstance(images, torch.Tensor):
                     raise NetDissectError(f"{ds.root}: rows {batch['i'][0].item() + 2}.. have images of different "
                                           f"sizes; dissection needs one image size")
+                tic = time.perf_counter()
                 outputs = run(model.normalise(images.to(device)))
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                forward_s += time.perf_counter() - tic
                 rows = batch["i"]
                 for layer in layers:
                     maps = as_maps(outputs[layer], layer).to(torch.float32)
@@ -271,6 +283,8 @@ def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int
                     topks[layer].add(stored.permute(1, 0, 2, 3).reshape(stored.shape[1], -1))
                 bar.update(len(rows))
             bar.close()
+            if timings is not None:
+                timings.update(forward_s=forward_s, loop_s=time.perf_counter() - loop_start)
             for layer in layers:
                 writers[layer].close()
                 save_npy(out_dir / f"{layer}.imgmax.npy", imgmax[layer])

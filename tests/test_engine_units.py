@@ -107,3 +107,30 @@ def test_score_rules_ties_and_unique_counts():
     assert s.best_label.tolist() == [[1, 0], [0, 3], [0, 0]]
     assert unique_top(s) == 2 and unique_by_category(s) == [1, 1]
     assert s.score[0] == 5 / (10 + 10 - 5 + 1e-10)
+
+
+@pytest.mark.parametrize("h,w,sh,sw", [(7, 7, 112, 112), (7, 7, 113, 113), (3, 5, 12, 7), (16, 16, 8, 8),
+                                       (1, 1, 4, 4), (4, 4, 4, 4)])
+def test_masked_pixels_equal_bilinear_everywhere(h, w, sh, sw):
+    """Cell-by-cell masks equal the masks of the fully upsampled maps, thresholds at corner values too."""
+    from netdissect.tally import masked_pixels
+    from tests.test_engine_helpers import bilinear
+
+    rng = np.random.default_rng(h * 100 + sh)
+    maps = rng.standard_normal((12, h, w)).astype(np.float32)
+    maps[:3] = np.round(maps[:3])                                  # plateaus: equal corners
+    thresholds = np.quantile(maps.reshape(12, -1).astype(np.float64), 0.8, axis=1)
+    thresholds[3:6] = maps[3:6, 0, 0]                              # a threshold equal to a corner value
+    thresholds[6] = -10.0                                          # everything inside
+    thresholds[7] = 10.0                                           # nothing inside
+    pair, pix = masked_pixels(torch.from_numpy(maps), torch.from_numpy(thresholds), sh, sw)
+    got = np.zeros((12, sh * sw), bool)
+    got[pair.numpy(), pix.numpy()] = True
+    assert pair.numel() == got.sum()                               # no pixel listed twice
+    expected = np.stack([(bilinear(m.astype(np.float64), sh, sw) > t).ravel() for m, t in zip(maps, thresholds)])
+    assert np.array_equal(got, expected)
+    # and they agree with torch's float32 F.interpolate except where a value ties the threshold
+    up = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(sh, sw), mode="bilinear",
+                                         align_corners=False).reshape(12, -1).double().numpy()
+    close = np.abs(up - thresholds[:, None]) <= 1e-6 * np.maximum(1, np.abs(up))
+    assert np.array_equal((up > thresholds[:, None])[~close], expected[~close])
