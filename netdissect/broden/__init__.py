@@ -12,14 +12,16 @@ Format: ``spec/broden-format.md``. Public API (docs/interfaces.md):
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from netdissect.broden.dataset import BrodenDataset
+    from netdissect.broden.check import check_broden
+from netdissect.broden.dataset import BrodenDataset
 
 
 def __getattr__(name: str):
     # BrodenDataset imports torch (seconds): load it on first use, so that writer-only users
     # (regeneration workers) start fast.
     if name == "BrodenDataset":
-        from netdissect.broden.dataset import BrodenDataset
+        from netdissect.broden.check import check_broden
+from netdissect.broden.dataset import BrodenDataset
         return BrodenDataset
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -28,5 +30,5 @@ from netdissect.broden.writer import (
     BrodenImage, BrodenTables, IndexRow, compute_tables, image_statistics, write_broden, write_image, write_index,
     write_tables)
 
-__all__ = ["BrodenDataset", "BrodenImage", "BrodenTables", "IndexRow", "compute_tables", "image_statistics",
+__all__ = ["BrodenDataset", "check_broden", "BrodenImage", "BrodenTables", "IndexRow", "compute_tables", "image_statistics",
            "write_broden", "write_image", "write_index", "write_tables"]
