@@ -9,26 +9,28 @@ Format: ``spec/broden-format.md``. Public API (docs/interfaces.md):
   renders a procedural dataset (``netdissect synth``).
 """
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from netdissect.broden.check import check_broden
-from netdissect.broden.dataset import BrodenDataset
-
-
-def __getattr__(name: str):
-    # BrodenDataset imports torch (seconds): load it on first use, so that writer-only users
-    # (regeneration workers) start fast.
-    if name == "BrodenDataset":
-        from netdissect.broden.check import check_broden
-from netdissect.broden.dataset import BrodenDataset
-        return BrodenDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from typing import TYPE_CHECKING, Any
 
 from netdissect.broden.writer import (
     BrodenImage, BrodenTables, IndexRow, compute_tables, image_statistics, write_broden, write_image, write_index,
     write_tables)
 
-__all__ = ["BrodenDataset", "check_broden", "BrodenImage", "BrodenTables", "IndexRow", "compute_tables", "image_statistics",
-           "write_broden", "write_image", "write_index", "write_tables"]
+if TYPE_CHECKING:
+    from netdissect.broden.check import check_broden
+    from netdissect.broden.dataset import BrodenDataset
+
+
+def __getattr__(name: str) -> Any:
+    # The reader and the checker import torch (seconds): load them on first use, so that
+    # writer-only users (regeneration workers) start fast.
+    if name == "BrodenDataset":
+        from netdissect.broden.dataset import BrodenDataset
+        return BrodenDataset
+    if name == "check_broden":
+        from netdissect.broden.check import check_broden
+        return check_broden
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BrodenDataset", "check_broden", "BrodenImage", "BrodenTables", "IndexRow", "compute_tables",
+           "image_statistics", "write_broden", "write_image", "write_index", "write_tables"]
