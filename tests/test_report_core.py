@@ -18,7 +18,8 @@ from netdissect.errors import NetDissectError
 from netdissect.report import (count_detectors, headline, label_bars, parse_result, read_result_csv,
                                render_layer_report, render_summary_report, top_rows)
 from netdissect.report.layer import unit_order
-from netdissect.report.strips import TILE_GAP, assemble_strip, gather_maps, load_images, unit_tiles
+from netdissect.report.strips import (TILE_GAP, below_float32, compose_strip, gather_maps, load_images, strip_image,
+                                      unit_masks)
 from netdissect.report.summary import LayerEntry, summary_csv
 from tests.test_report_data import CATEGORIES, XSS_LABEL, make_layer
 
@@ -46,6 +47,14 @@ def bilinear_reference(m: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 def top_rows_reference(imgmax: np.ndarray, k: int) -> np.ndarray:
     return np.array([sorted(range(len(col)), key=lambda i: (-col[i], i))[:k] for col in imgmax.T])
+
+
+def unit_strip(layer, top: np.ndarray, maps: np.ndarray, unit: int) -> np.ndarray:
+    """The (3, h, w) strip of one unit, made by the library's functions before JPEG encoding."""
+    images = load_images(np.unique(top), layer.load_image)
+    sizes = np.array([[images[r][0].shape[1:] for r in row] for row in top])
+    masks = unit_masks(top, maps, layer.thresholds, sizes)[unit]
+    return compose_strip([images[r][0] for r in top[unit]], [images[r][1] for r in top[unit]], masks)
 
 
 # ---------------------------------------------------------------- top images
@@ -90,8 +99,7 @@ def test_strip_pixels_equal_image_times_mask_brute_force(tmp_path: Path) -> None
     k, unit = 4, 2
     top = top_rows(layer.imgmax, k)
     maps = gather_maps(top, layer.maps_for_rows)
-    images = load_images(np.unique(top), layer.load_image)
-    strip = assemble_strip(unit_tiles(top, maps, layer.thresholds, images)[unit])
+    strip = np.moveaxis(unit_strip(layer, top, maps, unit), 0, -1)       # (h, w, 3)
     assert strip.shape == (20, k * 20 + (k - 1) * TILE_GAP, 3)
     for j, row in enumerate(top[unit]):
         image = layer.images[row].permute(1, 2, 0).numpy().astype(np.float64)
@@ -105,14 +113,25 @@ def test_strip_pixels_equal_image_times_mask_brute_force(tmp_path: Path) -> None
 
 
 def test_tiles_of_mixed_image_sizes() -> None:
-    images = {0: torch.full((3, 8, 8), 100, dtype=torch.uint8), 1: torch.full((3, 6, 10), 50, dtype=torch.uint8)}
+    images = [np.full((3, 8, 8), 100, dtype=np.uint8), np.full((3, 6, 10), 50, dtype=np.uint8)]
     maps = np.zeros((1, 2, 2, 2), np.float32)
     maps[0, 0] = 1.0                                                       # image 0 fully above threshold
-    tiles = unit_tiles(np.array([[0, 1]]), maps, np.array([0.5]), images)[0]
-    assert [tuple(t.shape) for t in tiles] == [(3, 8, 8), (3, 6, 10)]
-    assert (tiles[0] == 100).all() and (tiles[1] == 10).all()
-    strip = assemble_strip(tiles)
-    assert strip.shape == (8, 8 + TILE_GAP + 10, 3) and (strip[6:, 8 + TILE_GAP:] == 255).all()
+    masks = unit_masks(np.array([[0, 1]]), maps, np.array([0.5]), np.array([[[8, 8], [6, 10]]]))[0]
+    assert [m.shape for m in masks] == [(8, 8), (6, 10)] and masks[0].all() and not masks[1].any()
+    strip = compose_strip(images, [i // 5 for i in images], masks)
+    assert strip.shape == (3, 8, 8 + TILE_GAP + 10)
+    assert (strip[:, :, :8] == 100).all() and (strip[:, :6, 8 + TILE_GAP:] == 10).all()
+    assert (strip[:, 6:, 8 + TILE_GAP:] == 255).all() and (strip[:, :, 8:8 + TILE_GAP] == 255).all()
+    assert np.array_equal(np.asarray(strip_image(strip)), np.moveaxis(strip, 0, -1))
+
+
+def test_threshold_comparison_is_exact_in_float32() -> None:
+    rng = np.random.default_rng(11)
+    thresholds = np.concatenate([rng.random(1000) * 10, np.float32(rng.random(100)).astype(np.float64)])
+    below = below_float32(thresholds)
+    assert below.dtype == np.float32 and (below.astype(np.float64) <= thresholds).all()
+    nxt = np.nextafter(below, np.float32(np.inf)).astype(np.float64)
+    assert (nxt > thresholds).all()                 # no float32 lies strictly between: x > T  <=>  x > below
 
 
 def test_written_strip_jpeg_matches_blend(tmp_path: Path) -> None:
@@ -122,8 +141,7 @@ def test_written_strip_jpeg_matches_blend(tmp_path: Path) -> None:
                         layer.maps_for_rows, layer.load_image, topk=3, quality=95)
     top = top_rows(layer.imgmax, 3)
     maps = gather_maps(top, layer.maps_for_rows)
-    images = load_images(np.unique(top), layer.load_image)
-    expected = assemble_strip(unit_tiles(top, maps, layer.thresholds, images)[0]).astype(np.int16)
+    expected = np.moveaxis(unit_strip(layer, top, maps, 0), 0, -1).astype(np.int16)
     written = np.asarray(Image.open(tmp_path / "report" / "strips" / "unit_0001.jpg").convert("RGB")).astype(np.int16)
     assert written.shape == expected.shape
     assert np.abs(written - expected).mean() < 12                         # JPEG of noise at quality 95

@@ -2,9 +2,11 @@
 
 The mask is the unit's activation map upsampled to the IMAGE size (bilinear, half-pixel centres,
 ``align_corners=False``) and compared with the unit's threshold (strict ``>``), spec/dissection.md §7.
-Work is organised so that nothing is done twice: the top rows of all units are chosen first, each
-needed activation row is read once, each needed image is decoded once, upsampling and blending run
-as batched tensor operations, and one JPEG strip (k tiles side by side) is written per unit.
+Nothing is done twice: the top rows of all units are chosen first, each needed activation row is read
+once, each needed image is decoded once (and dropped after the last unit that shows it), masks are
+upsampled in batches on the tensor side, and each unit's strip (k tiles side by side) is composed
+straight into its canvas (channel-first, so masked copies are contiguous loops) and written as one
+JPEG by a thread pool (Pillow's JPEG encoder releases the GIL).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from PIL import Image
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_path
 
-TILE_GAP = 4            # white pixels between two tiles of a strip
+TILE_GAP = 4             # white pixels between two tiles of a strip
 _READ_BYTES = 256 << 20  # activations read per call to maps_for_rows
-_UNITS_PER_BATCH = 32    # units whose tiles are upsampled and blended together
+_UNITS_PER_BATCH = 32    # units whose masks are upsampled together
 
 MapsForRows = Callable[[np.ndarray], np.ndarray]
 LoadImage = Callable[[int], "torch.Tensor | np.ndarray"]
@@ -48,8 +50,7 @@ def top_rows(imgmax: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-imgmax, k - 1, axis=0)[:k]                       # (k, U), unordered
     values = np.take_along_axis(imgmax, part, axis=0)
     kth = values.min(axis=0)                                                   # k-th largest per unit
-    # sort the k candidates by (-value, row): lexsort's last key is primary
-    order = np.lexsort((part, -values), axis=0)
+    order = np.lexsort((part, -values), axis=0)                                # by (-value, row)
     rows = np.take_along_axis(part, order, axis=0)
     tied = (imgmax >= kth).sum(axis=0) > k                                     # more rows than k reach the k-th value
     if tied.any():
@@ -85,73 +86,106 @@ def gather_maps(top: np.ndarray, maps_for_rows: MapsForRows, read_bytes: int = _
     return maps
 
 
-def blend_tiles(images: torch.Tensor, maps: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """image × (0.2 + 0.8·mask) for a batch of tiles of one image size.
+def below_float32(thresholds: np.ndarray) -> np.ndarray:
+    """The largest float32 ≤ each threshold: for float32 x, ``x > T`` ⟺ ``x > below_float32(T)``."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    t32 = t.astype(np.float32)
+    return np.where(t32.astype(np.float64) > t, np.nextafter(t32, np.float32(-np.inf)), t32)
 
-    ``images`` uint8 (P, 3, h, w); ``maps`` float (P, H, W); ``thresholds`` (P,). The mask is ``maps``
-    upsampled to (h, w) by bilinear interpolation with ``align_corners=False``, > threshold. Where the
-    mask is off, the pixel is round(image / 5), in exact integer arithmetic.
+
+def tile_masks(maps: torch.Tensor | np.ndarray, size: tuple[int, int], thresholds: np.ndarray) -> torch.Tensor:
+    """Masks of a batch of tiles of one image size: bool (P, h, w).
+
+    ``maps`` (P, H, W) upsampled to ``size`` = (h, w) by bilinear interpolation with
+    ``align_corners=False``, then ``> thresholds`` (P,) compared exactly (float32 values, float64 thresholds).
     """
-    size = tuple(images.shape[-2:])
-    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)
-    mask = up > thresholds.to(torch.float64).view(-1, 1, 1, 1)                 # (P, 1, h, w), broadcast over RGB
-    dimmed = torch.div(images.to(torch.int16) + 2, 5, rounding_mode="floor").to(torch.uint8)
-    return torch.where(mask, images, dimmed)
+    maps = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+    up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return up > torch.from_numpy(below_float32(thresholds)).view(-1, 1, 1)
 
 
-def _as_chw_uint8(image: torch.Tensor | np.ndarray, row: int) -> torch.Tensor:
-    image = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-        raise NetDissectError(f"image of row {row}: expected a uint8 RGB tensor (3, height, width), got "
-                              f"{tuple(image.shape)} {image.dtype}. Check the dataset with `netdissect broden check`.")
-    return image
+def compose_strip(images: Sequence[np.ndarray], dimmed: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                  gap: int = TILE_GAP) -> np.ndarray:
+    """Tiles image × (0.2 + 0.8·mask) side by side, ``gap`` white columns between them.
 
-
-def load_images(rows: Sequence[int], load_image: LoadImage, workers: int = 2) -> dict[int, torch.Tensor]:
-    """Decode every row once (threads: JPEG decoding releases the GIL); row -> uint8 (3, h, w)."""
-    rows = [int(r) for r in rows]
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        images = list(pool.map(load_image, rows))
-    return {row: _as_chw_uint8(image, row) for row, image in zip(rows, images)}
-
-
-def assemble_strip(tiles: Sequence[torch.Tensor], gap: int = TILE_GAP) -> np.ndarray:
-    """Tiles (3, h_j, w_j) side by side, ``gap`` white columns between them; returns uint8 HWC."""
-    height = max(t.shape[1] for t in tiles)
-    width = sum(t.shape[2] for t in tiles) + gap * (len(tiles) - 1)
-    strip = np.full((height, width, 3), 255, dtype=np.uint8)
+    ``images`` and ``dimmed`` (their :func:`dim` versions) uint8 (3, h_j, w_j), ``masks`` bool (h_j, w_j);
+    returns uint8 (3, max h, Σw + gaps). Channel-first keeps the masked copy a fast contiguous loop.
+    """
+    height = max(image.shape[1] for image in images)
+    width = sum(image.shape[2] for image in images) + gap * (len(images) - 1)
+    strip = np.full((3, height, width), 255, dtype=np.uint8)
     x = 0
-    for tile in tiles:
-        strip[: tile.shape[1], x: x + tile.shape[2]] = tile.permute(1, 2, 0).numpy()
-        x += tile.shape[2] + gap
+    for image, dark, mask in zip(images, dimmed, masks):
+        _, h, w = image.shape
+        tile = strip[:, :h, x:x + w]
+        np.copyto(tile, dark)
+        np.copyto(tile, image, where=mask)
+        x += w + gap
     return strip
 
 
-def unit_tiles(top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray,
-               images: dict[int, torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Blended tiles of a batch of units: ``result[u][j]`` is top image j of unit u (3, h, w) uint8.
+def dim(image: np.ndarray) -> np.ndarray:
+    """round(0.2 · image) for a uint8 array, exactly: what a pixel outside the mask shows.
 
-    ``top`` (U', k) rows, ``maps`` (U', k, H, W), ``thresholds`` (U',). Tiles of one image size are
-    blended in one batched call, so mixed image sizes work and the common case is a single call.
+    (2x + 5) // 10 = floor(x/5 + 1/2); x/5 never ends in exactly .5, so this is the rounding.
+    """
+    return ((image.astype(np.uint16) * 2 + 5) // 10).astype(np.uint8)
+
+
+def strip_image(strip: np.ndarray) -> Image.Image:
+    """A channel-first uint8 strip (3, h, w) as an RGB Pillow image (Pillow interleaves the planes)."""
+    return Image.merge("RGB", [Image.fromarray(plane) for plane in strip])
+
+
+def _as_chw_uint8(image: torch.Tensor | np.ndarray, row: int) -> np.ndarray:
+    array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[0] != 3:
+        raise NetDissectError(f"image of row {row}: expected a uint8 RGB tensor (3, height, width), got "
+                              f"{tuple(array.shape)} {array.dtype}. Check the dataset with `netdissect broden check`.")
+    return np.ascontiguousarray(array)
+
+
+def load_images(rows: Sequence[int], load_image: LoadImage, workers: int = 2) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Decode every row once (threads: JPEG decoding releases the GIL).
+
+    Returns row -> (image, dimmed image), both contiguous uint8 (3, h, w).
+    """
+    def load(row: int) -> tuple[np.ndarray, np.ndarray]:
+        image = _as_chw_uint8(load_image(row), row)
+        return image, dim(image)
+
+    rows = [int(r) for r in rows]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return dict(zip(rows, pool.map(load, rows)))
+
+
+def unit_masks(top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray,
+               sizes: np.ndarray) -> list[list[np.ndarray]]:
+    """Masks of a batch of units: ``result[u][j]`` is bool (h, w) for top image j of unit u.
+
+    ``top`` (U', k) rows, ``maps`` (U', k, H, W), ``thresholds`` (U',), ``sizes`` (U', k, 2) the
+    (height, width) of each tile's image. Tiles of one image size are
+    upsampled in one batched call, so mixed image sizes work and the common case is a single call.
     """
     units, k = top.shape
     flat_rows = top.reshape(-1)
-    flat_maps = torch.from_numpy(maps.reshape(units * k, *maps.shape[2:]))
-    flat_thresholds = torch.from_numpy(np.repeat(np.asarray(thresholds, dtype=np.float64), k))
-    sizes = [tuple(images[int(r)].shape[1:]) for r in flat_rows]
-    tiles: list[torch.Tensor | None] = [None] * len(flat_rows)
-    for size in dict.fromkeys(sizes):
-        which = [p for p, s in enumerate(sizes) if s == size]
-        batch = torch.stack([images[int(flat_rows[p])] for p in which])
-        blended = blend_tiles(batch, flat_maps[which], flat_thresholds[which])
-        for p, tile in zip(which, blended):
-            tiles[p] = tile
-    return [tiles[u * k:(u + 1) * k] for u in range(units)]
+    flat_maps = maps.reshape(units * k, *maps.shape[2:])
+    flat_thresholds = np.repeat(np.asarray(thresholds, dtype=np.float64), k)
+    sizes = np.asarray(sizes).reshape(-1, 2)
+    masks: list[np.ndarray | None] = [None] * len(flat_rows)
+    for size in np.unique(sizes, axis=0):
+        which = np.flatnonzero((sizes == size).all(axis=1))
+        batch = tile_masks(flat_maps[which], (int(size[0]), int(size[1])), flat_thresholds[which]).numpy()
+        for p, mask in zip(which, batch):
+            masks[p] = mask
+    return [masks[u * k:(u + 1) * k] for u in range(units)]
 
 
-def _write_strip(path: Path, tiles: Sequence[torch.Tensor], quality: int) -> None:
+def _write_strip(path: Path, images: Sequence[tuple[np.ndarray, np.ndarray]], masks: Sequence[np.ndarray],
+                 quality: int) -> None:
+    strip = compose_strip([image for image, _ in images], [dark for _, dark in images], masks)
     with atomic_path(path) as tmp:
-        Image.fromarray(assemble_strip(tiles)).save(tmp, format="JPEG", quality=quality)
+        strip_image(strip).save(tmp, format="JPEG", quality=quality)
 
 
 def render_strips(folder: str | Path, top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray,
@@ -160,21 +194,35 @@ def render_strips(folder: str | Path, top: np.ndarray, maps: np.ndarray, thresho
     """Write one JPEG strip per unit into ``folder``; return the file names (unit order, 1-based names).
 
     ``top`` (U, k) rows from :func:`top_rows`, ``maps`` (U, k, H, W) from :func:`gather_maps`,
-    ``thresholds`` (U,), ``load_image(row)`` -> uint8 (3, h, w). Each needed image is decoded once.
+    ``thresholds`` (U,), ``load_image(row)`` -> uint8 (3, h, w). Units go in batches; a batch decodes the
+    images no earlier batch needed, and an image is dropped after the last batch that shows it.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    images = load_images(np.unique(top), load_image, workers)
-    names = [strip_name(u + 1) for u in range(top.shape[0])]
+    units = top.shape[0]
+    names = [strip_name(u + 1) for u in range(units)]
+    if top.shape[1] == 0:
+        return []
+    batch_of_unit = np.arange(units) // units_per_batch
+    rows, first = np.unique(top, return_index=True)                  # top is (U, k): flat index // k = unit
+    last = np.zeros(len(rows), dtype=np.int64)
+    np.maximum.at(last, np.searchsorted(rows, top.reshape(-1)), np.repeat(batch_of_unit, top.shape[1]))
+    first = batch_of_unit[first // top.shape[1]]
+    images: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        in_flight: list = []             # JPEG writes of the previous batch; waiting on them bounds memory
-        for start in range(0, top.shape[0], units_per_batch):
-            stop = min(start + units_per_batch, top.shape[0])
-            batch = unit_tiles(top[start:stop], maps[start:stop], thresholds[start:stop], images)
-            for job in in_flight:
+        in_flight: list = []
+        for batch, start in enumerate(range(0, units, units_per_batch)):
+            stop = min(start + units_per_batch, units)
+            images.update(load_images(rows[first == batch], load_image, workers))
+            sizes = np.array([[images[int(r)][0].shape[1:] for r in unit] for unit in top[start:stop]])
+            masks = unit_masks(top[start:stop], maps[start:stop], thresholds[start:stop], sizes)
+            for job in in_flight:                        # the previous batch is written: drop its last images
                 job.result()
-            in_flight = [pool.submit(_write_strip, folder / names[u], tiles, quality)
-                         for u, tiles in zip(range(start, stop), batch) if tiles]
+            for row in rows[last == batch - 1]:
+                del images[int(row)]
+            in_flight = [pool.submit(_write_strip, folder / names[u], [images[int(r)] for r in top[u]],
+                                     unit_mask, quality)
+                         for u, unit_mask in zip(range(start, stop), masks)]
         for job in in_flight:
             job.result()
     return names
