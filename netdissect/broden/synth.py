@@ -484,8 +484,10 @@ def render_scene(c: Canvas) -> str:
                 top_y = rng.uniform(0.06 * s, max(0.07 * s, horizon - h - 0.05 * s))
                 placed.append((-1.0, name, rng.uniform(0, s - w), w, h, top_y))
                 continue
-            floor_top = horizon if name != "boat" else horizon + 0.1 * (ground - horizon)
-            floor_bottom = s if name != "boat" else ground + 0.04 * s
+            if name == "boat":              # floats on the water band
+                floor_top, floor_bottom = horizon + 0.1 * (ground - horizon), ground + 0.04 * s
+            else:                           # stands on the ground (the sand, on a beach)
+                floor_top, floor_bottom = ground, s
             foot = rng.uniform(floor_top + 0.08 * (floor_bottom - floor_top), floor_bottom)
             depth = 0.55 + 0.45 * (foot - floor_top) / max(floor_bottom - floor_top, 1.0)   # nearer is larger
             h = s * rng.uniform(h_lo, h_hi) * depth
