@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=512)
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs (0: only build the fixture)")
     parser.add_argument("--workers", type=int, default=2, help="threads (torch and JPEG); this machine has 2 cores")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "netdissect-bench-report")
     args = parser.parse_args()
@@ -93,6 +93,8 @@ def main() -> None:
         make_dataset(fixture / "dataset", args.images, args.size, seed=0)
         make_layer(fixture / "layer", args.images, args.units, seed=1)
         print(f"fixture built in {time.perf_counter() - t0:.1f} s: {fixture}")
+    if args.repeat < 1:
+        return
     layer = fixture / "layer"
     print(f"load average before: {os.getloadavg()[0]:.2f}; {args.images} images of {args.size}px, "
           f"{args.units} units, top {args.topk}, {args.workers} threads")
