@@ -35,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -45,6 +45,9 @@ from netdissect.broden.writer import (
     BrodenTables, IndexRow, compute_tables, write_index, write_jpeg, write_label_layers, write_tables)
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 SIZES = (224, 227, 384)
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -754,7 +757,8 @@ def _readme(out_dir: Path, images: int, size: int, seed: int, user_table: bool) 
 # A training target for the demo model.
 
 
-def training_target(pixel_labels, image_labels, num_labels: int, primary=None, skip_category: int | None = None):
+def training_target(pixel_labels: "torch.Tensor", image_labels: "torch.Tensor", num_labels: int,
+                    primary: np.ndarray | None = None, skip_category: int | None = None) -> "torch.Tensor":
     """Multi-hot presence (float tensor (num_labels,)) of every label in one image of a BrodenDataset.
 
     ``pixel_labels`` (K, h, w) and ``image_labels`` (J,) are an item's tensors. A model trained to
