@@ -63,6 +63,8 @@ def fetch(url: str, out: str | os.PathLike, sha256: str | None = None, *, timeou
     expected = _check_hex(sha256) if sha256 else None
     if out.exists():
         digest = sha256_file(out)
+        if expected is None:
+            print(f"fetch: {out} exists (sha256 {digest}); not downloading again", file=sys.stderr)
         if expected is None or digest == expected:
             return digest
         raise NetDissectError(f"{out} exists but its sha256 is {digest}, not the expected {expected}: "
@@ -102,11 +104,13 @@ def _check_hex(sha256: str) -> str:
 def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
     """One attempt: append the missing bytes to ``part``; raise _Retryable on transient trouble."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "netdissect-fetch"})
+    headers = {"User-Agent": "netdissect-fetch"}
     if have:
-        request.add_header("Range", f"bytes={have}-")
+        headers["Range"] = f"bytes={have}-"
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except ValueError as err:
+        raise NetDissectError(f"{url!r}: not a URL that can be downloaded ({err}); expected http:// or https://") from None
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:        # nothing left to send: the .part file is complete
             return
@@ -245,6 +249,8 @@ def _extract_tar(archive: Path, tmp: Path, strip: int) -> None:
                 member.name = str(rel)
                 # The "data" filter re-checks paths and links and drops permissions/ownership oddities.
                 tar.extract(member, tmp, filter="data")
+    except tarfile.FilterError as err:
+        raise NetDissectError(f"{archive}: member refused by the safety filter ({err}); refusing to extract") from None
     except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as err:
         raise NetDissectError(f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
                               f"delete it and fetch it again") from None

@@ -27,7 +27,7 @@ class Server:
 
     Modes: ``ok``; ``cut`` (the first request sends half the bytes then closes; later requests are
     served normally); ``stall`` (sends a few bytes then goes silent for a long time); ``missing`` (404);
-    ``norange`` (ignores Range headers).
+    ``flaky`` (the first request gets 503); ``norange`` (ignores Range headers).
     """
 
     def __init__(self) -> None:
@@ -44,6 +44,9 @@ class Server:
                 mode = self.path.strip("/").split("/")[0]
                 if mode == "missing":
                     self.send_error(404, "Not Found")
+                    return
+                if mode == "flaky" and len(server.requests) == 1:
+                    self.send_error(503, "Service Unavailable")
                     return
                 start = 0
                 rng = self.headers.get("Range")
@@ -144,6 +147,18 @@ def test_404_is_a_clear_error(server, tmp_path):
         fetch(server.url("missing"), out, progress=False)
     assert list(tmp_path.iterdir()) == []
     assert len(server.requests) == 1          # a 404 is not retried
+
+
+def test_server_error_is_retried(server, tmp_path):
+    out = tmp_path / "file.bin"
+    assert fetch(server.url("flaky"), out, PAYLOAD_SHA, progress=False, backoff=0.01) == PAYLOAD_SHA
+    assert len(server.requests) == 2
+
+
+def test_not_a_url(tmp_path):
+    with pytest.raises(NetDissectError, match="http:// or https://"):
+        fetch("datasets/file.zip", tmp_path / "f", progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stalled_server_times_out(server, tmp_path):

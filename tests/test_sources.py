@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.io as scipy_io
 from PIL import Image
 
 from netdissect.broden.sources.ade20k import ADE20K
@@ -173,6 +174,9 @@ def test_pascal_errors(tmp_path):
         Pascal(tmp_path / "missing")
     root, _, _ = pascal_fixture(tmp_path / "pascal")
     pascal = Pascal(root)
+    scipy_io.savemat(root / "context/trainval/2008_000003.mat", {"LabelMap": np.full((4, 4), 7, np.uint16)})
+    with pytest.raises(NetDissectError, match="2008_000003.mat uses object label 7, which has no name"):
+        pascal.labels(pascal.images()[1])
     (root / "context/trainval/2008_000003.mat").unlink()
     with pytest.raises(NetDissectError, match="2008_000003.mat"):
         pascal.labels(pascal.images()[1])

@@ -132,9 +132,6 @@ class Pascal(Source):
         if not self.annotations.is_dir():
             require_file(self.annotations / "2008_000002.mat", self.name, "PASCAL-Part annotation folder")
         self.context_labels = read_context_labels(labels_txt)
-        self.known_object = np.zeros(max(self.context_labels, default=0) + 1, dtype=bool)
-        self.known_object[list(self.context_labels)] = True
-        self.known_object[0] = True
         self.codes, self.part_names = part_codes(parse_part2ind(part2ind.read_text(encoding="utf-8")))
 
     def images(self) -> list[SourceImage]:
@@ -151,10 +148,10 @@ class Pascal(Source):
             raise NetDissectError(f"pascal: {context} has no variable LabelMap; is it a PASCAL-Context file?") from None
         if objects.ndim != 2:
             raise NetDissectError(f"pascal: {context}: LabelMap has shape {objects.shape}, expected H×W")
-        top = int(objects.max(initial=0))
-        if top >= len(self.known_object) or not self.known_object[np.unique(objects)].all():
-            bad = next(int(v) for v in np.unique(objects) if v >= len(self.known_object) or not self.known_object[v])
-            raise unnamed_label(self.name, "object", bad, context, str(self.root / "context" / "labels.txt"))
+        present = np.flatnonzero(np.bincount(objects.ravel())).tolist()       # the distinct labels, not pixels
+        unknown = [v for v in present if v != 0 and v not in self.context_labels]
+        if unknown:
+            raise unnamed_label(self.name, "object", unknown[0], context, str(self.root / "context" / "labels.txt"))
         return {"object": objects, "part": self._part_map(self.annotations / f"{image.key}.mat")}
 
     def _part_map(self, path: Path) -> LabelData:
