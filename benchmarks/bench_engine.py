@@ -7,6 +7,10 @@ Each repetition runs in a fresh child process (so its peak RSS is its own) which
 shard, computes thresholds, tallies and scores, timing each stage. ``--images N`` larger than the
 dataset repeats its rows (a folder with a longer index.csv pointing at the same files), to show that
 memory follows the batch size, not the number of images. Prints one JSON line per repetition.
+
+    python benchmarks/bench_engine.py --dataset DIR --compare-devices --layer layer3,layer4
+
+checks a GPU: activations on cuda vs cpu, and counts of one shard tallied on both devices (identical).
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ def repeated_dataset(root: Path, images: int, work: Path) -> Path:
     return out
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -55,6 +67,7 @@ def child(args: argparse.Namespace) -> None:
     extract_shard(ds, model, [args.layer], 0, 1, shard_dir, batch_size=args.batch_size, workers=args.workers,
                   device=args.device, progress=False, timings=timings)
     extract_s = time.perf_counter() - tic
+    rss_after_extract = peak_rss_mb()
     tic = time.perf_counter()
     pipeline.quantile([shard_dir], args.layer, layer_dir)
     quantile_s = time.perf_counter() - tic
@@ -73,7 +86,44 @@ def child(args: argparse.Namespace) -> None:
         "after_forward_s": round(after, 2), "after_over_forward": round(after / timings["forward_s"], 3),
         "forward_images_per_s": round(len(ds) / timings["forward_s"], 1),
         "tally_images_per_s": round(len(ds) / tally_s, 1),
-        "detectors": info["detectors"], "unique_top": info["unique_top"]}))
+        "detectors": info["detectors"], "unique_top": info["unique_top"],
+        "peak_rss_after_extract_mb": rss_after_extract, "peak_rss_end_mb": peak_rss_mb()}))
+
+
+def compare_devices(args: argparse.Namespace) -> None:
+    """Extract on CUDA and on CPU; tally one CPU shard on both devices: counts must be identical."""
+    import numpy as np
+    import torch
+
+    from netdissect import pipeline
+    from netdissect.tally import load_counts
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench_engine_dev_") as tmp:
+        work, layers = Path(tmp), args.layer.split(",")
+        result: dict = {"layers": layers}
+        for device in ("cuda", "cpu"):
+            tic = time.perf_counter()
+            pipeline.extract(args.dataset, args.model, layers, 0, 1, work / device / "shard", device=device,
+                             batch_size=args.batch_size, workers=args.workers, progress=False)
+            result[f"extract_{device}_s"] = round(time.perf_counter() - tic, 2)
+        for layer in layers:
+            t_gpu = pipeline.quantile([work / "cuda" / "shard"], layer, work / "cuda" / layer)
+            t_cpu = pipeline.quantile([work / "cpu" / "shard"], layer, work / "cpu" / layer)
+            result[f"{layer}_threshold_max_rel_diff_gpu_vs_cpu_activations"] = float(
+                np.max(np.abs(t_gpu - t_cpu) / np.maximum(np.abs(t_cpu), 1e-12)))
+            for union in ("paper", "lite"):
+                counts = {}
+                for device in ("cpu", "cuda"):
+                    tic = time.perf_counter()
+                    pipeline.tally(args.dataset, work / "cpu" / "shard", layer, work / "cpu" / layer / "thresholds.npy",
+                                   work / f"{device}_{layer}_{union}.npz", union=union, device=device,
+                                   batch_size=args.tally_batch_size, workers=args.workers, progress=False)
+                    result[f"{layer}_{union}_tally_{device}_s"] = round(time.perf_counter() - tic, 2)
+                    counts[device] = load_counts(work / f"{device}_{layer}_{union}.npz")
+                result[f"{layer}_{union}_counts_identical"] = all(
+                    np.array_equal(counts["cpu"][k], counts["cuda"][k]) for k in ("G", "I", "C"))
+        print(json.dumps(result))
 
 
 def main() -> None:
@@ -90,7 +140,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compare-devices", action="store_true",
+                        help="instead: extract on cuda and cpu, tally on both, check the counts are identical")
     args = parser.parse_args()
+    if args.compare_devices:
+        compare_devices(args)
+        return
     if args.child:
         child(args)
         return
