@@ -1,21 +1,23 @@
 """Merge source datasets into one Broden folder (spec: broden-sources.md §6; ``netdissect broden regenerate``).
 
 Two passes over the images, each parallel over images with a process pool (bounded memory: a worker
-holds one image at a time, the parent only small per-key counters and one index row per image):
+holds one image at a time; the parent holds per-key counters and one short index row per image):
 
-1. **Statistics** at source resolution: per key ``(source, category, local label)`` the number of
-   images having it and its summed pixel fraction (colour labels computed from the original JPEG).
-2. **Naming** (:mod:`.naming`), then filter and number with the Broden writer's
-   :func:`~netdissect.broden.writer.compute_tables`, giving an integer lookup array per
-   ``(source, category)`` from local to global label numbers.
-3. **Translate**: every image's JPEG resized to ``S×S`` (Pillow bilinear, no crop), every label layer
-   nearest-resized to ``S//2`` on a corner-aligned grid and remapped, written by
-   :func:`~netdissect.broden.writer.write_image`; then the tables, ``syns.txt``, ``README.txt`` and
-   ``index.csv`` (last).
+1. **Convert** (:func:`_convert`): decode the image and its annotations once, at source resolution:
+   add its share to the statistics of every key ``(source, category, local label)`` (colour labels
+   computed from the original pixels), write the ``S×S`` JPEG (Pillow bilinear, no crop), and keep its
+   label layers nearest-resized to ``S//2`` (corner-aligned grid), still in local numbers, in a
+   compressed file of the work folder.
+2. **Name, filter, number** in the parent: :func:`~.naming.name_keys`, then the Broden writer's
+   :func:`~netdissect.broden.writer.compute_tables`; each ``(source, category)`` gets an integer lookup
+   array from local to global numbers.
+3. **Translate** (:func:`_translate`): remap the kept layers and write the label PNGs
+   (:func:`~netdissect.broden.writer.write_label_layers`); then the tables, ``syns.txt``,
+   ``README.txt`` and ``index.csv`` (last).
 
-Everything is written into a temporary folder beside ``--out``, renamed to ``--out`` at the end.
+Everything is written into a temporary folder beside ``--out``, renamed to ``--out`` at the end, so an
+interrupted or failed build leaves nothing that looks finished.
 """
-
 from __future__ import annotations
 
 import datetime
@@ -27,7 +29,7 @@ import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 from PIL import Image
