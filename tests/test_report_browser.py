@@ -176,6 +176,12 @@ def test_sorting_and_filtering(site, browser) -> None:
     page.fill("#search", "ScRiPt")
     assert visit.shown_units() == [u for u in sorted(rows, key=lambda u: (rows[u]["label"], -rows[u]["score"], u))
                                    if "script" in rows[u]["label"]]
+    page.fill("#search", "car")
+    substring = visit.shown_units()
+    page.fill("#search", '"car"')
+    exact = visit.shown_units()
+    assert exact == [u for u in substring if rows[u]["label"] == "car"]
+    assert 0 < len(exact) < len(substring) and all("car" in rows[u]["label"] for u in substring)
     page.fill("#search", "")
     assert len(visit.shown_units()) == UNITS
 

@@ -21,7 +21,7 @@ CATEGORIES = ["color", "object", "part", "material", "scene", "texture"]
 XSS_LABEL = "<script>alert(1)</script>"
 LABELS = {
     "color": ["red-c", "blue-c", "grey-c"],
-    "object": ["dog", "car", "person", XSS_LABEL],
+    "object": ["dog", "car", "carpet", "person", XSS_LABEL],
     "part": ["wheel", "head", 'a "quoted" & <b>bold</b> part'],
     "material": ["wood"],
     "scene": ["street-s", "kitchen-s"],

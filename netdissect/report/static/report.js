@@ -28,9 +28,11 @@
     if (category.value && card.dataset.category !== category.value) return false;
     if (detectorsOnly.checked && card.dataset.detector !== "1") return false;
     if (!text) return true;
+    var label = card.dataset.label.toLowerCase();
+    if (text.length > 1 && text[0] === '"' && text[text.length - 1] === '"') return label === text.slice(1, -1);
     var unit = text.replace(/^unit\s*/, "");
     if (/^\d+$/.test(unit)) return card.dataset.unit === String(Number(unit));
-    return card.dataset.label.toLowerCase().indexOf(text) !== -1;
+    return label.indexOf(text) !== -1;
   }
 
   function update() {
@@ -49,7 +51,7 @@
   search.addEventListener("input", update);
   Array.prototype.forEach.call(document.querySelectorAll(".chart-box .bar"), function (bar) {
     bar.addEventListener("click", function () {
-      search.value = bar.dataset.label;
+      search.value = '"' + bar.dataset.label + '"';             // quoted: this label exactly
       category.value = bar.dataset.category;
       detectorsOnly.checked = true;
       update();
