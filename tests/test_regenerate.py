@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -318,6 +319,30 @@ def test_bad_input_leaves_no_output(built, tmp_path):
     with pytest.raises(NetDissectError, match="not the published colour-name table"):
         regenerate(tmp_path / "out3", 16, {"dtd": src["dtd"]}, color_table=bad_table, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ade20k", "out", "table.npy"]
+
+
+def test_published_colour_table_is_used_when_it_checks_out(built, tmp_path, monkeypatch):
+    _, src = built
+    table = np.full((32, 32, 32), colors.COLOR_NAMES.index("brown"), np.uint8)
+    np.save(tmp_path / "table.npy", table)
+    # stand-in for the published table: make its checksum the expected one
+    monkeypatch.setattr(colors, "ORIGINAL_TABLE_SHA256", hashlib.sha256(table.tobytes()).hexdigest())
+    out = tmp_path / "out"
+    regenerate(out, 16, {"dtd": src["dtd"]}, min_frequency=1, min_coverage=0, workers=1,
+               color_table=tmp_path / "table.npy", progress=False)
+    names = names_by_number(out)
+    assert {names[int(v)] for v in np.unique(decode_label_png(out / "images/dtd/striped_0001_color.png"))} == {"brown-c"}
+    assert "published colour-name table" in (out / "README.txt").read_text()
+
+
+def test_missing_image_names_the_file(built, tmp_path):
+    _, src = built
+    dtd = tmp_path / "dtd"
+    shutil.copytree(src["dtd"], dtd)
+    next(dtd.rglob("striped_0001.jpg")).unlink()
+    with pytest.raises(NetDissectError, match="striped_0001.jpg is missing"):
+        regenerate(tmp_path / "out", 16, {"dtd": dtd}, min_frequency=1, min_coverage=0, workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_regenerate(built, tmp_path, capsys):

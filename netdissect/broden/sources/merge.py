@@ -36,7 +36,7 @@ from PIL import Image
 
 from netdissect.broden import colors
 from netdissect.broden.sources import SOURCE_NAMES, adapter_class
-from netdissect.broden.sources.base import LabelData, Source, SourceImage
+from netdissect.broden.sources.base import FETCH_HINTS, LabelData, Source, SourceImage
 from netdissect.broden.sources.naming import Key, Naming, name_keys
 from netdissect.broden.writer import IndexRow, compute_tables, tables_text, write_index, write_jpeg, write_label_layers
 from netdissect.errors import NetDissectError
@@ -94,7 +94,8 @@ def load_rgb(path: Path, source: str) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
-        raise NetDissectError(f"{source}: image {path} is missing; fetch the source again") from None
+        raise NetDissectError(f"{source}: image {path} is missing; fetch the source again with the "
+                              f"{FETCH_HINTS[source]}") from None
     except Exception as err:
         raise NetDissectError(f"{source}: cannot decode image {path} ({err}); it is corrupt or truncated: "
                               f"fetch it again") from None
