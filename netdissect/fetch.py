@@ -120,12 +120,15 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
                               f"command line) or download the file by hand to the --out path") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)
-        if isinstance(reason, (socket.timeout, TimeoutError, ConnectionError, OSError, http.client.HTTPException)):
-            raise _Retryable(f"cannot connect: {reason}") from None
-        raise NetDissectError(f"{url}: {reason}") from None
+        if isinstance(reason, str):          # urllib's own verdict (e.g. an unsupported scheme): final
+            raise NetDissectError(f"{url}: {reason}") from None
+        raise _Retryable(f"cannot connect: {reason}") from None   # socket trouble: try again
     with response:
         if have and response.status != 206:  # server ignored Range: start over
             have = 0
+        elif have and not response.headers.get("Content-Range", f"bytes {have}-").startswith(f"bytes {have}-"):
+            part.unlink()
+            raise _Retryable(f"server resumed at another offset ({response.headers['Content-Range']}); starting over")
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         bar = _progress_bar(url, total, have, progress)
