@@ -30,6 +30,18 @@ def headline(counts) -> str:
             f"concept{'' if counts.unique_top == 1 else 's'} with IoU ≥ {counts.iou_threshold:g}")
 
 
+def settings_line(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The run settings worth showing under the headline, from summary.json's ``settings`` (if any)."""
+    settings = summary.get("settings") if isinstance(summary.get("settings"), Mapping) else {}
+    shown = []
+    for key, name in (("model", "model"), ("weights", "weights"), ("dataset_images", "images"),
+                      ("quantile", "top fraction q"), ("union", "union"), ("upsample", "upsample")):
+        value = settings.get(key)
+        if value not in (None, ""):
+            shown.append((name, str(value)))
+    return shown
+
+
 def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float) -> np.ndarray:
     """Row positions in display order: detectors grouped by category (category order), each group by
     score descending; then the other units by score descending; ties by unit number."""
@@ -42,9 +54,10 @@ def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float
 def _cards(result: pd.DataFrame, categories: list[str], iou_threshold: float,
            strips: dict[int, str], topk: int) -> list[dict[str, Any]]:
     detector = detector_mask(result, iou_threshold)
+    records = result.to_dict("records")
     cards = []
     for rank, pos in enumerate(unit_order(result, categories, iou_threshold)):
-        row = result.iloc[pos]
+        row = records[pos]
         unit = int(row["unit"])
         per_category = [{"category": c, "label": row[f"{c}-label"], "iou": float(row[f"{c}-iou"]),
                          "truth": int(row[f"{c}-truth"]), "activation": int(row[f"{c}-activation"]),
@@ -114,7 +127,7 @@ def render_layer_report(out: str | Path, result: pd.DataFrame, categories: list[
             model=model, layer=layer, dataset=dataset, headline=headline(counts), counts=counts,
             categories=categories, colors=category_colors(categories), chart=chart,
             cards=_cards(result, categories, iou_threshold, strips, top.shape[1]), iou_threshold=iou_threshold,
-            settings={k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool))})
+            settings=settings_line(summary))
         (built / "index.html").write_text(page, encoding="utf-8")
         _replace_dir(built, out)
     finally:
