@@ -297,6 +297,20 @@ def test_filtered_scene_becomes_zero(built, tmp_path):
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
+def test_category_empty_in_one_source_but_not_another(built, tmp_path):
+    _, src = built
+    grey = np.full((6, 6, 3), 128, np.uint8)
+    pascal = write_pascal(tmp_path / "pascal", [PascalImage("2008_000010", grey, np.full((6, 6), 1, np.uint16)),
+                                                PascalImage("2008_000011", grey, np.full((6, 6), 1, np.uint16))],
+                          {1: "cat"}, MINI_PART2IND)                     # no part data at all
+    out = tmp_path / "out"
+    regenerate(out, 16, {"ade20k": src["ade20k"], "pascal": pascal}, min_frequency=1, min_coverage=0,
+               workers=1, progress=False)
+    rows = {r["image"]: r for r in read_csv(out / "index.csv")}
+    assert rows["pascal/2008_000010.jpg"]["part"] == ""
+    assert rows["ade20k/ADE_train_00000001.jpg"]["part"].count(".png") == 2
+
+
 def test_bad_input_leaves_no_output(built, tmp_path):
     _, src = built
     ade = tmp_path / "ade20k"

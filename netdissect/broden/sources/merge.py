@@ -43,6 +43,7 @@ from netdissect.errors import NetDissectError
 from netdissect.io import atomic_write_text
 
 COLOR = "color"
+NO_LABELS = np.zeros(1, dtype=np.int32)     # the lookup of a (source, category) without any label
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,7 +199,8 @@ def _translate(task: Task) -> IndexRow:
     for category, d in load_layers(work).items():
         if category not in job.categories:       # every label of this category was filtered out
             continue
-        lookup = job.lookups[(source, category)]
+        # no lookup: this source never had a label in this category (e.g. only empty part data)
+        lookup = job.lookups.get((source, category), NO_LABELS)
         if isinstance(d, np.ndarray):
             layers[category] = remap(d, lookup)
         else:    # image-level: skip source 0, keep a filtered label as 0 (original behaviour)
