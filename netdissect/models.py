@@ -3,7 +3,8 @@
 A model SPEC is one of
 
 * a torchvision architecture name (``resnet18``, ``alexnet``, ``vgg16``, ``densenet161``, ...),
-  randomly initialised unless ``weights`` is given;
+  randomly initialised unless ``weights`` is given (seeded with ``RANDOM_INIT_SEED``, so every
+  process, hence every shard, gets the same random network);
 * a TorchScript file (``*.pt`` / ``*.pth`` loadable by ``torch.jit.load``). Forward hooks cannot be
   attached inside a TorchScript module, so its layers are its *outputs*: ``output`` when forward
   returns one tensor, the keys when it returns a dict of tensors, ``0``, ``1``, ... for a tuple;
@@ -35,6 +36,7 @@ from netdissect.errors import NetDissectError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT_SEED = 0
 _CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
@@ -119,7 +121,11 @@ def _from_torchvision(name: str) -> nn.Module:
         hint = f" Closest: {', '.join(close)}." if close else ""
         raise NetDissectError(f"--model {name}: not a torchvision architecture, an existing TorchScript file, "
                               f"nor package.module:factory.{hint}")
-    return torchvision.models.get_model(name, weights=None)
+    # A random initialisation must be the same in every process (each shard is extracted by its own
+    # process), so it is seeded, without touching the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return torchvision.models.get_model(name, weights=None)
 
 
 def _from_torchscript(path: str) -> nn.Module:

@@ -121,3 +121,12 @@ def test_unknown_model_and_layer_messages():
     with pytest.raises(NetDissectError, match=r"no layer 'layer5'.*Closest: layer.*Layers: conv1"):
         with capture(model, ["layer5"]):
             pass
+
+
+def test_random_init_is_the_same_in_every_process():
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    a, b = load_model("resnet18"), load_model("resnet18")
+    assert torch.equal(a.module.conv1.weight, b.module.conv1.weight)
+    assert torch.equal(torch.rand(1), expected)        # the caller's random state is untouched
