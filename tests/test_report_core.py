@@ -65,6 +65,7 @@ def test_top_rows_order_and_ties() -> None:
     imgmax[:, 3] = 1.0                                                  # a dead unit: all equal
     for k in (1, 5, 10, 40, 50):
         assert np.array_equal(top_rows(imgmax, k), top_rows_reference(imgmax, min(k, 40)))
+        assert np.array_equal(top_rows(imgmax, k, units_per_chunk=4), top_rows_reference(imgmax, min(k, 40)))
     distinct = rng.random((200, 7)).astype(np.float32)
     assert np.array_equal(top_rows(distinct, 10), top_rows_reference(distinct, 10))
 

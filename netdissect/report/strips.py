@@ -36,26 +36,30 @@ def strip_name(unit: int) -> str:
     return f"unit_{unit:04d}.jpg"
 
 
-def top_rows(imgmax: np.ndarray, k: int) -> np.ndarray:
+def top_rows(imgmax: np.ndarray, k: int, units_per_chunk: int = 256) -> np.ndarray:
     """Rows of the k largest ``imgmax[:, u]`` per unit, largest first, ties: lower row first.
 
-    ``imgmax`` is (N, U); returns int64 (U, min(k, N)). A partial partition finds each unit's k-th
-    value; only units with a tie across that boundary need the (stable) full sort.
+    ``imgmax`` is (N, U); returns int64 (U, min(k, N)). Units go in chunks (memory stays at a few
+    copies of N × chunk); a partial partition finds each unit's k-th value, and only units with a tie
+    across that boundary need the (stable) full sort.
     """
     imgmax = np.asarray(imgmax)
-    n, _ = imgmax.shape
+    n, units = imgmax.shape
     k = min(k, n)
-    if k <= 0:
-        return np.zeros((imgmax.shape[1], 0), dtype=np.int64)
-    part = np.argpartition(-imgmax, k - 1, axis=0)[:k]                       # (k, U), unordered
-    values = np.take_along_axis(imgmax, part, axis=0)
-    kth = values.min(axis=0)                                                   # k-th largest per unit
-    order = np.lexsort((part, -values), axis=0)                                # by (-value, row)
-    rows = np.take_along_axis(part, order, axis=0)
-    tied = (imgmax >= kth).sum(axis=0) > k                                     # more rows than k reach the k-th value
-    if tied.any():
-        rows[:, tied] = np.argsort(-imgmax[:, tied], axis=0, kind="stable")[:k]
-    return rows.T.astype(np.int64)
+    top = np.zeros((units, k), dtype=np.int64)
+    if k == 0:
+        return top
+    for start in range(0, units, units_per_chunk):
+        negative = -np.ascontiguousarray(imgmax[:, start:start + units_per_chunk].T)   # (Uc, N), exact
+        part = np.argpartition(negative, k - 1, axis=1)[:, :k]                 # the k smallest, unordered
+        values = np.take_along_axis(negative, part, axis=1)
+        order = np.lexsort((part, values), axis=1)                              # by (-imgmax, row)
+        rows = np.take_along_axis(part, order, axis=1)
+        tied = (negative <= values.max(axis=1, keepdims=True)).sum(axis=1) > k  # more than k reach the k-th
+        if tied.any():
+            rows[tied] = np.argsort(negative[tied], axis=1, kind="stable")[:, :k]
+        top[start:start + len(rows)] = rows
+    return top
 
 
 def gather_maps(top: np.ndarray, maps_for_rows: MapsForRows, read_bytes: int = _READ_BYTES) -> np.ndarray:
