@@ -80,7 +80,7 @@ def run_report(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise NetDissectError(f"{path}: no such file; run `netdissect quantile` for layer {layer} first.")
         try:
-            arrays[name] = np.load(path, allow_pickle=False)
+            arrays[name] = np.load(path, allow_pickle=False, mmap_mode="r")   # imgmax may be large: page it in
         except (ValueError, OSError) as err:
             raise NetDissectError(f"{path}: not a readable .npy array ({err}); rerun `netdissect quantile`.") from err
     dataset = BrodenDataset(args.dataset, load_labels=False)
