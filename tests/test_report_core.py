@@ -18,8 +18,8 @@ from netdissect.errors import NetDissectError
 from netdissect.report import (count_detectors, headline, label_bars, parse_result, read_result_csv,
                                render_layer_report, render_summary_report, top_rows)
 from netdissect.report.layer import unit_order
-from netdissect.report.strips import (TILE_GAP, below_float32, compose_strip, gather_maps, load_images, strip_image,
-                                      unit_masks)
+from netdissect.report.strips import (TILE_GAP, below_float32, compose_strip, gather_maps, load_images,
+                                      render_strips, strip_image, unit_masks)
 from netdissect.report.summary import LayerEntry, summary_csv
 from tests.test_report_data import CATEGORIES, XSS_LABEL, make_layer
 
@@ -146,6 +146,25 @@ def test_written_strip_jpeg_matches_blend(tmp_path: Path) -> None:
     written = np.asarray(Image.open(tmp_path / "report" / "strips" / "unit_0001.jpg").convert("RGB")).astype(np.int16)
     assert written.shape == expected.shape
     assert np.abs(written - expected).mean() < 12                         # JPEG of noise at quality 95
+
+
+def test_strips_decode_each_image_once_across_batches(tmp_path: Path) -> None:
+    layer = make_layer(tmp_path / "layer", units=9, images=14, size=16, seed=12)
+    top = top_rows(layer.imgmax, 5)
+    maps = gather_maps(top, layer.maps_for_rows)
+    written = {}
+    for per_batch in (2, 100):                     # several batches (images dropped between them) vs one
+        calls: list[int] = []
+
+        def load_image(row: int):
+            calls.append(row)
+            return layer.images[row]
+
+        folder = tmp_path / f"strips{per_batch}"
+        render_strips(folder, top, maps, layer.thresholds, load_image, units_per_batch=per_batch)
+        assert sorted(calls) == np.unique(top).tolist()
+        written[per_batch] = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert written[2] == written[100] and len(written[2]) == 9
 
 
 # ---------------------------------------------------------------- counts

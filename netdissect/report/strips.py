@@ -168,15 +168,14 @@ def unit_masks(top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray,
     """Masks of a batch of units: ``result[u][j]`` is bool (h, w) for top image j of unit u.
 
     ``top`` (U', k) rows, ``maps`` (U', k, H, W), ``thresholds`` (U',), ``sizes`` (U', k, 2) the
-    (height, width) of each tile's image. Tiles of one image size are
-    upsampled in one batched call, so mixed image sizes work and the common case is a single call.
+    (height, width) of each tile's image. Tiles of one image size are upsampled in one batched call,
+    so mixed image sizes work and the common case is a single call.
     """
     units, k = top.shape
-    flat_rows = top.reshape(-1)
     flat_maps = maps.reshape(units * k, *maps.shape[2:])
     flat_thresholds = np.repeat(np.asarray(thresholds, dtype=np.float64), k)
     sizes = np.asarray(sizes).reshape(-1, 2)
-    masks: list[np.ndarray | None] = [None] * len(flat_rows)
+    masks: list[np.ndarray | None] = [None] * (units * k)
     for size in np.unique(sizes, axis=0):
         which = np.flatnonzero((sizes == size).all(axis=1))
         batch = tile_masks(flat_maps[which], (int(size[0]), int(size[1])), flat_thresholds[which]).numpy()
