@@ -27,6 +27,13 @@ def _sha_option(entry):
     return f"--sha256 {entry['sha256']}" if entry.get("sha256") else ""
 
 
+def _archive_path(wc):
+    """Where an archive is kept: named after its place AND its URL's file name (PASCAL-Context and
+    PASCAL-Part both ship a `trainval.tar.gz`)."""
+    name = _download(wc, True)["url"].rsplit("/", 1)[-1]
+    return f"datasets/downloads/{wc.source}/{wc.path.replace('/', '_')}__{name}"
+
+
 def source_root(source):
     """The folder handed to `netdissect broden regenerate --<source>`."""
     return os.path.normpath(f"datasets/sources/{source}/{SOURCES[source].get('root', '.')}")
@@ -66,7 +73,7 @@ rule fetch_source_archive:
         url=lambda wc: _download(wc, True)["url"],
         sha256=lambda wc: _sha_option(_download(wc, True)),
         strip=lambda wc: _download(wc, True).get("strip", 0),
-        archive=lambda wc: f"datasets/downloads/{wc.source}/{_download(wc, True)['url'].rsplit('/', 1)[-1]}",
+        archive=lambda wc: _archive_path(wc),
     log:
         "logs/sources/{source}/{path}.fetch.log",
     threads: 1
