@@ -68,27 +68,34 @@ def target_labels(primary: "np.ndarray", categories: Sequence[str]) -> "np.ndarr
     return np.flatnonzero(chosen)
 
 
-def coverage_targets(pixel_labels: "torch.Tensor", image_labels: "torch.Tensor", lookup: "torch.Tensor",
-                     size: tuple[int, int]) -> "torch.Tensor":
-    """Soft targets of one image: (T, h, w) fraction of each cell of an h×w grid covered by each target label.
+def coverage_targets(pixel_labels: Sequence["torch.Tensor"], image_labels: Sequence["torch.Tensor"],
+                     lookup: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """Soft targets of a batch: (B, T, h, w) fraction of each cell of an h×w grid covered by each target label.
 
-    ``pixel_labels`` is (K, sh, sw) global numbers (K may be 0), ``image_labels`` (J,) global numbers,
-    ``lookup`` (L,) maps a global number to its target index, or -1 when it is not a target. A pixel
-    layer adds its coverage; image-level labels cover every cell. Values are clipped to [0, 1].
+    Per image b: ``pixel_labels[b]`` is (K, sh, sw) global numbers (K may be 0; sh, sw the same for the
+    batch), ``image_labels[b]`` (J,) global numbers. ``lookup`` (L,) maps a global number to its target
+    index, or -1 when it is not a target. Pixel row y belongs to cell row ``y * h // sh`` (likewise
+    columns), so the cells partition the map. Each pixel layer adds its coverage; image-level labels
+    cover every cell. Values are clipped to [0, 1]. One ``bincount`` for the whole batch.
     """
     import torch
-    import torch.nn.functional as F
 
-    num_targets = int(lookup.max().item()) + 1 if lookup.numel() else 0
-    out = torch.zeros(num_targets, *size)
-    if pixel_labels.shape[0]:
-        target = lookup[pixel_labels.long()]                              # (K, sh, sw), -1 = none
-        onehot = F.one_hot(target.clamp(min=0), num_targets).permute(0, 3, 1, 2).float()
-        onehot = onehot * (target >= 0).unsqueeze(1)                      # drop non-target pixels
-        out += F.adaptive_avg_pool2d(onehot.sum(0, keepdim=True), size)[0]
-    image_targets = lookup[image_labels.long()] if image_labels.numel() else image_labels
-    image_targets = image_targets[image_targets >= 0]
-    out[image_targets] = 1.0
+    batch, num_targets, (h, w) = len(pixel_labels), int(lookup.max().item()) + 1, size
+    cells = h * w
+    out = torch.zeros(batch, num_targets, h, w)
+    layers = torch.cat([p.reshape(-1, *p.shape[-2:]) for p in pixel_labels]) if batch else None
+    if layers is not None and len(layers):
+        sh, sw = layers.shape[-2:]
+        cell = (torch.arange(sh) * h // sh)[:, None] * w + (torch.arange(sw) * w // sw)[None, :]   # (sh, sw)
+        owner = torch.repeat_interleave(torch.arange(batch), torch.tensor([len(p) for p in pixel_labels]))
+        target = lookup.where(lookup >= 0, num_targets)[layers.long()]     # non-targets -> extra row T
+        flat = (owner[:, None, None] * (num_targets + 1) + target) * cells + cell
+        area = torch.bincount(flat.flatten(), minlength=batch * (num_targets + 1) * cells)
+        cell_pixels = torch.bincount(cell.flatten(), minlength=cells).clamp(min=1)
+        out += (area.view(batch, num_targets + 1, cells)[:, :num_targets] / cell_pixels).view(out.shape)
+    for b, labels in enumerate(image_labels):
+        targets = lookup[labels.long()] if labels.numel() else labels
+        out[b, targets[targets >= 0]] = 1.0
     return out.clamp_(0.0, 1.0)
 
 
@@ -116,12 +123,11 @@ def load_training_data(root: str | Path, workers: int = 0) -> dict[str, Any]:
         images.append(batch["image"])
         h, w = batch["image"].shape[-2:]
         grid = (max(1, h // 16), max(1, w // 16))
-        targets.extend(coverage_targets(p, q, lookup, grid)
-                       for p, q in zip(batch["pixel_labels"], batch["image_labels"]))
+        targets.append(coverage_targets(batch["pixel_labels"], batch["image_labels"], lookup, grid))
     images_t = torch.cat(images)
     if images_t.shape[-2] != images[0].shape[-2] or images_t.shape[-1] != images[0].shape[-1]:
         raise NetDissectError(f"dataset {root}: images of several sizes; train-demo needs images of one size")
-    return {"images": images_t, "targets": torch.stack(targets), "labels": labels,
+    return {"images": images_t, "targets": torch.cat(targets), "labels": labels,
             "fingerprint": ds.fingerprint()}
 
 

@@ -42,7 +42,11 @@ def test_coverage_targets_match_brute_force():
     pixel = rng.integers(0, 6, size=(2, 8, 12)).astype(np.int32)        # two layers, labels 0..5
     lookup = torch.tensor([-1, -1, 0, 1, -1, 2, 3])                       # 2->0, 3->1, 5->2, 6->3
     image_labels = torch.tensor([6, 1])                                   # 6 is a target, 1 is not
-    got = coverage_targets(torch.from_numpy(pixel), image_labels, lookup, (2, 3)).numpy()
+    empty = torch.zeros(0, 8, 12, dtype=torch.int32)                     # a second image without pixel layers
+    got = coverage_targets([torch.from_numpy(pixel), empty], [image_labels, torch.tensor([3])], lookup, (2, 3))
+    assert got.shape == (2, 4, 2, 3)
+    assert got[1].tolist() == [[[0.0] * 3] * 2, [[1.0] * 3] * 2, [[0.0] * 3] * 2, [[0.0] * 3] * 2]
+    got = got[0].numpy()
     want = np.zeros((4, 2, 3))
     for t, label in ((0, 2), (1, 3), (2, 5)):
         for y in range(2):
@@ -54,9 +58,9 @@ def test_coverage_targets_match_brute_force():
 
 
 def test_coverage_targets_without_pixel_layers():
-    got = coverage_targets(torch.zeros(0, 4, 4, dtype=torch.int32), torch.tensor([2]),
+    got = coverage_targets([torch.zeros(0, 4, 4, dtype=torch.int32)], [torch.tensor([2])],
                            torch.tensor([-1, 0, 1]), (1, 1))
-    assert got.tolist() == [[[0.0]], [[1.0]]]
+    assert got.tolist() == [[[[0.0]], [[1.0]]]]
 
 
 def _toy_problem(n: int = 48, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
