@@ -320,7 +320,7 @@ def test_bad_input_leaves_no_output(built, tmp_path):
     with pytest.raises(NetDissectError, match="ADE_val_00000001_seg.png"):
         regenerate(out, 16, {"ade20k": ade}, min_frequency=1, min_coverage=0, workers=2, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ade20k"]
-    with pytest.raises(NetDissectError, match="fetch_dtd"):
+    with pytest.raises(NetDissectError, match="fetch_source_archive.*datasets/sources/dtd/dtd-r1.0.1"):
         regenerate(out, 16, {"dtd": tmp_path / "no_dtd"}, progress=False)
     out.mkdir()
     (out / "x").write_text("")
@@ -370,4 +370,4 @@ def test_cli_regenerate(built, tmp_path, capsys):
     assert decode_label_png(out / "images/dtd/banded_0002_color.png").shape == (5, 5)
     code = main(["broden", "regenerate", "--out", str(tmp_path / "x"), "--size", "10", "--ade20k",
                  str(tmp_path / "missing"), "--no-progress"])
-    assert code == 2 and "fetch_ade20k" in capsys.readouterr().err
+    assert code == 2 and "datasets/sources/ade20k/ADE20K_2016_07_26" in capsys.readouterr().err

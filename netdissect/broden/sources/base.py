@@ -30,15 +30,20 @@ LabelData = Union[int, list, np.ndarray]
 
 # Where each source comes from: used in "missing source folder" messages.
 FETCH_HINTS = {
-    "ade20k": "snakemake rule `fetch_ade20k`, or: netdissect fetch "
+    "ade20k": "Snakemake rule fetch_source_archive (snakemake datasets/sources/ade20k/ADE20K_2016_07_26 "
+              "--configfile config/examples/regenerate.yaml), or: netdissect fetch "
               "http://groups.csail.mit.edu/vision/datasets/ADE20K/ADE20K_2016_07_26.zip --out ADE20K_2016_07_26.zip "
-              "--extract DIR",
-    "pascal": "snakemake rules `fetch_pascal_voc`, `fetch_pascal_context`, `fetch_pascal_part` "
-              "(see config/examples/regenerate.yaml for the URLs and --strip values)",
-    "opensurfaces": "snakemake rule `fetch_opensurfaces` (then run the source's process_opensurfaces_release_0.py "
-                    "inside the folder to get photos/ and photos-labels/)",
-    "dtd": "snakemake rule `fetch_dtd`, or: netdissect fetch "
-           "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz --out dtd-r1.0.1.tar.gz --extract DIR",
+              "--extract DIR/ADE20K_2016_07_26 --strip 1",
+    "pascal": "Snakemake rules fetch_source_archive and fetch_source_file (snakemake datasets/sources/pascal/VOC2010 "
+              "datasets/sources/pascal/context/trainval datasets/sources/pascal/context/labels.txt "
+              "datasets/sources/pascal/part --configfile config/examples/regenerate.yaml; URLs and --strip values there)",
+    "opensurfaces": "Snakemake rules fetch_source_archive and fetch_source_file (snakemake "
+                    "datasets/sources/opensurfaces/release --configfile config/examples/regenerate.yaml), then the "
+                    "source's process_opensurfaces_release_0.py run inside that folder for photos/ and photos-labels/",
+    "dtd": "Snakemake rule fetch_source_archive (snakemake datasets/sources/dtd/dtd-r1.0.1 --configfile "
+           "config/examples/regenerate.yaml), or: netdissect fetch "
+           "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz --out dtd-r1.0.1.tar.gz "
+           "--extract DIR/dtd-r1.0.1 --strip 1",
 }
 
 
