@@ -88,9 +88,9 @@ def test_resize_labels_matches_brute_force_and_zoom(shape):
                                int(np.floor(j * ((w - 1) / (side - 1)) + 0.5))] for j in range(side)]
                        for i in range(side)] for k in range(2)])
     np.testing.assert_array_equal(out, brute)
-    zoomed = scipy.ndimage.zoom(labels[0], (side / h, side / w), order=0, grid_mode=False)
-    if zoomed.shape == (side, side):
-        np.testing.assert_array_equal(out[0], zoomed)
+    zoomed = scipy.ndimage.zoom(labels[0], (side / h, side / w), order=0, grid_mode=False)   # spec: the same
+    assert zoomed.shape == (side, side)
+    np.testing.assert_array_equal(out[0], zoomed)
 
 
 def test_label_shares():
