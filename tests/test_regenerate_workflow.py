@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from netdissect.broden.sources.fixtures import AdeImage, write_ade20k, write_dtd
+from netdissect.broden.sources.merge import nearest_indices
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_snakemake_fetches_and_regenerates(served, tmp_path):
         tar.add(build / "dtd" / "dtd-r1.0.1", arcname="dtd")
     zip_sha = hashlib.sha256((www / "ADE20K_2016_07_26.zip").read_bytes()).hexdigest()
     config = {
-        "datasets": {"broden_regen_16": {"source": "regenerate", "size": 16, "sources": ["ade20k", "dtd"],
+        "datasets": {"broden_regen_224": {"source": "regenerate", "size": 224, "sources": ["ade20k", "dtd"],
                                          "min_frequency": 2, "min_coverage": 0.5, "color_table": None}},
         "sources": {
             "ade20k": {"root": ".", "downloads": [{"url": f"{base}/ADE20K_2016_07_26.zip", "sha256": zip_sha,
@@ -75,7 +76,7 @@ def test_snakemake_fetches_and_regenerates(served, tmp_path):
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2",
-         "datasets/broden_regen_16/index.csv", "--configfile", str(work / "config.yaml")],
+         "datasets/broden_regen_224/index.csv", "--configfile", str(work / "config.yaml")],
         capture_output=True, text=True, timeout=600)
     logs = "\n".join(p.read_text() for p in (work / "logs").rglob("*.log")) if (work / "logs").exists() else ""
     assert result.returncode == 0, result.stderr[-3000:] + logs
@@ -84,11 +85,11 @@ def test_snakemake_fetches_and_regenerates(served, tmp_path):
 
     from netdissect.broden import BrodenDataset
 
-    ds = BrodenDataset(work / "datasets/broden_regen_16")
+    ds = BrodenDataset(work / "datasets/broden_regen_224")
     assert len(ds) == 4
     assert {"car", "wall", "banded", "red-c"} <= set(ds.label_names)
     car = ds.label_names.index("car")
     item = ds[ds.index["image"].tolist().index("ade20k/ADE_train_00000001.jpg")]
     layers = item["pixel_labels"].numpy()
-    assert (layers[:, :, 4:] == car).any(axis=0).all()         # right half is car in some layer
-    assert not (layers[:, :, :4] == car).any()
+    expected = objects[np.ix_(nearest_indices(12, 112), nearest_indices(16, 112))] == 2
+    assert ((layers == car).any(axis=0) == expected).all()     # car exactly where the source had it
