@@ -252,6 +252,14 @@ def test_zip_refuses_members_pointing_out(tmp_path, name, data, symlink, match):
     assert sorted(tmp_path.rglob("*")) == before
 
 
+def test_extract_into_existing_folder(tmp_path):
+    arc = _zip_with(tmp_path / "a.zip", "ok/sub/c.txt", b"C")
+    (tmp_path / "empty").mkdir()                      # e.g. made by Snakemake for an output inside it
+    assert (extract(arc, tmp_path / "empty", strip=1) / "sub" / "c.txt").read_bytes() == b"C"
+    with pytest.raises(NetDissectError, match="not empty"):
+        extract(arc, tmp_path / "empty")
+
+
 def test_zip_extracts(tmp_path):
     arc = _zip_with(tmp_path / "a.zip", "ok/sub/c.txt", b"C")
     dest = extract(arc, tmp_path / "out")
