@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -44,6 +44,7 @@ from netdissect.io import atomic_write_text
 
 COLOR = "color"
 NO_LABELS = np.zeros(1, dtype=np.int32)     # the lookup of a (source, category) without any label
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +213,8 @@ def _translate(task: Task) -> IndexRow:
     return IndexRow(name, job.size, job.size, side, side, cells)
 
 
-def _map(func, tasks: list, job: Job, workers: int, desc: str, progress: bool) -> Iterator:
+def _map(func: Callable[[Task], T], tasks: list[Task], job: Job, workers: int, desc: str,
+         progress: bool) -> Iterator[T]:
     """``func`` over ``tasks`` in order, in ``workers`` processes (in this one when workers == 1)."""
     from tqdm import tqdm
 
