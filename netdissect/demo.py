@@ -16,6 +16,9 @@ images, same scale as at dissection time, since the network is fully convolution
 ``netdissect random-weights`` writes a seeded random initialisation of any model SPEC, so that every
 shard of a dissection of an "untrained" network sees the same network.
 
+``resnet18_places365`` and ``alexnet_places365`` are the torchvision architectures with the 365 outputs
+of the Places365 release, as factories for the examples in config/examples/.
+
 Saved file (``torch.load(path, weights_only=True)``): a dict with ``state_dict`` (the weights),
 ``spec``, ``seed`` and, for the demo, ``epochs``, ``dataset_fingerprint``, ``target_labels`` (global
 label numbers predicted by the head, in head order) and ``history`` (mean loss per epoch).
@@ -50,6 +53,21 @@ def DemoNet() -> "torch.nn.Module":  # noqa: N802  (a factory named like the cla
         )
         channels = width
     return nn.Sequential(blocks)
+
+
+def resnet18_places365() -> "torch.nn.Module":
+    """torchvision's resnet18 with the 365-way classifier of the Places365 release (SPEC
+    ``netdissect.demo:resnet18_places365``), so that resnet18_places365.pth.tar fits it."""
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None, num_classes=365)
+
+
+def alexnet_places365() -> "torch.nn.Module":
+    """torchvision's alexnet with the 365-way classifier of the Places365 release."""
+    import torchvision
+
+    return torchvision.models.alexnet(weights=None, num_classes=365)
 
 
 # ---------------------------------------------------------------------------------------------------

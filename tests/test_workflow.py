@@ -104,3 +104,13 @@ def test_second_run_does_nothing(tiny_run: Path):
     proc = snakemake(tiny_run, "--cores", "2", "report_all")
     assert proc.returncode == 0, proc.stderr
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))
+def test_example_configs_validate_and_plan(tmp_path: Path, example: str):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path),
+                           "--dry-run", "report_all", "--configfile", str(REPO / "config" / "examples" / example)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    counts = job_counts(proc.stdout)
+    assert counts["extract"] >= 1 and counts["report_summary"] == 1
