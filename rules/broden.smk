@@ -51,7 +51,7 @@ rule download_dataset:
 
 
 rule check_dataset:
-    """`netdissect broden check`: the format is valid (run on demand: snakemake check_datasets)."""
+    """`netdissect broden check`: the format is valid (on demand: snakemake results/checks/<dataset>.broden.ok)."""
     input:
         dataset_index,
     output:
