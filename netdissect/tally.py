@@ -106,7 +106,7 @@ class AxisCells:
     """The output pixels of one axis grouped into cells that read the same two source pixels.
 
     Cell j covers output pixels ``index[j, :]`` (−1 = padding) reading sources ``i0[j]`` with weight
-    ``w1 = 1 − w`` and ``i1[j]`` with weight ``w``. Where the edge is clamped (w = 0 throughout)
+    ``w1 = 1 − w`` and ``i1[j]`` with weight ``w`` (NaN at padding). Where the edge is clamped (w = 0 throughout)
     the cell reads one source only (``i1 = i0``).
     """
 
@@ -115,10 +115,8 @@ class AxisCells:
     index: torch.Tensor    # (n, m) int64
     w: torch.Tensor        # (n, m) float64
     w1: torch.Tensor       # (n, m) float64
-
-    @property
-    def valid(self) -> torch.Tensor:
-        return self.index >= 0
+    end_w: torch.Tensor    # (n, 2) float64: weights of the cell's first and last pixel
+    end_w1: torch.Tensor   # (n, 2) float64
 
 
 @functools.lru_cache(maxsize=32)
@@ -130,57 +128,76 @@ def axis_cells(n_in: int, n_out: int, device: str = "cpu") -> AxisCells:
     starts = np.flatnonzero(np.r_[True, (i0[1:] != i0[:-1]) | (i1[1:] != i1[:-1])])
     sizes = np.diff(np.r_[starts, n_out])
     index = np.full((len(starts), sizes.max()), -1, dtype=np.int64)
-    weight = np.zeros(index.shape)
+    weight = np.full(index.shape, np.nan)             # NaN at padding: padded values never exceed T
     for j, (start, size) in enumerate(zip(starts, sizes)):
         index[j, :size] = np.arange(start, start + size)
         weight[j, :size] = w[start:start + size]
+    ends = np.stack([w[starts], w[starts + sizes - 1]], axis=1)
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
-    return AxisCells(as_t(i0[starts]), as_t(i1[starts]), as_t(index), as_t(weight), as_t(1 - weight))
+    return AxisCells(as_t(i0[starts]), as_t(i1[starts]), as_t(index), as_t(weight), as_t(1 - weight),
+                     as_t(ends), as_t(1 - ends))
+
+
+def bilinear_at(c00: torch.Tensor, c01: torch.Tensor, c10: torch.Tensor, c11: torch.Tensor, wx: torch.Tensor,
+                wx1: torch.Tensor, wy: torch.Tensor, wy1: torch.Tensor) -> torch.Tensor:
+    """``(c00·wx1 + c01·wx)·wy1 + (c10·wx1 + c11·wx)·wy``: THE bilinear formula (one rounding order)."""
+    return (c00 * wx1 + c01 * wx) * wy1 + (c10 * wx1 + c11 * wx) * wy
 
 
 def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixels of the masks ``bilinear(maps[a]) > thresholds[a]`` at sh×sw, as (map number, flat pixel).
 
-    Bilinear values are computed in float64 as ``top·(1−wy) + bottom·wy`` with
-    ``top = a00·(1−wx) + a01·wx`` (and likewise ``bottom``), but only where the answer is not
-    already known: a cell (output pixels reading the same 2×2 source corners) whose corners all
-    exceed the threshold lies entirely inside the mask, one whose corners are all at or below it
-    entirely outside (a margin of 1e-9·max|a| keeps this exact against float64 rounding). Only the
-    mixed cells are evaluated pixel by pixel.
+    Values follow :func:`bilinear_at` in float64, but are computed only where the answer is not
+    already known. A cell (the output pixels that read the same 2×2 source values) holds values
+    between the min and max of those 4; along one row of a cell the values are linear, with their
+    extremes at the row's two end pixels. So cells whose 4 source values all exceed the threshold
+    are inside the mask and cells where none does are outside; in the other cells, rows are decided
+    by their end pixels the same way; only the rows still undecided are evaluated pixel by pixel.
+    A margin of 1e-9·max|a| keeps every shortcut exact against float64 rounding.
 
     Args:
         maps: (A, h, w) float activations; thresholds: (A,) float64.
     """
-    _, h, w = maps.shape
-    ys, xs = axis_cells(h, sh, str(maps.device)), axis_cells(w, sw, str(maps.device))
+    ys, xs = axis_cells(maps.shape[1], sh, str(maps.device)), axis_cells(maps.shape[2], sw, str(maps.device))
     a = maps.to(torch.float64)
     rows0, rows1 = a[:, ys.i0], a[:, ys.i1]                                    # (A, cy, w)
     corners = torch.stack([rows0[:, :, xs.i0], rows0[:, :, xs.i1], rows1[:, :, xs.i0], rows1[:, :, xs.i1]])
-    t = thresholds.to(torch.float64)[:, None, None]
-    margin = 1e-9 * a.abs().amax(dim=(1, 2))[:, None, None]
-    full = corners.amin(dim=0) > t + margin                                    # (A, cy, cx)
-    mixed = ~full & (corners.amax(dim=0) + margin > t)
+    margin = 1e-9 * a.abs().amax(dim=(1, 2))
+    t = thresholds.to(torch.float64)
+    above, below = t + margin, t - margin
+    maps_of, pixels_of = [], []
 
-    def inside(cells: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cells (k, 3) = (map, cy, cx), keep (k, my, mx) -> (map, flat pixel) of the kept pixels."""
-        cell, yy, xx = torch.nonzero(keep, as_tuple=True)
-        cy, cx = cells[cell, 1], cells[cell, 2]
-        return cells[cell, 0], ys.index[cy, yy] * sw + xs.index[cx, xx]
+    def emit(m: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, row: torch.Tensor | None,
+             keep: torch.Tensor) -> None:
+        """Record the pixels of (map m, cell cy/cx[, row]) where keep (n, [my,] mx) is True."""
+        hit = torch.nonzero(keep, as_tuple=True)
+        n, xx = hit[0], hit[-1]
+        yy = ys.index[cy[n], row[n] if row is not None else hit[1]]
+        maps_of.append(m[n])
+        pixels_of.append(yy * sw + xs.index[cx[n], xx])
 
-    def valid(cells: torch.Tensor) -> torch.Tensor:
-        return ys.valid[cells[:, 1]][:, :, None] & xs.valid[cells[:, 2]][:, None, :]
+    # 1. cells, by their 4 source values
+    full = corners.amin(dim=0) > above[:, None, None]                          # (A, cy, cx)
+    mixed = ~full & (corners.amax(dim=0) > below[:, None, None])
+    m, cy, cx = torch.nonzero(full, as_tuple=True)
+    emit(m, cy, cx, None, (ys.index[cy] >= 0)[:, :, None] & (xs.index[cx] >= 0)[:, None, :])
 
-    full_cells, cells = torch.nonzero(full), torch.nonzero(mixed)
-    f_map, f_pix = inside(full_cells, valid(full_cells))
-    c = corners[:, cells[:, 0], cells[:, 1], cells[:, 2]]                    # (4, k)
-    wx, wx1 = xs.w[cells[:, 2]], xs.w1[cells[:, 2]]                          # (k, mx)
-    wy, wy1 = ys.w[cells[:, 1]][:, :, None], ys.w1[cells[:, 1]][:, :, None]  # (k, my, 1)
-    top = (c[0, :, None] * wx1 + c[1, :, None] * wx)[:, None, :]
-    bottom = (c[2, :, None] * wx1 + c[3, :, None] * wx)[:, None, :]
-    keep = ((top * wy1 + bottom * wy) > t[cells[:, 0]]) & valid(cells)
-    m_map, m_pix = inside(cells, keep)
-    return torch.cat([f_map, m_map]), torch.cat([f_pix, m_pix])
+    # 2. rows of the mixed cells, by their 2 end pixels (padded rows: NaN, neither full nor mixed)
+    m, cy, cx = torch.nonzero(mixed, as_tuple=True)
+    c = corners[:, m, cy, cx, None]                                            # (4, k, 1)
+    wy, wy1 = ys.w[cy], ys.w1[cy]                                              # (k, my)
+    ends = torch.stack([bilinear_at(*c, xs.end_w[cx, f, None], xs.end_w1[cx, f, None], wy, wy1) for f in (0, 1)])
+    full_rows = ends.amin(dim=0) > above[m, None]
+    mixed_rows = ~full_rows & (ends.amax(dim=0) > below[m, None])
+    cell, row = torch.nonzero(full_rows, as_tuple=True)
+    emit(m[cell], cy[cell], cx[cell], row, xs.index[cx[cell]] >= 0)
+
+    # 3. pixels of the mixed rows (padded columns: NaN, never above)
+    cell, row = torch.nonzero(mixed_rows, as_tuple=True)
+    values = bilinear_at(*c[:, cell], xs.w[cx[cell]], xs.w1[cx[cell]], wy[cell, row, None], wy1[cell, row, None])
+    emit(m[cell], cy[cell], cx[cell], row, values > t[m[cell], None])
+    return torch.cat(maps_of), torch.cat(pixels_of)
 
 
 def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tensor,
