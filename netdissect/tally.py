@@ -53,13 +53,14 @@ UNIONS = ("paper", "lite")
 
 def pad_labels(pixel_labels: Sequence[torch.Tensor], image_labels: Sequence[torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack per-image label data: (B, Kmax, sh, sw) int64 layers padded with 0-layers, (B, Jmax) int64
+    """Stack per-image label data: (B, sh, sw, Kmax) int64 layers (pixel-major, so the labels of one
+    pixel are contiguous) padded with 0-layers, and (B, Jmax) int64
     image-level labels, de-duplicated per image and padded with 0 (label 0 is never counted)."""
     sh, sw = pixel_labels[0].shape[1:]
     kmax = max(int(p.shape[0]) for p in pixel_labels)
-    layers = torch.zeros((len(pixel_labels), kmax, sh, sw), dtype=torch.int64)
+    layers = torch.zeros((len(pixel_labels), sh, sw, kmax), dtype=torch.int64)
     for b, p in enumerate(pixel_labels):
-        layers[b, :p.shape[0]] = p
+        layers[b, :, :, :p.shape[0]] = p.permute(1, 2, 0)
     uniq = [torch.unique(j[j > 0]) for j in image_labels]
     jmax = max([int(u.numel()) for u in uniq] + [0])
     img = torch.zeros((len(image_labels), jmax), dtype=torch.int64)
@@ -79,14 +80,6 @@ def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels:
     member.scatter_(1, image_labels, 1)
     member[:, 0] = 0
     return pixels, member
-
-
-def label_area(layers: torch.Tensor, image_labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """G of spec §4 for a batch: (L,) int64; label 0 gets 0."""
-    pixels, member = label_presence(layers, image_labels, num_labels)
-    area = pixels.sum(0) + member.sum(0) * (layers.shape[2] * layers.shape[3])
-    area[0] = 0
-    return area
 
 
 def axis_table(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -209,7 +202,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
         acts: (B, U, H, W) float32 activations.
         imgmax: (B, U) float32 per-image maxima of ``acts``.
         thresholds: (U,) float64 thresholds.
-        layers: (B, K, sh, sw) int64 pixel layers (global label numbers, 0 = none).
+        layers: (B, sh, sw, K) int64 pixel layers (global label numbers, 0 = none), from :func:`pad_labels`.
         image_labels: (B, J) int64 image-level labels, unique per image, 0-padded.
         primary: (L,) int64 primary category per label, -1 = none.
         num_categories: K, the number of categories.
@@ -222,7 +215,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     device = acts.device
     b, units = imgmax.shape
     num_labels = primary.shape[0]
-    sh, sw = layers.shape[2], layers.shape[3]
+    sh, sw = layers.shape[1], layers.shape[2]
     pixels_per_image = sh * sw
     cat1 = primary + 1                                       # category + 1; 0 = none
     pixels, member = label_presence(layers, image_labels, num_labels)
@@ -240,7 +233,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     mask_size = torch.bincount(pair, minlength=img_idx.numel())              # |M[i,u]| per pair
 
     # pixel layers: every masked pixel, every layer -> (unit, label)
-    labels_at = layers.permute(0, 2, 3, 1).reshape(b * pixels_per_image, -1)[img_idx[pair] * pixels_per_image + pix]
+    labels_at = layers.reshape(b * pixels_per_image, -1)[img_idx[pair] * pixels_per_image + pix]   # (n, K)
     inter += torch.bincount((unit_idx[pair][:, None] * num_labels + labels_at).reshape(-1),
                             minlength=units * num_labels)
     # image-level labels: |M| for each (unit, label of the image)
