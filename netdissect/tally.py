@@ -82,6 +82,29 @@ def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels:
     return pixels, member
 
 
+class LabelCollate:
+    """DataLoader collate for the tally: per group of images of one segmentation size, the padded
+    label tensors (:func:`pad_labels`) and their per-image statistics (:func:`label_presence`),
+    computed in the loader's worker processes, beside the main process's mask work."""
+
+    def __init__(self, num_labels: int):
+        self.num_labels = num_labels
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        sizes = [tuple(item["pixel_labels"].shape[1:]) for item in items]
+        groups = []
+        for size in dict.fromkeys(sizes):
+            sel = [j for j, s in enumerate(sizes) if s == size]
+            layers, image_labels = pad_labels([items[j]["pixel_labels"] for j in sel],
+                                              [items[j]["image_labels"] for j in sel])
+            groups.append((sel, layers, image_labels, *label_presence(layers, image_labels, self.num_labels)))
+        return {"i": torch.tensor([item["i"] for item in items], dtype=torch.int64), "groups": groups}
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
 def axis_table(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear source positions along one axis (half-pixel centres, clamped edges), float64.
 
@@ -194,7 +217,8 @@ def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
 
 
 def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tensor,
-                image_labels: torch.Tensor, primary: torch.Tensor, num_categories: int, union: str = "paper"
+                image_labels: torch.Tensor, primary: torch.Tensor, num_categories: int, union: str = "paper",
+                presence: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Counts of spec §4 for one batch of images of one segmentation size.
 
@@ -207,6 +231,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
         primary: (L,) int64 primary category per label, -1 = none.
         num_categories: K, the number of categories.
         union: ``paper`` or ``lite`` (spec §4).
+        presence: :func:`label_presence` of these labels, if already computed.
     Returns:
         G (L,), I (U, L), C (U, K), all int64.
     """
@@ -218,7 +243,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     sh, sw = layers.shape[1], layers.shape[2]
     pixels_per_image = sh * sw
     cat1 = primary + 1                                       # category + 1; 0 = none
-    pixels, member = label_presence(layers, image_labels, num_labels)
+    pixels, member = presence if presence is not None else label_presence(layers, image_labels, num_labels)
     area = pixels.sum(0) + member.sum(0) * pixels_per_image
     area[0] = 0
 
@@ -285,19 +310,21 @@ def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: n
     inter = torch.zeros((units, num_labels), dtype=torch.int64, device=device)
     cat_area = torch.zeros((units, num_categories), dtype=torch.int64, device=device)
     bar = tqdm(total=stop - start, desc=f"tally {layer}", unit="img", disable=not progress)
-    for batch in iterate_batches(ds.loader(batch_size, workers, start, stop)):
+    if batch_size < 1 or workers < 0:
+        raise NetDissectError(f"--batch-size {batch_size} / --workers {workers}: expected >= 1 and >= 0")
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, range(start, stop)), batch_size=batch_size, num_workers=workers,
+        collate_fn=LabelCollate(num_labels), worker_init_fn=_one_thread if workers else None,
+        prefetch_factor=4 if workers else None)
+    for batch in iterate_batches(loader):
         rows = batch["i"].numpy()
         local = rows - start
         acts = torch.from_numpy(read_npy_rows(act_path, local).astype(np.float32, copy=False)).to(device)
         maxima = torch.from_numpy(imgmax[local]).to(device)
-        # group images by segmentation size (all equal in Broden, but not required)
-        sizes = [tuple(p.shape[1:]) for p in batch["pixel_labels"]]
-        for size in dict.fromkeys(sizes):
-            sel = [j for j, s in enumerate(sizes) if s == size]
-            layers, img_labels = pad_labels([batch["pixel_labels"][j] for j in sel],
-                                            [batch["image_labels"][j] for j in sel])
-            g, i, c = tally_batch(acts[sel], maxima[sel], t64, layers.to(device), img_labels.to(device),
-                                  primary, num_categories, union)
+        for sel, layers, img_labels, pixels, member in batch["groups"]:      # one group per label-map size
+            on = lambda x: x.to(device, non_blocking=True)
+            g, i, c = tally_batch(acts[sel], maxima[sel], t64, on(layers), on(img_labels), primary,
+                                  num_categories, union, presence=(on(pixels), on(member)))
             area += g
             inter += i
             cat_area += c
