@@ -235,6 +235,10 @@ def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int
     start, stop = shard_range(num_images, shard, shards)
     np_dtype = DTYPES[dtype]
     model.module.to(device)
+    if device.startswith("cuda"):
+        # full float32 convolutions and matmuls (PyTorch lets cuDNN use TF32 by default, ~1e-3 relative)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     with capture(model, layers) as run:
         probe = run(model.normalise(torch.zeros(1, 3, ih, iw, dtype=torch.uint8, device=device)))
