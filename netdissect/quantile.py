@@ -133,15 +133,3 @@ def load_thresholds(path: str | Path, units: int, layer: str) -> np.ndarray:
         raise NetDissectError(f"--thresholds {path}: unit {int(np.flatnonzero(~np.isfinite(t))[0])} has a "
                               f"non-finite threshold; thresholds must be finite numbers")
     return t
-
-
-def float32_below(thresholds: np.ndarray) -> np.ndarray:
-    """Largest float32 ≤ each float64 threshold: for float32 x, ``x > T`` ⇔ ``x > float32_below(T)``.
-
-    Lets masks be compared in float32 while keeping the float64 threshold's exact meaning.
-    """
-    t = np.asarray(thresholds, dtype=np.float64)
-    t32 = t.astype(np.float32)
-    above = t32.astype(np.float64) > t
-    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
-    return t32

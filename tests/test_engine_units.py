@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from netdissect.errors import NetDissectError
-from netdissect.quantile import (TopK, candidate_count, float32_below, load_thresholds, merge_candidates,
-                                 thresholds_from_candidates)
+from netdissect.quantile import TopK, candidate_count, load_thresholds, merge_candidates, thresholds_from_candidates
 from netdissect.score import score_units, unique_by_category, unique_top
 from netdissect.tally import pad_labels, tally_batch
 
@@ -39,15 +38,6 @@ def test_too_few_candidates_is_an_error():
         thresholds_from_candidates(np.zeros((2, 3), np.float32), 100, 0.5)
 
 
-def test_float32_below_keeps_the_strict_comparison():
-    rng = np.random.default_rng(0)
-    t = rng.standard_normal(1000)
-    t[:10] = t[:10].astype(np.float32)                       # some thresholds exactly representable
-    x = np.concatenate([t.astype(np.float32), np.nextafter(t.astype(np.float32), np.float32(np.inf)),
-                        np.nextafter(t.astype(np.float32), np.float32(-np.inf))]).reshape(3, -1)
-    assert np.array_equal(x > float32_below(t)[None], x.astype(np.float64) > t[None])
-
-
 def test_thresholds_file_length_is_checked(tmp_path):
     np.save(tmp_path / "t.npy", np.zeros(3))
     with pytest.raises(NetDissectError, match="expected 4 numbers .* layer conv"):
@@ -72,10 +62,10 @@ def test_paper_and_lite_differ_by_hand():
                     torch.tensor([[[0, 0], [1, 1]]], dtype=torch.int32)]
     layers, image_labels = pad_labels(pixel_labels, [torch.zeros(0, dtype=torch.int64)] * 3)
     primary = torch.tensor([-1, 0, 1])
-    t32 = torch.from_numpy(float32_below(np.array([1.0])))
+    threshold = torch.tensor([1.0], dtype=torch.float64)
     results = {}
     for union in ("paper", "lite"):
-        G, I, C = tally_batch(acts, acts.amax(dim=(2, 3)), t32, layers, image_labels, primary, 2, union)
+        G, I, C = tally_batch(acts, acts.amax(dim=(2, 3)), threshold, layers, image_labels, primary, 2, union)
         assert G.tolist() == [0, 5, 2] and I.tolist() == [[0, 2, 0]]
         results[union] = (C.tolist(), score_units(G.numpy(), I.numpy(), C.numpy(), primary.numpy()))
     assert results["paper"][0] == [[4, 1]] and results["lite"][0] == [[3, 0]]
