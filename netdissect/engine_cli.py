@@ -18,7 +18,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))     # no duplicates
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated names")
     return names

@@ -25,6 +25,8 @@ import contextlib
 import difflib
 import hashlib
 import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -141,6 +143,8 @@ def _from_torchscript(path: str) -> nn.Module:
 
 def _from_factory(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())          # `--model mymodels:make` from the folder holding mymodels.py
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
