@@ -121,14 +121,16 @@ def axis_table(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 class AxisCells:
     """The output pixels of one axis grouped into cells that read the same two source pixels.
 
-    Cell j covers output pixels ``index[j, :]`` (−1 = padding) reading sources ``i0[j]`` with weight
-    ``w1 = 1 − w`` and ``i1[j]`` with weight ``w`` (NaN at padding). Where the edge is clamped (w = 0 throughout)
-    the cell reads one source only (``i1 = i0``).
+    Cell j covers the ``size[j]`` output pixels from ``start[j]`` on, reading sources ``i0[j]`` with
+    weight ``w1 = 1 − w`` and ``i1[j]`` with weight ``w`` (padded to the largest cell with NaN, so
+    padded values never exceed a threshold). Where the edge is clamped (w = 0 throughout) the cell
+    reads one source only (``i1 = i0``).
     """
 
     i0: torch.Tensor       # (n,) int64
     i1: torch.Tensor       # (n,) int64
-    index: torch.Tensor    # (n, m) int64
+    start: torch.Tensor    # (n,) int64
+    size: torch.Tensor     # (n,) int64
     w: torch.Tensor        # (n, m) float64
     w1: torch.Tensor       # (n, m) float64
     end_w: torch.Tensor    # (n, 2) float64: weights of the cell's first and last pixel
@@ -143,15 +145,13 @@ def axis_cells(n_in: int, n_out: int, device: str = "cpu") -> AxisCells:
     # consecutive output pixels with the same (i0, i1) form a cell
     starts = np.flatnonzero(np.r_[True, (i0[1:] != i0[:-1]) | (i1[1:] != i1[:-1])])
     sizes = np.diff(np.r_[starts, n_out])
-    index = np.full((len(starts), sizes.max()), -1, dtype=np.int64)
-    weight = np.full(index.shape, np.nan)             # NaN at padding: padded values never exceed T
+    weight = np.full((len(starts), sizes.max()), np.nan)
     for j, (start, size) in enumerate(zip(starts, sizes)):
-        index[j, :size] = np.arange(start, start + size)
         weight[j, :size] = w[start:start + size]
     ends = np.stack([w[starts], w[starts + sizes - 1]], axis=1)
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
-    return AxisCells(as_t(i0[starts]), as_t(i1[starts]), as_t(index), as_t(weight), as_t(1 - weight),
-                     as_t(ends), as_t(1 - ends))
+    return AxisCells(as_t(i0[starts]), as_t(i1[starts]), as_t(starts), as_t(sizes), as_t(weight),
+                     as_t(1 - weight), as_t(ends), as_t(1 - ends))
 
 
 def bilinear_at(c00: torch.Tensor, c01: torch.Tensor, c10: torch.Tensor, c11: torch.Tensor, wx: torch.Tensor,
@@ -184,20 +184,20 @@ def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
     above, below = t + margin, t - margin
     maps_of, pixels_of = [], []
 
-    def emit(m: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, row: torch.Tensor | None,
-             keep: torch.Tensor) -> None:
-        """Record the pixels of (map m, cell cy/cx[, row]) where keep (n, [my,] mx) is True."""
+    def emit(m: torch.Tensor, base: torch.Tensor, keep: torch.Tensor) -> None:
+        """Record the pixels ``base + [row·sw +] column`` of map m where keep (n, [my,] mx) is True."""
         hit = torch.nonzero(keep, as_tuple=True)
-        n, xx = hit[0], hit[-1]
-        yy = ys.index[cy[n], row[n] if row is not None else hit[1]]
-        maps_of.append(m[n])
-        pixels_of.append(yy * sw + xs.index[cx[n], xx])
+        offset = hit[1] * sw + hit[2] if keep.dim() == 3 else hit[1]
+        maps_of.append(m[hit[0]])
+        pixels_of.append(base[hit[0]] + offset)
+
+    my, mx = torch.arange(ys.w.shape[1], device=a.device), torch.arange(xs.w.shape[1], device=a.device)
 
     # 1. cells, by their 4 source values
     full = corners.amin(dim=0) > above[:, None, None]                          # (A, cy, cx)
     mixed = ~full & (corners.amax(dim=0) > below[:, None, None])
     m, cy, cx = torch.nonzero(full, as_tuple=True)
-    emit(m, cy, cx, None, (ys.index[cy] >= 0)[:, :, None] & (xs.index[cx] >= 0)[:, None, :])
+    emit(m, ys.start[cy] * sw + xs.start[cx], (my < ys.size[cy, None])[:, :, None] & (mx < xs.size[cx, None])[:, None, :])
 
     # 2. rows of the mixed cells, by their 2 end pixels (padded rows: NaN, neither full nor mixed)
     m, cy, cx = torch.nonzero(mixed, as_tuple=True)
@@ -206,13 +206,14 @@ def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
     ends = torch.stack([bilinear_at(*c, xs.end_w[cx, f, None], xs.end_w1[cx, f, None], wy, wy1) for f in (0, 1)])
     full_rows = ends.amin(dim=0) > above[m, None]
     mixed_rows = ~full_rows & (ends.amax(dim=0) > below[m, None])
+    row_base = (ys.start[cy, None] + my) * sw + xs.start[cx, None]            # (k, my) first pixel of each row
     cell, row = torch.nonzero(full_rows, as_tuple=True)
-    emit(m[cell], cy[cell], cx[cell], row, xs.index[cx[cell]] >= 0)
+    emit(m[cell], row_base[cell, row], mx < xs.size[cx[cell], None])
 
     # 3. pixels of the mixed rows (padded columns: NaN, never above)
     cell, row = torch.nonzero(mixed_rows, as_tuple=True)
     values = bilinear_at(*c[:, cell], xs.w[cx[cell]], xs.w1[cx[cell]], wy[cell, row, None], wy1[cell, row, None])
-    emit(m[cell], cy[cell], cx[cell], row, values > t[m[cell], None])
+    emit(m[cell], row_base[cell, row], values > t[m[cell], None])
     return torch.cat(maps_of), torch.cat(pixels_of)
 
 
