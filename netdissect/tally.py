@@ -2,18 +2,20 @@
 
 For a batch of images, only (image, unit) pairs whose map maximum exceeds the unit's threshold can
 have a non-empty mask (bilinear values never exceed the map's maximum), so only those pairs are
-gathered. Their masks ``bilinear(map) > T`` (strict) are found cell by cell (:func:`masked_pixels`):
-the output pixels that read the same 2×2 source corners form a cell; a cell whose corners all exceed
-T is inside the mask, one whose corners are all ≤ T outside, and only the few mixed cells are
-evaluated pixel by pixel. (A 7×7 map upsampled to 112×112 has 49 cells of up to 256 pixels; at the
-top-0.5% threshold a handful are mixed, so this does ~20× less work than upsampling whole maps.)
-The bilinear values are those of ``F.interpolate(mode="bilinear", align_corners=False)`` — half-pixel
-centres, clamped edges — computed in float64 (torch computes them in float32; the two can differ in
+gathered. Their masks ``bilinear(map) > T`` (strict) are found without upsampling whole maps
+(:func:`masked_pixels`): the output pixels that read the same 2×2 source values form a cell; a cell
+whose 4 values all exceed T is inside the mask, one whose values are all ≤ T outside; in the other
+cells each row is decided by its two end pixels the same way, and only the rows still undecided are
+evaluated pixel by pixel. (A 7×7 map upsampled to 112×112 has 64 cells of up to 16×16 pixels; at the
+top-0.5% threshold a handful per map are undecided.) The bilinear values are those of
+``F.interpolate(mode="bilinear", align_corners=False)`` (half-pixel centres, clamped edges), computed
+in float64 by one formula, :func:`bilinear_at` (torch computes them in float32; the two can differ in
 the last float32 bit, which changes a mask only where a value equals the threshold to ~7 digits).
 
 The counts are then ``torch.bincount`` over flat (unit, label) indices of the masked pixels of every
 pixel layer, plus, for image-level labels, the mask size per (unit, label). Every count is int64 and
-exact; the imgmax test compares float32 maxima with float64 thresholds exactly.
+exact; the imgmax test compares float32 maxima with float64 thresholds exactly. Label maps are
+padded and summarised per image (:class:`LabelCollate`) in the DataLoader's worker processes.
 
 Counts file (``tally/{k}.npz`` per shard, ``counts.npz`` merged), ``format_version`` 1, numpy npz
 without pickles::
@@ -53,9 +55,9 @@ UNIONS = ("paper", "lite")
 
 def pad_labels(pixel_labels: Sequence[torch.Tensor], image_labels: Sequence[torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack per-image label data: (B, sh, sw, Kmax) int64 layers (pixel-major, so the labels of one
-    pixel are contiguous) padded with 0-layers, and (B, Jmax) int64
-    image-level labels, de-duplicated per image and padded with 0 (label 0 is never counted)."""
+    """Stack per-image label data: (B, sh, sw, Kmax) int64 layers, pixel-major (the labels of one
+    pixel are contiguous) and padded with 0-layers; (B, Jmax) int64 image-level labels, de-duplicated
+    per image and padded with 0 (label 0 is never counted)."""
     sh, sw = pixel_labels[0].shape[1:]
     kmax = max(int(p.shape[0]) for p in pixel_labels)
     layers = torch.zeros((len(pixel_labels), sh, sw, kmax), dtype=torch.int64)
