@@ -10,11 +10,23 @@ only reads the inputs and calls them.
   they are highlighted.
 """
 
-from netdissect.report.layer import headline, render_layer_report
-from netdissect.report.results import (LayerCounts, count_detectors, label_bars, parse_result, read_result_csv,
-                                       read_summary)
-from netdissect.report.strips import compose_strip, tile_masks, top_rows
-from netdissect.report.summary import LayerEntry, render_summary_report
+import importlib
+
+# Imported on first use (PEP 562), so `netdissect --help` and the other commands do not load torch.
+_HOMES = {
+    "headline": "layer", "render_layer_report": "layer",
+    "LayerCounts": "results", "count_detectors": "results", "label_bars": "results", "parse_result": "results",
+    "read_result_csv": "results", "read_summary": "results",
+    "compose_strip": "strips", "tile_masks": "strips", "top_rows": "strips",
+    "LayerEntry": "summary", "render_summary_report": "summary",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"netdissect.report.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'netdissect.report' has no attribute {name!r}")
+
 
 __all__ = ["LayerCounts", "LayerEntry", "compose_strip", "count_detectors", "headline", "label_bars", "parse_result",
            "read_result_csv", "read_summary", "render_layer_report", "render_summary_report", "tile_masks",
