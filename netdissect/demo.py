@@ -138,14 +138,14 @@ def load_training_data(root: str | Path, workers: int = 0) -> dict[str, Any]:
         if isinstance(batch["image"], list):
             raise NetDissectError(f"dataset {root}: images of several sizes near index.csv row "
                                   f"{int(batch['i'][0]) + 2}; train-demo needs images of one size")
+        if images and batch["image"].shape[1:] != images[0].shape[1:]:
+            raise NetDissectError(f"dataset {root}: index.csv row {int(batch['i'][0]) + 2} starts images of "
+                                  f"another size; train-demo needs images of one size")
         images.append(batch["image"])
         h, w = batch["image"].shape[-2:]
         grid = (max(1, h // 16), max(1, w // 16))
         targets.append(coverage_targets(batch["pixel_labels"], batch["image_labels"], lookup, grid))
-    images_t = torch.cat(images)
-    if images_t.shape[-2] != images[0].shape[-2] or images_t.shape[-1] != images[0].shape[-1]:
-        raise NetDissectError(f"dataset {root}: images of several sizes; train-demo needs images of one size")
-    return {"images": images_t, "targets": torch.cat(targets), "labels": labels,
+    return {"images": torch.cat(images), "targets": torch.cat(targets), "labels": labels,
             "fingerprint": ds.fingerprint()}
 
 

@@ -3,6 +3,7 @@
 
 import os
 import re
+from pathlib import PurePosixPath
 
 DISSECT = config["dissect"]
 RESOURCES = config["resources"]
@@ -154,6 +155,65 @@ def categories_option():
 def res(stage, key):
     """One resource (threads, mem_mb, runtime, gpu) of a stage, from config `resources.<stage>`."""
     return RESOURCES[stage][key]
+
+
+# -- regeneration (rules/sources.smk) -------------------------------------------------------------
+SOURCES = config.get("sources", {})
+
+
+def _downloads(extract):
+    """(source, path) -> download entry, for the entries that are (or are not) archives to unpack."""
+    return {(s, d["path"]): d for s, entry in SOURCES.items() for d in entry.get("downloads", [])
+            if d.get("extract", True) == extract}
+
+
+def _path_pattern(extract):
+    return "|".join(re.escape(p) for _, p in _downloads(extract)) or "^$"
+
+
+def _download(wc, extract):
+    return _downloads(extract)[(wc.source, wc.path)]
+
+
+def _sha_option(entry):
+    return f"--sha256 {entry['sha256']}" if entry.get("sha256") else ""
+
+
+def _archive_path(wc):
+    """Where an archive is kept: named after its place AND its URL's file name (PASCAL-Context and
+    PASCAL-Part both ship a `trainval.tar.gz`)."""
+    name = PurePosixPath(_download(wc, True)["url"]).name
+    place = "_".join(PurePosixPath(wc.path).parts)
+    return f"datasets/downloads/{wc.source}/{place}__{name}"
+
+
+def source_root(source):
+    """The folder handed to `netdissect broden regenerate --<source>`."""
+    return os.path.normpath(f"datasets/sources/{source}/{SOURCES[source].get('root', '.')}")
+
+
+def regen_entry(wc):
+    return config["datasets"][wc.dataset]
+
+
+def regen_inputs(wc):
+    """Every fetched piece of every source the dataset is built from."""
+    paths = []
+    for source in regen_entry(wc)["sources"]:
+        if source not in SOURCES:
+            raise ValueError(f"config datasets.{wc.dataset}.sources: {source!r} has no entry under `sources` "
+                             f"(defined: {', '.join(SOURCES) or 'none'})")
+        paths += [f"datasets/sources/{source}/{d['path']}" for d in SOURCES[source].get("downloads", [])]
+    return paths
+
+
+def regen_options(wc):
+    entry = regen_entry(wc)
+    opts = [f"--{s} {source_root(s)}" for s in entry["sources"]]
+    opts.append(f"--min-frequency {entry.get('min_frequency', 10)} --min-coverage {entry.get('min_coverage', 0.5)}")
+    if entry.get("color_table"):
+        opts.append(f"--color-table {entry['color_table']}")
+    return " ".join(opts)
 
 
 # -- targets --------------------------------------------------------------------------------------
