@@ -11,6 +11,13 @@ memory follows the batch size, not the number of images. Prints one JSON line pe
     python benchmarks/bench_engine.py --dataset DIR --compare-devices --layer layer3,layer4
 
 checks a GPU: activations on cuda vs cpu, and counts of one shard tallied on both devices (identical).
+
+    python benchmarks/bench_engine.py --dataset DIR --tally-only --shard SHARD_DIR --thresholds FILE.npy
+                                      [--repeat 3] [--tally-batch-size 100] [--workers 1] [--threads 1]
+
+times the tally alone on an extracted shard, in fresh child processes: wall images/s and CPU time
+per image (user + system of the process and its DataLoader workers, from ``getrusage``), which a
+machine shared with other jobs does not distort as much as wall time.
 """
 
 from __future__ import annotations
@@ -90,6 +97,33 @@ def child(args: argparse.Namespace) -> None:
         "peak_rss_after_extract_mb": rss_after_extract, "peak_rss_end_mb": peak_rss_mb()}))
 
 
+def tally_child(args: argparse.Namespace) -> None:
+    """One timed tally of ``--shard`` (after a warm-up over its first batch), printed as a JSON line."""
+    import resource
+
+    import torch
+
+    from netdissect import pipeline
+
+    torch.set_num_threads(args.threads)
+
+    def cpu_s() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    out = Path(args.work) / "tally.npz"
+    cpu0, tic = cpu_s(), time.perf_counter()
+    counts = pipeline.tally(args.dataset, args.shard, args.layer, args.thresholds, out, union=args.union,
+                            device=args.device, batch_size=args.tally_batch_size, workers=args.workers,
+                            progress=False)
+    wall, cpu = time.perf_counter() - tic, cpu_s() - cpu0
+    images = int(json.loads((Path(args.shard) / "meta.json").read_text())["num_images"])
+    print(json.dumps({"images": images, "layer": args.layer, "union": args.union, "workers": args.workers,
+                      "threads": args.threads, "batch_size": args.tally_batch_size, "wall_s": round(wall, 2),
+                      "tally_images_per_s": round(images / wall, 1), "cpu_ms_per_image": round(1e3 * cpu / images, 2),
+                      "intersections": int(counts["I"].sum())}))
+
+
 def compare_devices(args: argparse.Namespace) -> None:
     """Extract on CUDA and on CPU; tally one CPU shard on both devices: counts must be identical."""
     import numpy as np
@@ -138,6 +172,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tally-only", action="store_true", help="instead: time the tally of --shard alone")
+    parser.add_argument("--shard", type=Path, help="with --tally-only: an extracted shard folder")
+    parser.add_argument("--thresholds", type=Path, help="with --tally-only: the layer's thresholds.npy")
+    parser.add_argument("--union", default="paper", choices=["paper", "lite"])
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compare-devices", action="store_true",
@@ -147,7 +185,19 @@ def main() -> None:
         compare_devices(args)
         return
     if args.child:
-        child(args)
+        (tally_child if args.tally_only else child)(args)
+        return
+    if args.tally_only:
+        if args.shard is None or args.thresholds is None:
+            parser.error("--tally-only needs --shard and --thresholds")
+        with tempfile.TemporaryDirectory(prefix="bench_tally_") as tmp:
+            for _ in range(args.repeat):
+                print(f"# uptime: {os.popen('uptime').read().strip()}", flush=True)
+                subprocess.run([sys.executable, __file__, "--child", "--tally-only", "--dataset", str(args.dataset),
+                                "--shard", str(args.shard), "--thresholds", str(args.thresholds), "--layer",
+                                args.layer, "--union", args.union, "--tally-batch-size", str(args.tally_batch_size),
+                                "--workers", str(args.workers), "--threads", str(args.threads), "--device",
+                                args.device, "--work", tmp], check=True)
         return
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         dataset = repeated_dataset(args.dataset, args.images, Path(tmp)) if args.images else args.dataset
