@@ -181,8 +181,8 @@ def first_above(low: torch.Tensor, rise: torch.Tensor, n: torch.Tensor, level: t
     steps = (n - 1).to(low.dtype)
     p = torch.floor((level - low) * steps / rise) + 1                          # inf/nan where rise = 0: not used
     p = torch.minimum(p.clamp(min=0), n.to(low.dtype))
-    flat = torch.where(low > level, 0, n)
-    return torch.where(rise > 0, p.to(torch.int64), flat)
+    flat = torch.where(low > level, 0, n)                                     # one value, or all equal
+    return torch.where((rise > 0) & (n > 1), p.to(torch.int64), flat)
 
 
 def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
@@ -236,7 +236,8 @@ def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
                          torch.arange(wy.numel(), device=device))
     k, y = r // wy.shape[1], r % wy.shape[1]
     values = bilinear_at(*c[:, k, 0], xs.w[cx[k], col], xs.w1[cx[k], col], wy[k, y], wy1[k, y])
-    r, col = r[values > t[m[k]]], col[values > t[m[k]]]
+    keep = values > t[m[k]]
+    r, col = r[keep], col[keep]
     return torch.cat([pixel_map, row_map.reshape(-1)[r]]), torch.cat([pixel, row_base.reshape(-1)[r] + col])
 
 
