@@ -83,8 +83,8 @@ def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels:
     """Per image: pixel counts of every label over all pixel layers (B, L) int64, and image-level
     membership (B, L) int64 (1 where the image has the label as an image-level label)."""
     b = layers.shape[0]
-    flat = (torch.arange(b, device=layers.device)[:, None] * num_labels + layers.reshape(b, -1)).reshape(-1)
-    pixels = torch.bincount(flat, minlength=b * num_labels).reshape(b, num_labels)
+    pixels = count_pairs(torch.arange(b, device=layers.device), num_labels, layers.reshape(b, -1),
+                         b * num_labels).reshape(b, num_labels)
     member = torch.zeros((b, num_labels), dtype=torch.int64, device=layers.device)
     member.scatter_(1, image_labels, 1)
     member[:, 0] = 0
