@@ -24,7 +24,6 @@ import socket
 import stat
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +31,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from netdissect.errors import NetDissectError
+from netdissect.io import atomic_dir
 
 CHUNK = 1 << 20
 # HTTP statuses worth retrying: timeouts, rate limiting, server-side trouble.
@@ -182,9 +182,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, strip: int = 0)
         raise NetDissectError(f"archive {archive} does not exist; fetch it first (netdissect fetch URL --out {archive})")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise NetDissectError(f"--extract {dest} already exists and is not empty; remove it to extract again")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, tmp, strip)
         elif tarfile.is_tarfile(archive):
@@ -192,12 +190,6 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, strip: int = 0)
         else:
             raise NetDissectError(f"{archive} is neither a zip nor a tar archive (truncated or not an archive?); "
                                   f"delete it and fetch it again")
-        if dest.exists():
-            dest.rmdir()
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dest
 
 

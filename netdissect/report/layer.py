@@ -6,9 +6,6 @@ moved into place at the end, so an interrupted run never leaves a report that lo
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from netdissect.errors import NetDissectError
+from netdissect.io import atomic_dir
 from netdissect.report.charts import category_colors, label_bar_chart
 from netdissect.report.results import count_detectors, detector_mask, iou_threshold_of, label_bars
 from netdissect.report.strips import LoadImage, MapsForRows, gather_maps, render_strips, top_rows
@@ -69,17 +67,6 @@ def _cards(result: pd.DataFrame, categories: list[str], iou_threshold: float,
     return cards
 
 
-def _replace_dir(built: Path, out: Path) -> None:
-    """Move the finished folder ``built`` onto ``out`` (replacing an older report)."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(built, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def render_layer_report(out: str | Path, result: pd.DataFrame, categories: list[str], summary: Mapping[str, Any],
                         thresholds: np.ndarray, imgmax: np.ndarray, maps_for_rows: MapsForRows,
                         load_image: LoadImage, *, topk: int = 10, quality: int = 85, workers: int = 2,
@@ -111,9 +98,7 @@ def render_layer_report(out: str | Path, result: pd.DataFrame, categories: list[
     if isinstance(summary.get("dataset"), Mapping):
         dataset = str(summary["dataset"].get("name") or summary["dataset"].get("root") or "")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=True) as built:
         top = top_rows(imgmax, topk)
         maps = gather_maps(top, maps_for_rows)
         names = render_strips(built / "strips", top, maps, thresholds, load_image, quality=quality, workers=workers)
@@ -129,8 +114,4 @@ def render_layer_report(out: str | Path, result: pd.DataFrame, categories: list[
             cards=_cards(result, categories, iou_threshold, strips, top.shape[1]), iou_threshold=iou_threshold,
             settings=settings_line(summary))
         (built / "index.html").write_text(page, encoding="utf-8")
-        _replace_dir(built, out)
-    finally:
-        if built.exists():
-            shutil.rmtree(built, ignore_errors=True)
     return out / "index.html"

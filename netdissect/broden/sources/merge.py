@@ -23,9 +23,7 @@ from __future__ import annotations
 import datetime
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,7 @@ from netdissect.broden.sources.base import FETCH_HINTS, LabelData, Source, Sourc
 from netdissect.broden.sources.naming import Key, Naming, name_keys
 from netdissect.broden.writer import IndexRow, compute_tables, tables_text, write_index, write_jpeg, write_label_layers
 from netdissect.errors import NetDissectError
-from netdissect.io import atomic_write_text
+from netdissect.io import atomic_dir, atomic_write_text
 
 COLOR = "color"
 NO_LABELS = np.zeros(1, dtype=np.int32)     # the lookup of a (source, category) without any label
@@ -344,9 +342,7 @@ def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os
     table, original_colors = load_table(color_table)
     adapters = open_sources(sources)
     tasks = list_images(adapters)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         job = Job(adapters, color_lut(table), out=tmp, work=tmp / ".work", size=size)
         job.work.mkdir()
 
@@ -380,12 +376,6 @@ def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os
         atomic_write_text(tmp / "README.txt", readme_text(out.name, counts, size, min_frequency, min_coverage,
                                                           original_colors), newline="\r\n")
         write_index(tmp, rows, tables.categories)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
