@@ -220,34 +220,34 @@ def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
     t = thresholds.to(torch.float64)
     margin = 1e-9 * a.abs().amax(dim=(1, 2))
 
-    # 1. cells that may hold mask pixels
+    # 1. cells that may hold mask pixels, and the values at both ends of each of their rows
     m, cy, cx = torch.nonzero(corners.amax(dim=0) > (t - margin)[:, None, None], as_tuple=True)
     c = corners[:, m, cy, cx, None]                                            # (4, cells, 1)
     wy, wy1 = ys.w[cy], ys.w1[cy]                                              # (cells, rows); NaN: no row
-    n = xs.size[cx, None].expand_as(wy)                                        # pixels per row
-    row_base = (ys.start[cy, None] + torch.arange(wy.shape[1], device=device)) * sw + xs.start[cx, None]
-
-    # 2. each row's run of pixels certainly above the threshold, and its run of uncertain pixels
-    #    (a padded row has NaN ends, so both runs are empty)
     ends = [bilinear_at(*c, xs.end_w[cx, f, None], xs.end_w1[cx, f, None], wy, wy1) for f in (0, 1)]
-    rising = ends[1] >= ends[0]                                                # positions count from the low end
-    low, rise = torch.minimum(*ends), (ends[1] - ends[0]).abs()
-    above = first_above(low, rise, n, (t + margin)[m, None])                  # positions [above, n) are inside
-    unsure = first_above(low, rise, n, (t - margin)[m, None])                 # [unsure, above): evaluate
-    row_map = m[:, None].expand_as(wy)
-    pixel, pixel_map = expand_runs((row_base + torch.where(rising, above, 0)).reshape(-1),
-                                   (n - above).reshape(-1), row_map.reshape(-1))
+
+    # 2. rows that may hold mask pixels (a third of them; padded rows have NaN ends: never); each
+    #    one's run of pixels certainly above the threshold, and its run of uncertain pixels
+    k, y = torch.nonzero(torch.maximum(*ends) > (t - margin)[m, None], as_tuple=True)
+    first, last = ends[0][k, y], ends[1][k, y]
+    m, cx, c, wy, wy1 = m[k], cx[k], c[:, k, 0], wy[k, y], wy1[k, y]           # now one entry per row
+    n = xs.size[cx]                                                            # pixels in each row
+    row_base = (ys.start[cy[k]] + y) * sw + xs.start[cx]                       # flat pixel of each row's column 0
+    rising = last >= first                                                     # positions count from the low end
+    low, rise = torch.minimum(first, last), (last - first).abs()
+    above = first_above(low, rise, n, (t + margin)[m])                        # positions [above, n) are inside
+    unsure = first_above(low, rise, n, (t - margin)[m])                       # [unsure, above): evaluate
+    pixel, pixel_map = expand_runs(row_base + torch.where(rising, above, 0), n - above, m)
 
     # 3. the uncertain pixels, evaluated with the formula
-    col, r = expand_runs(torch.where(rising, unsure, n - above).reshape(-1), (above - unsure).reshape(-1),
-                         torch.arange(wy.numel(), device=device))
-    k, y = r // wy.shape[1], r % wy.shape[1]
-    values = bilinear_at(*c[:, k, 0], xs.w[cx[k], col], xs.w1[cx[k], col], wy[k, y], wy1[k, y])
-    keep = values > t[m[k]]
+    col, r = expand_runs(torch.where(rising, unsure, n - above), above - unsure,
+                         torch.arange(m.numel(), device=device))
+    values = bilinear_at(*c[:, r], xs.w[cx[r], col], xs.w1[cx[r], col], wy[r], wy1[r])
+    keep = values > t[m[r]]
     if not keep.any():                                                         # the usual case: no copy
         return pixel_map, pixel
     r, col = r[keep], col[keep]
-    return torch.cat([pixel_map, row_map.reshape(-1)[r]]), torch.cat([pixel, row_base.reshape(-1)[r] + col])
+    return torch.cat([pixel_map, m[r]]), torch.cat([pixel, row_base[r] + col])
 
 
 def count_pairs(rows: torch.Tensor, width: int, columns: torch.Tensor, bins: int) -> torch.Tensor:
