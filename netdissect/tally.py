@@ -92,15 +92,16 @@ def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels:
 
 
 class LabelCollate:
-    """DataLoader collate for the tally: per group of images of one segmentation size, the padded
-    label tensors (:func:`pad_labels`) and their per-image statistics (:func:`label_presence`),
-    computed in the loader's worker processes, beside the main process's mask work."""
+    """DataLoader collate for the tally: per group of images with the same number of pixel layers
+    and segmentation size (so no 0-layers are padded in and counted for nothing), the stacked label
+    tensors (:func:`pad_labels`) and their per-image statistics (:func:`label_presence`), computed
+    in the loader's worker processes, beside the main process's mask work."""
 
     def __init__(self, num_labels: int):
         self.num_labels = num_labels
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        sizes = [tuple(item["pixel_labels"].shape[1:]) for item in items]
+        sizes = [tuple(item["pixel_labels"].shape) for item in items]          # (layers, sh, sw)
         groups = []
         for size in dict.fromkeys(sizes):
             sel = [j for j, s in enumerate(sizes) if s == size]
@@ -364,7 +365,7 @@ def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: n
         local = rows - start
         acts = torch.from_numpy(read_npy_rows(act_path, local).astype(np.float32, copy=False)).to(device)
         maxima = torch.from_numpy(imgmax[local]).to(device)
-        for sel, layers, img_labels, pixels, member in batch["groups"]:      # one group per label-map size
+        for sel, layers, img_labels, pixels, member in batch["groups"]:      # one group per label shape
             on = lambda x: x.to(device, non_blocking=True)
             g, i, c = tally_batch(acts[sel], maxima[sel], t64, on(layers), on(img_labels), primary,
                                   num_categories, union, presence=(on(pixels), on(member)))
