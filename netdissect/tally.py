@@ -21,8 +21,8 @@ test compares float32 maxima with float64 thresholds exactly. Label maps are dec
 and summarised per image (:class:`LabelCollate`) in the DataLoader's worker processes.
 
 Speed (ResNet-18 ``layer4``, 1000 synthetic 224-px images, ``benchmarks/bench_engine.py
---tally-only``): about 4.6 ms of CPU per image in all, of which roughly 1.5 ms decode the label PNGs
-(loader worker), 0.5 ms pad and summarise them, 1.4 ms decide the masks, 0.8 ms count. See README.
+--tally-only``): about 4 ms of CPU per image in all, of which roughly 1.6 ms read the label PNGs
+(loader worker), 0.3 ms stack and summarise them, 1.15 ms decide the masks, 0.5 ms count. See README.
 
 Counts file (``tally/{k}.npz`` per shard, ``counts.npz`` merged), ``format_version`` 1, numpy npz
 without pickles::
