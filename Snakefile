@@ -1,6 +1,6 @@
-# Network Dissection as a workflow of file targets (see README "Workflow" and /docs/interfaces.md).
+# Network Dissection as a workflow of file targets (see README "Workflow" and docs/interfaces.md).
 #   snakemake --cores 8 report_all                      # the embedded default: offline, synthetic data
-#   snakemake --cores 8 report_all --configfile config/examples/broden224_places365.yaml
+#   snakemake --cores 8 report_all --configfile config/examples/released_broden.yaml
 #   snakemake report_all --profile config/profiles/slurm   # as SLURM jobs
 # Rules only call `netdissect <command>`; every computation lives in the netdissect package.
 
@@ -23,11 +23,7 @@ include: "rules/broden.smk"
 include: "rules/models.smk"
 include: "rules/dissect.smk"
 include: "rules/report.smk"
-
-
-if Path(workflow.basedir, "rules", "sources.smk").exists():
-
-    include: "rules/sources.smk"
+include: "rules/sources.smk"
 
 
 localrules:
