@@ -11,7 +11,8 @@ A model SPEC is one of
 * ``package.module:factory``, a callable returning an ``nn.Module``.
 
 ``weights`` is a state_dict or a checkpoint dict holding one under ``state_dict``, ``model``,
-``model_state_dict`` or ``net``; ``module.`` prefixes (DataParallel) are stripped. Files are always read
+``model_state_dict`` or ``net``; DataParallel's ``module.`` path components are stripped
+(also inside a key, e.g. ``features.module.0.weight``). Files are always read
 with ``torch.load(..., weights_only=True)``.
 
 Layers of ordinary modules are named by module path (``layer4``, ``features.28``) and captured with
@@ -174,8 +175,8 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NetDissectError(f"--weights {path}: expected a state_dict (name -> tensor) or a checkpoint dict "
                               f"holding one under {', '.join(_CHECKPOINT_KEYS)}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     own = module.state_dict()
+    state = {_without_data_parallel(k, own): v for k, v in state.items()}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
@@ -186,6 +187,15 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         raise NetDissectError(f"--weights {path} does not fit the architecture; " + "; ".join(parts)
                               + ". Check that --model names the architecture the weights were trained with.")
     module.load_state_dict(state)
+
+
+def _without_data_parallel(key: str, own: dict[str, torch.Tensor]) -> str:
+    """The key with DataParallel's ``module`` path components removed, where that makes it one of the
+    model's own keys (``module.conv1.weight``; ``features.module.0.weight`` as in the Places365 alexnet)."""
+    if key in own:
+        return key
+    stripped = ".".join(part for part in key.split(".") if part != "module")
+    return stripped if stripped in own else key
 
 
 def _few(items: list[str], n: int = 8) -> str:

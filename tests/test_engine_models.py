@@ -69,6 +69,18 @@ def test_weights_state_dict_checkpoint_and_module_prefix(tmp_path):
     assert not model.module.training
 
 
+def test_weights_with_data_parallel_inside_a_key(tmp_path):
+    """Places365's alexnet checkpoint wraps only `features` in DataParallel: `features.module.0.weight`."""
+    torch.manual_seed(4)
+    source = torchvision.models.alexnet()
+    state = {k.replace("features.", "features.module.", 1): v for k, v in source.state_dict().items()}
+    assert "features.module.0.weight" in state
+    torch.save({"state_dict": state}, tmp_path / "alexnet.pth.tar")
+    model = load_model("alexnet", tmp_path / "alexnet.pth.tar")
+    assert torch.equal(model.module.features[0].weight, source.features[0].weight)
+    assert torch.equal(model.module.classifier[1].weight, source.classifier[1].weight)
+
+
 def test_weights_that_do_not_fit_list_the_keys(tmp_path):
     state = torchvision.models.resnet18(num_classes=10).state_dict()
     del state["layer4.1.bn2.bias"]
