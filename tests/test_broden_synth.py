@@ -12,7 +12,8 @@ import torch
 from netdissect.broden import BrodenDataset
 from netdissect.broden.colors import COLOR_NAMES, fallback_table
 from netdissect.broden.synth import (
-    ID, VOCABULARY, nearest_rows, render_image, synthesize, training_target)
+    ID, VOCABULARY, render_image, synthesize, training_target)
+from netdissect.broden.writer import nearest_indices
 from netdissect.cli import main
 from tests.conftest import SYNTH_IMAGES
 
@@ -43,7 +44,7 @@ def test_contents(synth_dataset: Path) -> None:
 def test_color_labels_name_the_rendered_pixels(synth_dataset: Path) -> None:
     """Each colour PNG pixel is the table's name of the RENDERED pixel (before JPEG) it samples."""
     ds = BrodenDataset(synth_dataset, categories=["color"])
-    rows = nearest_rows(224, 112)
+    rows = nearest_indices(224, 112)
     table = np.array([f"{name}-c" for name in COLOR_NAMES])[fallback_table()]
     names = np.array(ds.label_names)
     where = row_of(ds)
@@ -58,7 +59,7 @@ def test_object_and_part_maps_follow_the_drawn_geometry(synth_dataset: Path) -> 
     ds = BrodenDataset(synth_dataset, categories=["object", "part"])
     names = np.array(ds.label_names)
     where = row_of(ds)
-    rows = nearest_rows(224, 112)
+    rows = nearest_indices(224, 112)
     checked_hub = checked_pane = False
     for generator_row in (0, 1, 2, 3, 4, 5, 10, 11, 12, 13):
         item = render_image(generator_row, SEED, 224)

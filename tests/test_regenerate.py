@@ -16,8 +16,9 @@ from netdissect.broden import colors
 from netdissect.broden.format import decode_label_png, split_hash
 from netdissect.broden.sources.fixtures import (MINI_PART2IND, AdeImage, PascalImage, PascalObject, write_ade20k,
                                                 write_dtd, write_opensurfaces, write_pascal)
-from netdissect.broden.sources.merge import (color_labels, color_lut, label_shares, load_layers, nearest_indices,
-                                            regenerate, resize_labels, save_layers)
+from netdissect.broden.sources.merge import (color_labels, color_lut, label_shares, load_layers,
+                                            regenerate, save_layers)
+from netdissect.broden.writer import nearest_indices, resize_labels
 from netdissect.broden.sources.naming import clean_names, name_keys, rewrite_synonyms
 from netdissect.cli import main
 from netdissect.errors import NetDissectError

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from netdissect.broden.sources.fixtures import AdeImage, write_ade20k, write_dtd
-from netdissect.broden.sources.merge import nearest_indices
+from netdissect.broden.writer import nearest_indices
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

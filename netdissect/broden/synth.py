@@ -33,7 +33,6 @@ import io
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -42,7 +41,7 @@ from PIL import Image
 
 from netdissect.broden.colors import COLOR_NAMES, name_colors
 from netdissect.broden.writer import (
-    BrodenTables, IndexRow, compute_tables, write_index, write_jpeg, write_label_layers, write_tables)
+    BrodenTables, IndexRow, compute_tables, resize_labels, write_index, write_jpeg, write_label_layers, write_tables)
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_write_text
 
@@ -612,20 +611,6 @@ def render_image(i: int, seed: int, size: int, color_table: np.ndarray | None = 
     return SynthImage(image_name(i), kind, rgb, maps, image_labels, c.drawn)
 
 
-@lru_cache(maxsize=8)
-def nearest_rows(source: int, target: int) -> np.ndarray:
-    """Corner-aligned nearest-neighbour rows (broden-sources.md §6.6): floor(i * (H-1)/(s-1) + 0.5)."""
-    if target == 1:
-        return np.zeros(1, dtype=np.int64)
-    return np.floor(np.arange(target) * ((source - 1) / (target - 1)) + 0.5).astype(np.int64)
-
-
-def reduce_map(labels: np.ndarray, target: int) -> np.ndarray:
-    """Nearest-resize the last two axes of an S x S label map (or stack) to target x target."""
-    rows = nearest_rows(labels.shape[-1], target)
-    return labels[..., rows, :][..., rows]
-
-
 def image_statistics(item: SynthImage) -> dict[tuple[str, str], float]:
     """``(label name, category) -> coverage`` of one image at S x S (broden-sources.md §6.1)."""
     out: dict[tuple[str, str], float] = {}
@@ -671,7 +656,7 @@ def _render_task(i: int) -> tuple[dict[tuple[str, str], float], dict[str, list[s
     item = render_image(i, job.seed, job.size, job.color_table)
     write_jpeg(job.out_dir / "images" / item.image, item.rgb)
     maps = io.BytesIO()
-    np.savez_compressed(maps, **{c: reduce_map(m, job.size // 2) for c, m in item.maps.items() if m.size})
+    np.savez_compressed(maps, **{c: resize_labels(m, job.size // 2) for c, m in item.maps.items() if m.size})
     return image_statistics(item), item.image_labels, maps.getvalue()
 
 

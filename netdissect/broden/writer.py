@@ -21,6 +21,7 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -207,6 +208,22 @@ def write_image(out_dir: str | Path, image: str, rgb: np.ndarray, layers: Mappin
     write_jpeg(Path(out_dir) / "images" / image, rgb)
     sh, sw = shape if shape is not None else (rgb.shape[0] // 2, rgb.shape[1] // 2)
     return IndexRow(image, rgb.shape[0], rgb.shape[1], sh, sw, cells)
+
+
+@lru_cache(maxsize=16)
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source rows of a corner-aligned nearest resize (broden-sources.md §6.6):
+    ``floor(i * (n_in - 1) / (n_out - 1) + 0.5)`` in float64."""
+    if n_out == 1:
+        return np.zeros(1, dtype=np.intp)
+    return np.floor(np.arange(n_out) * ((n_in - 1) / (n_out - 1)) + 0.5).astype(np.intp)
+
+
+def resize_labels(labels: np.ndarray, side: int) -> np.ndarray:
+    """Nearest-resize a ``H×W`` label map, or each layer of a ``k×H×W`` stack, to ``side×side``."""
+    rows = nearest_indices(labels.shape[-2], side)
+    cols = nearest_indices(labels.shape[-1], side)
+    return labels[..., rows[:, None], cols[None, :]]
 
 
 def write_label_layers(out_dir: str | Path, image: str,

@@ -36,7 +36,8 @@ from netdissect.broden import colors
 from netdissect.broden.sources import SOURCE_NAMES, adapter_class
 from netdissect.broden.sources.base import FETCH_HINTS, LabelData, Source, SourceImage
 from netdissect.broden.sources.naming import Key, Naming, name_keys
-from netdissect.broden.writer import IndexRow, compute_tables, tables_text, write_index, write_jpeg, write_label_layers
+from netdissect.broden.writer import (IndexRow, compute_tables, resize_labels, tables_text, write_index, write_jpeg,
+                                      write_label_layers)
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_dir, atomic_write_text
 
@@ -47,20 +48,6 @@ T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------------
 # Pure array functions
-
-
-def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source rows for a corner-aligned nearest resize: ``floor(i * (n_in - 1) / (n_out - 1) + 0.5)``."""
-    if n_out == 1:
-        return np.zeros(1, dtype=np.intp)
-    return np.floor(np.arange(n_out) * ((n_in - 1) / (n_out - 1)) + 0.5).astype(np.intp)
-
-
-def resize_labels(labels: np.ndarray, side: int) -> np.ndarray:
-    """Nearest-resize a ``H×W`` map or each layer of a ``k×H×W`` stack to ``side×side`` (spec §6.6)."""
-    rows = nearest_indices(labels.shape[-2], side)
-    cols = nearest_indices(labels.shape[-1], side)
-    return labels[..., rows[:, None], cols[None, :]]
 
 
 def remap(labels: np.ndarray, lookup: np.ndarray) -> np.ndarray:
