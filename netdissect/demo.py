@@ -276,12 +276,9 @@ def _train_demo(args: argparse.Namespace) -> int:
 
 
 def _random_weights(args: argparse.Namespace) -> int:
-    import torch
-
     from netdissect.models import load_model
 
-    torch.manual_seed(args.seed)
-    model = load_model(args.model)
+    model = load_model(args.model, seed=args.seed)
     if model.scripted:
         raise NetDissectError(f"--model {args.model}: a TorchScript file carries its own weights; use it as SPEC "
                               f"with weights source `none` instead")

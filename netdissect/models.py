@@ -3,12 +3,15 @@
 A model SPEC is one of
 
 * a torchvision architecture name (``resnet18``, ``alexnet``, ``vgg16``, ``densenet161``, ...),
-  randomly initialised unless ``weights`` is given (seeded with ``RANDOM_INIT_SEED``, so every
-  process, hence every shard, gets the same random network);
+  randomly initialised unless ``weights`` is given;
 * a TorchScript file (``*.pt`` / ``*.pth`` loadable by ``torch.jit.load``). Forward hooks cannot be
   attached inside a TorchScript module, so its layers are its *outputs*: ``output`` when forward
   returns one tensor, the keys when it returns a dict of tensors, ``0``, ``1``, ... for a tuple;
 * ``package.module:factory``, a callable returning an ``nn.Module``.
+
+Torchvision and factory models are built under a fixed random seed (``seed``, default
+``RANDOM_INIT_SEED``) without touching the caller's random state, so every process, hence every
+shard, gets the same random initialisation.
 
 ``weights`` is a state_dict or a checkpoint dict holding one under ``state_dict``, ``model``,
 ``model_state_dict`` or ``net``; DataParallel's ``module.`` path components are stripped
@@ -73,16 +76,19 @@ def sha256_file(path: str | Path) -> str:
 
 
 def load_model(spec: str, weights: str | Path | None = None,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> LoadedModel:
-    """Build the model a SPEC names (see module docstring), load ``weights``, put it in eval mode."""
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+               seed: int = RANDOM_INIT_SEED) -> LoadedModel:
+    """Build the model a SPEC names (see module docstring), load ``weights``, put it in eval mode.
+    ``seed`` fixes the random initialisation of torchvision and factory models."""
     scripted = False
-    if ":" in spec and not Path(spec).exists():
-        module = _from_factory(spec)
-    elif Path(spec).suffix in (".pt", ".pth", ".ts") or Path(spec).exists():
+    factory = ":" in spec and not Path(spec).exists()
+    if not factory and (Path(spec).suffix in (".pt", ".pth", ".ts") or Path(spec).exists()):
         module = _from_torchscript(spec)
         scripted = True
     else:
-        module = _from_torchvision(spec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = _from_factory(spec) if factory else _from_torchvision(spec)
     weights_sha = None
     if weights is not None:
         if scripted:
@@ -124,11 +130,7 @@ def _from_torchvision(name: str) -> nn.Module:
         hint = f" Closest: {', '.join(close)}." if close else ""
         raise NetDissectError(f"--model {name}: not a torchvision architecture, an existing TorchScript file, "
                               f"nor package.module:factory.{hint}")
-    # A random initialisation must be the same in every process (each shard is extracted by its own
-    # process), so it is seeded, without touching the caller's random state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return torchvision.models.get_model(name, weights=None)
+    return torchvision.models.get_model(name, weights=None)
 
 
 def _from_torchscript(path: str) -> nn.Module:

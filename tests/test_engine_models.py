@@ -142,3 +142,13 @@ def test_random_init_is_the_same_in_every_process():
     a, b = load_model("resnet18"), load_model("resnet18")
     assert torch.equal(a.module.conv1.weight, b.module.conv1.weight)
     assert torch.equal(torch.rand(1), expected)        # the caller's random state is untouched
+
+
+def test_factory_models_get_the_same_random_initialisation_in_every_load():
+    """Each shard is extracted by its own process: an unweighted model must be the same network in each."""
+    a = load_model("netdissect.demo:DemoNet").module.state_dict()
+    torch.manual_seed(123)                      # the caller's random state does not matter ...
+    b = load_model("netdissect.demo:DemoNet").module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = load_model("netdissect.demo:DemoNet", seed=1).module.state_dict()   # ... the seed does
+    assert not torch.equal(a["conv1.0.weight"], c["conv1.0.weight"])

@@ -107,13 +107,16 @@ def test_train_demo_rejects_a_folder_without_index(tmp_path: Path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_random_weights_are_seeded(tmp_path: Path):
+@pytest.mark.parametrize("spec, first", [(DEMO_SPEC, "conv1.0.weight"), ("resnet18", "conv1.weight")])
+def test_random_weights_are_seeded(tmp_path: Path, spec: str, first: str):
     paths = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         paths[name] = tmp_path / f"{name}.pt"
-        assert main(["random-weights", "--model", DEMO_SPEC, "--seed", str(seed), "--out", str(paths[name])]) == 0
+        assert main(["random-weights", "--model", spec, "--seed", str(seed), "--out", str(paths[name])]) == 0
     a, b, c = (torch.load(paths[n], weights_only=True)["state_dict"] for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["conv1.0.weight"], c["conv1.0.weight"])
+    assert not torch.equal(a[first], c[first])
+    if spec != DEMO_SPEC:
+        return
     fresh = DemoNet()
     fresh.load_state_dict(a)          # fits the architecture exactly
