@@ -1,4 +1,5 @@
-"""`netdissect synth` and `netdissect broden check`: registration (light) and handlers."""
+"""`netdissect synth`, `netdissect broden check` and `netdissect broden pack-labels`: registration (light)
+and handlers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction, broden_sub: argparse._SubParsersAction) -> None:
-    """Add ``synth`` to the top-level commands and ``check`` to ``netdissect broden``."""
+    """Add ``synth`` to the top-level commands, ``check`` and ``pack-labels`` to ``netdissect broden``."""
     synth = sub.add_parser("synth", help="write a procedural Broden-format dataset",
                            description="Write a procedural Broden-format dataset (scenes with objects and "
                                        "parts, materials, textures, colours) whose labels are true to its pixels.")
@@ -27,6 +28,17 @@ def register(sub: argparse._SubParsersAction, broden_sub: argparse._SubParsersAc
     check.add_argument("--workers", type=int, default=None, help="processes decoding files (default: all cores)")
     check.add_argument("--limit", type=int, default=None, help="check only the first N rows' files")
     check.set_defaults(func=_check)
+
+    pack = broden_sub.add_parser("pack-labels", help="decode every label PNG once into a pack the tally reads",
+                                 description="Decode every label PNG of a dataset once (all categories) into a "
+                                             "memory-mappable pack folder (pixels.npy + index.npz), read by "
+                                             "`netdissect tally --labels PACK` instead of the PNGs.")
+    pack.add_argument("dir", metavar="DIR", help="dataset folder (holds index.csv)")
+    pack.add_argument("--out", metavar="PACK", required=True,
+                      help="pack folder to write (replaced only once the new one is complete)")
+    pack.add_argument("--workers", type=int, default=None, help="processes decoding PNGs (default: all usable cores)")
+    pack.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pack.set_defaults(func=_pack_labels)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -55,4 +67,14 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{args.dir}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{args.dir}: no problems found")
+    return 0
+
+
+def _pack_labels(args: argparse.Namespace) -> int:
+    from netdissect.broden.pack import pack_labels
+
+    done = pack_labels(args.dir, args.out, workers=args.workers, progress=not args.no_progress)
+    seconds = done["seconds"]
+    print(f"wrote {done['images']} images, {done['layers']} label layers, {done['bytes'] / 1e6:.1f} MB to "
+          f"{done['out']} ({seconds:.1f} s, {done['images'] / max(seconds, 1e-9):.0f} images/s)")
     return 0

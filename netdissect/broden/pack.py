@@ -1,0 +1,268 @@
+"""The packed label cache: every label PNG of a dataset decoded once, read by every tally.
+
+Decoding the label PNGs is the largest part of a tally's CPU time, and the workflow tallies the same
+dataset once per (model, layer, shard). ``pack_labels`` decodes them once (``netdissect broden
+pack-labels DIR --out PACK``) and :class:`PackedLabels` serves the same items as
+``BrodenDataset(root, categories, load_images=False)`` from a memory-mapped file.
+
+A pack is a folder, written with :func:`netdissect.io.atomic_dir` (complete or absent):
+
+``pixels.npy``
+    uint16, 1-D: every row's pixel layers exactly as ``BrodenDataset(root, load_images=False)[i]
+    ["pixel_labels"]`` returns them (all categories), layer-major ``(K, sh, sw)``, C order,
+    concatenated in row order. Label numbers are ``R + 256*G`` of the PNGs, so they fit uint16.
+``index.npz`` (no pickles)
+    ``format_version`` (1); ``offset`` int64 (N,): element offset of row i in pixels.npy; ``shape``
+    int64 (N, 3): its (K, sh, sw); ``layer_category`` int64 (sum K,): index into ``categories`` of
+    every stored layer; ``layer_start`` int64 (N+1,): row i's layers are
+    ``layer_category[layer_start[i]:layer_start[i+1]]``; ``image_labels``, ``image_label_category``
+    int64 (M,) and ``image_start`` int64 (N+1,): image-level labels with their category, the same way;
+    ``fingerprint`` (str): ``BrodenDataset.fingerprint()``; ``categories`` (str): JSON list of ALL
+    categories in category.csv order; ``num_labels`` int64.
+
+All categories are packed; a category subset is applied when reading (per-row selections are
+computed once, in ``PackedLabels.__init__``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from netdissect.broden.dataset import BrodenDataset, _single_thread_worker, read_index
+from netdissect.broden.format import Problems
+from netdissect.errors import NetDissectError
+from netdissect.io import atomic_dir
+
+FORMAT_VERSION = 1
+PIXELS = "pixels.npy"
+INDEX = "index.npz"
+INDEX_KEYS = ("format_version", "offset", "shape", "layer_category", "layer_start", "image_labels",
+              "image_label_category", "image_start", "fingerprint", "categories", "num_labels")
+
+
+def layer_categories(root: Path, categories: list[str]) -> dict[str, np.ndarray]:
+    """The category of every pixel layer and image-level label of every row, as CSR arrays.
+
+    Follows ``BrodenDataset``'s rules: items of a pixel category (one with a PNG somewhere in
+    index.csv) are layers, items of the other categories image-level labels; ``0`` items are dropped.
+    Returns ``layer_category``, ``layer_start``, ``image_labels``, ``image_label_category``,
+    ``image_start`` (indices into ``categories``).
+    """
+    problems = Problems()
+    index = read_index(root / "index.csv", categories, problems)
+    problems.raise_if_any(f"dataset {root}")
+    pixel = [c in index["pixel_categories"] for c in categories]
+    layer_category: list[int] = []
+    image_labels: list[int] = []
+    image_label_category: list[int] = []
+    layer_start, image_start = [0], [0]
+    for row_cells in index["cells"]:
+        for c, items in enumerate(row_cells):
+            kept = [item for item in items if item != 0]
+            if pixel[c]:
+                layer_category.extend([c] * len(kept))
+            else:
+                image_labels.extend(kept)                    # ints only: a PNG makes the category a pixel one
+                image_label_category.extend([c] * len(kept))
+        layer_start.append(len(layer_category))
+        image_start.append(len(image_labels))
+    as_int64 = lambda values: np.asarray(values, dtype=np.int64)   # noqa: E731
+    return {"layer_category": as_int64(layer_category), "layer_start": as_int64(layer_start),
+            "image_labels": as_int64(image_labels), "image_label_category": as_int64(image_label_category),
+            "image_start": as_int64(image_start)}
+
+
+def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None,
+                progress: bool = True, batch_size: int = 32) -> dict[str, Any]:
+    """Decode every label PNG of the dataset at ``root`` once and write the pack folder ``out``.
+
+    The PNGs are decoded by ``BrodenDataset(root, load_images=False)`` through its DataLoader
+    (``workers`` single-threaded processes, default: all usable cores) and streamed into
+    ``out/pixels.npy``; ``out`` replaces an existing pack only when everything is written.
+    Returns dict(out, images, layers, bytes, seconds).
+    """
+    root, out = Path(root), Path(out)
+    start = time.perf_counter()
+    ds = BrodenDataset(root, load_images=False)
+    csr = layer_categories(root, ds.categories)
+    sizes = np.asarray(ds.index[["sh", "sw"]], dtype=np.int64).reshape(-1, 2)
+    count = np.diff(csr["layer_start"])
+    shape = np.column_stack([count, sizes])
+    numel = shape.prod(axis=1)
+    offset = np.concatenate([[0], np.cumsum(numel)]).astype(np.int64)
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    if workers < 0:
+        raise NetDissectError(f"--workers must be >= 0, got {workers}")
+    workers = min(workers, len(ds) // batch_size + 1)
+
+    from tqdm import tqdm
+
+    with atomic_dir(out, replace=True) as tmp:
+        with open(tmp / PIXELS, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<u2")),
+                                                     "fortran_order": False, "shape": (int(offset[-1]),)})
+            bar = tqdm(total=len(ds), unit="img", desc=f"pack {root.name}", disable=not progress, file=sys.stderr)
+            for batch in _reraised(ds.loader(batch_size=batch_size, workers=workers)):
+                for i, layers in zip(batch["i"].tolist(), batch["pixel_labels"]):
+                    if tuple(layers.shape) != tuple(shape[i]):
+                        raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: the reader gave {tuple(layers.shape)} "
+                                              f"label layers, the index says {tuple(shape[i])}; report this bug")
+                    if layers.numel() and int(layers.max()) > np.iinfo(np.uint16).max:
+                        raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: label number {int(layers.max())} "
+                                              f"does not fit 16 bits (R + 256*G); fix the row")
+                    f.write(layers.numpy().astype("<u2").tobytes())
+                bar.update(len(batch["i"]))
+            bar.close()
+        np.savez(tmp / INDEX, format_version=np.int64(FORMAT_VERSION), offset=offset[:-1], shape=shape,
+                 fingerprint=np.str_(ds.fingerprint()), categories=np.str_(json.dumps(ds.categories)),
+                 num_labels=np.int64(ds.num_labels), **csr)
+    return {"out": out, "images": len(ds), "layers": int(count.sum()), "bytes": int(offset[-1]) * 2,
+            "seconds": time.perf_counter() - start}
+
+
+def _reraised(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
+    """The loader's batches; a reader error raised in a worker process comes back with its own message
+    (the DataLoader wraps it in the worker's traceback)."""
+    try:
+        yield from loader
+    except NetDissectError as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        raise NetDissectError(text.rsplit("NetDissectError: ", 1)[-1].strip()) from None
+
+
+def _refuse(pack: Path, root: Path, why: str) -> NetDissectError:
+    return NetDissectError(f"label pack {pack}: {why}; rebuild it with "
+                           f"`netdissect broden pack-labels {root} --out {pack}`")
+
+
+class PackedLabels(torch.utils.data.Dataset):
+    """The labels of a dataset from its pack: ``self[i]`` equals
+    ``BrodenDataset(ds.root, ds.categories, load_images=False)[i]`` (keys ``i``, ``pixel_labels``
+    int32 (K', sh, sw), ``image_labels`` int64 (J',)) for ``ds``'s category subset.
+
+    Args:
+        pack: the folder written by :func:`pack_labels`.
+        ds: the dataset, opened with the categories to use (``BrodenDataset(root, categories,
+            load_images=False, load_labels=False)`` is enough: only its tables are used).
+
+    Refuses (NetDissectError) a missing or incomplete pack, an unknown format version, a pack of
+    another dataset (fingerprint) or another row count. pixels.npy is memory-mapped on first use, in
+    each process, so the object pickles cheaply to DataLoader workers.
+    """
+
+    def __init__(self, pack: str | Path, ds: BrodenDataset) -> None:
+        self.pack = Path(pack)
+        self.root = ds.root
+        self.categories = list(ds.categories)
+        index = self._read_index()
+        if int(index["format_version"]) != FORMAT_VERSION:
+            raise _refuse(self.pack, self.root, f"format_version is {int(index['format_version'])}, this netdissect "
+                                                f"reads version {FORMAT_VERSION}")
+        n = len(index["offset"])
+        if n != len(ds):
+            raise _refuse(self.pack, self.root, f"holds {n} rows, the dataset {self.root} has {len(ds)}")
+        if str(index["fingerprint"]) != ds.fingerprint():
+            raise _refuse(self.pack, self.root, f"was made from another dataset (fingerprint of index.csv, label.csv, "
+                                                f"category.csv differs from {self.root}'s)")
+        self._check_pixels(int(index["offset"][-1] + index["shape"][-1].prod()) if n else 0)
+        all_categories = json.loads(str(index["categories"]))
+        selected = np.isin(np.arange(len(all_categories)),
+                           [all_categories.index(c) for c in self.categories if c in all_categories])
+        self._offset: np.ndarray = index["offset"]
+        self._shape: np.ndarray = index["shape"]
+        # the kept layers of row i: positions in its stack, CSR; _contiguous rows take one slice
+        keep = selected[index["layer_category"]]
+        row_of_layer = np.repeat(np.arange(n), np.diff(index["layer_start"]))
+        position = np.arange(len(keep)) - index["layer_start"][row_of_layer]
+        self._layers = position[keep]
+        self._layer_start = np.concatenate([[0], np.cumsum(np.bincount(row_of_layer[keep], minlength=n))])
+        kept = np.diff(self._layer_start)
+        has = kept > 0
+        self._first = np.zeros(n, dtype=np.int64)       # first kept layer's position in the row's stack
+        last = np.full(n, -1, dtype=np.int64)
+        self._first[has] = self._layers[self._layer_start[:-1][has]]
+        last[has] = self._layers[self._layer_start[1:][has] - 1]
+        self._contiguous = last - self._first + 1 == kept
+        # image-level labels of the selected categories, CSR
+        keep = selected[index["image_label_category"]]
+        row_of_label = np.repeat(np.arange(n), np.diff(index["image_start"]))
+        self._image_labels = index["image_labels"][keep]
+        self._image_start = np.concatenate([[0], np.cumsum(np.bincount(row_of_label[keep], minlength=n))])
+        self._pixels: np.ndarray | None = None
+
+    def _read_index(self) -> dict[str, np.ndarray]:
+        path = self.pack / INDEX
+        if not (self.pack / PIXELS).is_file() or not path.is_file():
+            raise _refuse(self.pack, self.root, f"no {PIXELS} and {INDEX} there (missing or incomplete pack)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in INDEX_KEYS if k not in z.files]
+                if missing:
+                    raise _refuse(self.pack, self.root, f"{INDEX} lacks {', '.join(missing)} (incomplete pack)")
+                return {k: z[k] for k in INDEX_KEYS}
+        except (OSError, ValueError) as err:
+            raise _refuse(self.pack, self.root, f"cannot read {INDEX} ({err})") from err
+
+    def _check_pixels(self, total: int) -> None:
+        """pixels.npy is a 1-D uint16 array of ``total`` elements, filling its file (nothing stays open)."""
+        path = self.pack / PIXELS
+        try:
+            pixels = np.load(path, mmap_mode="r")
+            shape, dtype, end = pixels.shape, pixels.dtype, pixels.offset + pixels.nbytes
+            del pixels
+        except (OSError, ValueError) as err:
+            raise _refuse(self.pack, self.root, f"cannot read {PIXELS} ({err})") from err
+        if shape != (total,) or dtype != np.dtype("<u2") or end != path.stat().st_size:
+            raise _refuse(self.pack, self.root, f"{PIXELS} holds {shape} {dtype} ({path.stat().st_size} bytes), "
+                                                f"the index expects ({total},) uint16 (incomplete pack)")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pixels"] = None            # each process maps the file itself
+        return state
+
+    def __len__(self) -> int:
+        return len(self._offset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Row i as ``dict(i, pixel_labels, image_labels)``; copies only row i's slice of pixels.npy."""
+        if self._pixels is None:
+            self._pixels = np.load(self.pack / PIXELS, mmap_mode="r")
+        k, sh, sw = self._shape[i]
+        a, b = self._layer_start[i], self._layer_start[i + 1]
+        if self._contiguous[i]:
+            start = self._offset[i] + self._first[i] * sh * sw
+            stack = self._pixels[start:start + (b - a) * sh * sw].reshape(b - a, sh, sw)
+        else:
+            stack = self._pixels[self._offset[i]:self._offset[i] + k * sh * sw].reshape(k, sh, sw)[self._layers[a:b]]
+        c, d = self._image_start[i], self._image_start[i + 1]
+        return {"i": int(i), "pixel_labels": torch.from_numpy(stack.astype(np.int32)),
+                "image_labels": torch.from_numpy(self._image_labels[c:d].copy())}
+
+    collate = staticmethod(BrodenDataset.collate)
+
+    def loader(self, batch_size: int, workers: int = 0, start: int = 0,
+               stop: int | None = None) -> torch.utils.data.DataLoader:
+        """A DataLoader over rows ``[start, stop)`` in row order, batched like ``BrodenDataset.loader``."""
+        stop = len(self) if stop is None else stop
+        if not 0 <= start <= stop <= len(self):
+            raise NetDissectError(f"rows [{start}, {stop}) are outside the pack's 0..{len(self)} rows ({self.pack})")
+        if batch_size < 1 or workers < 0:
+            raise NetDissectError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self, range(start, stop)), batch_size=batch_size, shuffle=False,
+            num_workers=workers, collate_fn=self.collate,
+            worker_init_fn=_single_thread_worker if workers else None, prefetch_factor=4 if workers else None)
+
+    def __repr__(self) -> str:
+        return f"PackedLabels({str(self.pack)!r}, {len(self)} images, categories={self.categories})"
