@@ -68,3 +68,23 @@ rule check_dataset:
         "../envs/netdissect.yaml"
     shell:
         "netdissect broden check {params.root} > {output} 2> {log}"
+
+
+rule pack_labels:
+    """Every label PNG of the dataset decoded once into results/{dataset}/labels, read by every tally."""
+    input:
+        dataset_index,
+    output:
+        directory("results/{dataset}/labels"),
+    params:
+        root=dataset_option,
+    log:
+        "logs/{dataset}/pack_labels.log",
+    threads: res("dataset", "threads")
+    resources:
+        mem_mb=res("dataset", "mem_mb"),
+        runtime=res("dataset", "runtime"),
+    conda:
+        "../envs/netdissect.yaml"
+    shell:
+        "netdissect broden pack-labels {params.root} --out {output} --workers {threads} --no-progress > {log} 2>&1"

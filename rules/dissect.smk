@@ -68,6 +68,7 @@ rule tally:
         index=dataset_index,
         shard="results/{dataset}/{model}/shards/{k}",
         thresholds="results/{dataset}/{model}/{layer}/thresholds.npy",
+        labels="results/{dataset}/labels",
     output:
         "results/{dataset}/{model}/{layer}/tally/{k}.npz",
     params:

@@ -49,8 +49,8 @@ def test_workflow_runs_as_slurm_jobs_and_matches_the_local_result(cluster: Slurm
 
     # every non-local job was submitted, ran and completed under SLURM
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", proc.stdout + proc.stderr)
-    expected_jobs = {"synth_dataset": 1, "check_layers": 1, "random_weights": 1, "extract": 2, "quantile": 1,
-                     "tally": 2, "merge": 1, "score": 1, "report_layer": 1, "report_summary": 1}
+    expected_jobs = {"synth_dataset": 1, "pack_labels": 1, "check_layers": 1, "random_weights": 1, "extract": 2,
+                     "quantile": 1, "tally": 2, "merge": 1, "score": 1, "report_layer": 1, "report_summary": 1}
     assert len(submitted) == sum(expected_jobs.values())
     controller = cluster.controller_log()
     for job_id in submitted:

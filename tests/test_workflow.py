@@ -29,7 +29,7 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
     models = default["runs"][0]["models"]
     layers = sum(len(default["models"][m]["layers"]) for m in models)
     assert job_counts(proc.stdout) == {
-        "check_layers": len(models), "synth_dataset": 1, "train_demo": 1, "random_weights": 1,
+        "check_layers": len(models), "synth_dataset": 1, "pack_labels": 1, "train_demo": 1, "random_weights": 1,
         "extract": len(models) * shards, "quantile": layers, "tally": layers * shards, "merge": layers,
         "score": layers, "report_layer": layers, "report_summary": 1, "report_all": 1,
     }
