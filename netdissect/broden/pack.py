@@ -237,7 +237,8 @@ class PackedLabels(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         """Row i as ``dict(i, pixel_labels, image_labels)``; copies only row i's slice of pixels.npy."""
         if self._pixels is None:
-            self._pixels = np.load(self.pack / PIXELS, mmap_mode="r")
+            # a plain ndarray view of the map: slicing a np.memmap costs a Python hook per call
+            self._pixels = np.load(self.pack / PIXELS, mmap_mode="r").view(np.ndarray)
         k, sh, sw = self._shape[i]
         a, b = self._layer_start[i], self._layer_start[i + 1]
         if self._contiguous[i]:
