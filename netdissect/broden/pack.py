@@ -92,6 +92,7 @@ def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None
     root, out = Path(root), Path(out)
     start = time.perf_counter()
     ds = BrodenDataset(root, load_images=False)
+    fingerprint = ds.fingerprint()
     csr = layer_categories(root, ds.categories)
     sizes = np.asarray(ds.index[["sh", "sw"]], dtype=np.int64).reshape(-1, 2)
     count = np.diff(csr["layer_start"])
@@ -113,8 +114,8 @@ def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None
             for batch in _reraised(ds.loader(batch_size=batch_size, workers=workers)):
                 for i, layers in zip(batch["i"].tolist(), batch["pixel_labels"]):
                     if tuple(layers.shape) != tuple(shape[i]):
-                        raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: the reader gave {tuple(layers.shape)} "
-                                              f"label layers, the index says {tuple(shape[i])}; report this bug")
+                        raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: the reader gave layers "
+                                              f"{tuple(layers.shape)}, the index says {tuple(shape[i])}; report this bug")
                     if layers.numel() and int(layers.max()) > np.iinfo(np.uint16).max:
                         raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: label number {int(layers.max())} "
                                               f"does not fit 16 bits (R + 256*G); fix the row")
@@ -122,7 +123,7 @@ def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None
                 bar.update(len(batch["i"]))
             bar.close()
         np.savez(tmp / INDEX, format_version=np.int64(FORMAT_VERSION), offset=offset[:-1], shape=shape,
-                 fingerprint=np.str_(ds.fingerprint()), categories=np.str_(json.dumps(ds.categories)),
+                 fingerprint=np.str_(fingerprint), categories=np.str_(json.dumps(ds.categories)),
                  num_labels=np.int64(ds.num_labels), **csr)
     return {"out": out, "images": len(ds), "layers": int(count.sum()), "bytes": int(offset[-1]) * 2,
             "seconds": time.perf_counter() - start}
