@@ -98,7 +98,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def tally_child(args: argparse.Namespace) -> None:
-    """One timed tally of ``--shard`` (after a warm-up over its first batch), printed as a JSON line."""
+    """One timed tally of ``--shard``, printed as a JSON line."""
     import resource
 
     import torch
@@ -115,10 +115,11 @@ def tally_child(args: argparse.Namespace) -> None:
     cpu0, tic = cpu_s(), time.perf_counter()
     counts = pipeline.tally(args.dataset, args.shard, args.layer, args.thresholds, out, union=args.union,
                             device=args.device, batch_size=args.tally_batch_size, workers=args.workers,
-                            progress=False)
+                            progress=False, labels=args.labels)
     wall, cpu = time.perf_counter() - tic, cpu_s() - cpu0
     images = int(json.loads((Path(args.shard) / "meta.json").read_text())["num_images"])
-    print(json.dumps({"images": images, "layer": args.layer, "union": args.union, "workers": args.workers,
+    print(json.dumps({"images": images, "layer": args.layer, "union": args.union, "labels": args.labels,
+                      "workers": args.workers,
                       "threads": args.threads, "batch_size": args.tally_batch_size, "wall_s": round(wall, 2),
                       "tally_images_per_s": round(images / wall, 1), "cpu_ms_per_image": round(1e3 * cpu / images, 2),
                       "intersections": int(counts["I"].sum())}))
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--shard", type=Path, help="with --tally-only: an extracted shard folder")
     parser.add_argument("--thresholds", type=Path, help="with --tally-only: the layer's thresholds.npy")
     parser.add_argument("--union", default="paper", choices=["paper", "lite"])
+    parser.add_argument("--labels", help="with --tally-only: packed labels (netdissect broden pack-labels)")
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compare-devices", action="store_true",
@@ -197,7 +199,8 @@ def main() -> None:
                                 "--shard", str(args.shard), "--thresholds", str(args.thresholds), "--layer",
                                 args.layer, "--union", args.union, "--tally-batch-size", str(args.tally_batch_size),
                                 "--workers", str(args.workers), "--threads", str(args.threads), "--device",
-                                args.device, "--work", tmp], check=True)
+                                args.device, "--work", tmp] + (["--labels", args.labels] if args.labels else []),
+                               check=True)
         return
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         dataset = repeated_dataset(args.dataset, args.images, Path(tmp)) if args.images else args.dataset

@@ -76,6 +76,7 @@ def register(sub, *groups) -> None:
     p.add_argument("--out", required=True, metavar="TALLY.npz")
     p.add_argument("--union", default="paper", choices=["paper", "lite"])
     p.add_argument("--categories", type=_names, help="comma-separated subset of categories")
+    p.add_argument("--labels", metavar="PACK", help="packed labels of the dataset (`netdissect broden pack-labels`): read them instead of decoding the label PNGs")
     _run_options(p, 100)
     p.set_defaults(func=_tally)
 
@@ -102,6 +103,7 @@ def register(sub, *groups) -> None:
     p.add_argument("--iou-threshold", type=float, default=0.04)
     p.add_argument("--categories", type=_names, help="comma-separated subset of categories")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--labels", metavar="PACK", help="packed labels of the dataset (`netdissect broden pack-labels`): read them instead of decoding the label PNGs")
     _run_options(p, 32)
     p.set_defaults(func=_dissect)
 
@@ -153,7 +155,7 @@ def _tally(args: argparse.Namespace) -> int:
     _setup(args)
     pipeline.tally(args.dataset, args.shard, args.layer, args.thresholds, args.out, union=args.union,
                    categories=args.categories, device=args.device, batch_size=args.batch_size,
-                   workers=args.workers, progress=args.progress)
+                   workers=args.workers, progress=args.progress, labels=args.labels)
     return 0
 
 
@@ -183,7 +185,7 @@ def _dissect(args: argparse.Namespace) -> int:
                                  mean=args.mean, std=args.std, q=args.quantile, thresholds_file=args.thresholds,
                                  union=args.union, iou_threshold=args.iou_threshold, batch_size=args.batch_size,
                                  workers=args.workers, device=args.device, categories=args.categories,
-                                 dtype=args.dtype, progress=args.progress)
+                                 dtype=args.dtype, progress=args.progress, labels=args.labels)
     for layer, info in summaries.items():
         print(f"{layer}: {info['detectors']} of {info['units']} units are detectors; unique_top "
               f"{info['unique_top']}, unique_by_category {info['unique_by_category']}")

@@ -94,24 +94,31 @@ def quantile(shard_dirs: Sequence[str | Path], layer: str, out: str | Path, *, q
 
 def tally(dataset: str | Path, shard_dir: str | Path, layer: str, thresholds_path: str | Path, out: str | Path,
           *, union: str = "paper", categories: Sequence[str] | None = None, device: str = "cpu",
-          batch_size: int = 100, workers: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
-    """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz)."""
+          batch_size: int = 100, workers: int = 0, progress: bool = True, labels: str | Path | None = None
+          ) -> dict[str, np.ndarray]:
+    """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz). The
+    labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs."""
     from netdissect.extract import layer_meta, load_meta
     from netdissect.quantile import load_thresholds
     from netdissect.tally import save_counts, tally_shard
 
     meta = load_meta(shard_dir)
     info = layer_meta(meta, layer, shard_dir)
-    ds = open_dataset(dataset, categories, images=False)
+    ds = open_dataset(dataset, categories, images=False, labels=labels is None)
     if len(ds) != meta["num_images"] or ds.fingerprint() != meta["dataset_fingerprint"]:
         raise NetDissectError(f"{shard_dir} was extracted from a different dataset ({meta['dataset']}, "
                               f"{meta['num_images']} images) than {dataset} ({len(ds)} images); tally with the "
                               f"dataset the activations came from")
     thresholds = load_thresholds(thresholds_path, info["units"], layer)
     imgmax = np.load(Path(shard_dir) / f"{layer}.imgmax.npy")
+    packed = None
+    if labels is not None:
+        from netdissect.broden.pack import PackedLabels
+
+        packed = PackedLabels(labels, ds)
     counts = tally_shard(ds, Path(shard_dir) / f"{layer}.act.npy", imgmax, thresholds, meta["start"], meta["stop"],
                          union=union, batch_size=batch_size, workers=workers, device=device, progress=progress,
-                         layer=layer)
+                         layer=layer, labels=packed)
     source_path = Path(thresholds_path).with_suffix(".json")
     source = json.loads(source_path.read_text()) if source_path.is_file() else {}
     settings = {"layer": layer, "quantile": source.get("quantile"),
@@ -152,8 +159,8 @@ def dissect(dataset: str | Path, model_spec: str, layers: Sequence[str], out: st
             weights: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
             q: float = 0.005, thresholds_file: str | None = None, union: str = "paper",
             iou_threshold: float = 0.04, batch_size: int = 32, workers: int = 0, device: str = "cpu",
-            categories: Sequence[str] | None = None, dtype: str = "float32", progress: bool = True
-            ) -> dict[str, dict[str, Any]]:
+            categories: Sequence[str] | None = None, dtype: str = "float32", progress: bool = True,
+            labels: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy, imgmax.npy,
     counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
@@ -170,6 +177,6 @@ def dissect(dataset: str | Path, model_spec: str, layers: Sequence[str], out: st
         quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
         tally(dataset, shard_dir, layer, layer_dir / "thresholds.npy", layer_dir / "counts.npz", union=union,
               categories=categories, device=device, batch_size=max(batch_size, 100), workers=workers,
-              progress=progress)
+              progress=progress, labels=labels)
         summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
     return summaries

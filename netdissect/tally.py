@@ -62,14 +62,17 @@ UNIONS = ("paper", "lite")
 
 def pad_labels(pixel_labels: Sequence[torch.Tensor], image_labels: Sequence[torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack per-image label data: (B, sh, sw, Kmax) int32 layers, pixel-major (the labels of one
-    pixel are contiguous) and padded with 0-layers; (B, Jmax) int64 image-level labels, de-duplicated
-    per image and padded with 0 (label 0 is never counted)."""
+    """Stack per-image label data: (B, K, sh, sw) int32 pixel layers, padded with 0-layers to the
+    largest K; (B, J) int64 image-level labels, de-duplicated per image and padded with 0 (label 0 is
+    never counted)."""
     sh, sw = pixel_labels[0].shape[1:]
     kmax = max(int(p.shape[0]) for p in pixel_labels)
-    layers = torch.zeros((len(pixel_labels), sh, sw, kmax), dtype=torch.int32)
-    for b, p in enumerate(pixel_labels):
-        layers[b, :, :, :p.shape[0]] = p.permute(1, 2, 0)
+    if all(int(p.shape[0]) == kmax for p in pixel_labels):
+        layers = torch.stack(list(pixel_labels)).to(torch.int32)
+    else:
+        layers = torch.zeros((len(pixel_labels), kmax, sh, sw), dtype=torch.int32)
+        for b, p in enumerate(pixel_labels):
+            layers[b, :p.shape[0]] = p
     uniq = [torch.unique(j[j > 0]) for j in image_labels]
     jmax = max([int(u.numel()) for u in uniq] + [0])
     img = torch.zeros((len(image_labels), jmax), dtype=torch.int64)
@@ -91,27 +94,21 @@ def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels:
     return pixels, member
 
 
-class LabelCollate:
-    """DataLoader collate for the tally: per group of images with the same number of pixel layers
-    and segmentation size (so no 0-layers are padded in and counted for nothing), the stacked label
-    tensors (:func:`pad_labels`) and their per-image statistics (:func:`label_presence`), computed
-    in the loader's worker processes, beside the main process's mask work."""
-
-    def __init__(self, num_labels: int):
-        self.num_labels = num_labels
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        sizes = [tuple(item["pixel_labels"].shape) for item in items]          # (layers, sh, sw)
-        groups = []
-        for size in dict.fromkeys(sizes):
-            sel = [j for j, s in enumerate(sizes) if s == size]
-            layers, image_labels = pad_labels([items[j]["pixel_labels"] for j in sel],
-                                              [items[j]["image_labels"] for j in sel])
-            groups.append((sel, layers, image_labels, *label_presence(layers, image_labels, self.num_labels)))
-        return {"i": torch.tensor([item["i"] for item in items], dtype=torch.int64), "groups": groups}
+def label_groups(items: list[dict[str, Any]], num_labels: int) -> list[tuple]:
+    """Per group of images with the same number of pixel layers and segmentation size (so no 0-layers
+    are padded in and counted for nothing): (positions in ``items``, stacked layers and image labels
+    (:func:`pad_labels`), their per-image statistics (:func:`label_presence`))."""
+    sizes = [tuple(item["pixel_labels"].shape) for item in items]          # (layers, sh, sw)
+    groups = []
+    for size in dict.fromkeys(sizes):
+        sel = [j for j, s in enumerate(sizes) if s == size]
+        layers, image_labels = pad_labels([items[j]["pixel_labels"] for j in sel],
+                                          [items[j]["image_labels"] for j in sel])
+        groups.append((sel, layers, image_labels, *label_presence(layers, image_labels, num_labels)))
+    return groups
 
 
-def _one_thread(_: int) -> None:
+def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
@@ -193,9 +190,11 @@ def first_above(low: torch.Tensor, rise: torch.Tensor, n: torch.Tensor, level: t
     return torch.where((rise > 0) & (n > 1), p.to(torch.int64), flat)
 
 
-def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels of the masks ``bilinear(maps[a]) > thresholds[a]`` at sh×sw, as (map number, flat pixel).
+def mask_runs(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The masks ``bilinear(maps[a]) > thresholds[a]`` at sh×sw, as runs of pixels within rows:
+    (map number, flat first pixel, length) per run; every masked pixel is in exactly one run (runs
+    may be empty).
 
     The decision equals evaluating :func:`bilinear_at` (float64) at every pixel, but works on rows:
 
@@ -214,41 +213,61 @@ def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
         maps: (A, h, w) float activations; thresholds: (A,) float64.
     """
     device = maps.device
-    ys, xs = axis_cells(maps.shape[1], sh, str(device)), axis_cells(maps.shape[2], sw, str(device))
+    h, w = maps.shape[1], maps.shape[2]
+    ys, xs = axis_cells(h, sh, str(device)), axis_cells(w, sw, str(device))
     a = maps.to(torch.float64)
-    rows0, rows1 = a.index_select(1, ys.i0), a.index_select(1, ys.i1)          # (A, cy, w)
-    corners = torch.stack([rows.index_select(2, i) for rows in (rows0, rows1) for i in (xs.i0, xs.i1)])
     t = thresholds.to(torch.float64)
     margin = 1e-9 * a.abs().amax(dim=(1, 2))
+    t_low, t_high = t - margin, t + margin
 
-    # 1. cells that may hold mask pixels, and the values at both ends of each of their rows
-    m, cy, cx = torch.nonzero(corners.amax(dim=0) > (t - margin)[:, None, None], as_tuple=True)
-    c = corners[:, m, cy, cx, None]                                            # (4, cells, 1)
-    wy, wy1 = ys.w[cy], ys.w1[cy]                                              # (cells, rows); NaN: no row
-    ends = [bilinear_at(*c, xs.end_w[cx, f, None], xs.end_w1[cx, f, None], wy, wy1) for f in (0, 1)]
+    # 1. cells whose largest corner may exceed the threshold, and their 4 corners
+    row_max = torch.maximum(maps.index_select(1, ys.i0), maps.index_select(1, ys.i1))        # (A, cy, w)
+    cell_max = torch.maximum(row_max.index_select(2, xs.i0), row_max.index_select(2, xs.i1))  # (A, cy, cx)
+    m, cy, cx = torch.nonzero(cell_max > t_low[:, None, None], as_tuple=True)
+    flat = a.reshape(-1)
+    top, bottom = m * (h * w) + ys.i0[cy] * w, m * (h * w) + ys.i1[cy] * w
+    c00, c01, c10, c11 = (flat[row + col] for row in (top, bottom) for col in (xs.i0[cx], xs.i1[cx]))
 
-    # 2. rows that may hold mask pixels (a third of them; padded rows have NaN ends: never); each
-    #    one's run of pixels certainly above the threshold, and its run of uncertain pixels
-    k, y = torch.nonzero(torch.maximum(*ends) > (t - margin)[m, None], as_tuple=True)
+    # 2. the values at both ends of every row of those cells (the formula, its x part once per
+    #    cell); rows that may hold mask pixels (padded rows have NaN ends: never), and in each the
+    #    run of columns certainly above the threshold and the run of uncertain ones
+    wy, wy1 = ys.w[cy], ys.w1[cy]                                              # (cells, rows)
+    ends = []
+    for f in (0, 1):
+        wx, wx1 = xs.end_w[cx, f], xs.end_w1[cx, f]
+        ends.append((c00 * wx1 + c01 * wx)[:, None] * wy1 + (c10 * wx1 + c11 * wx)[:, None] * wy)
+    k, y = torch.nonzero(torch.maximum(*ends) > t_low[m, None], as_tuple=True)
     first, last = ends[0][k, y], ends[1][k, y]
-    m, cx, c, wy, wy1 = m[k], cx[k], c[:, k, 0], wy[k, y], wy1[k, y]           # now one entry per row
-    n = xs.size[cx]                                                            # pixels in each row
-    row_base = (ys.start[cy[k]] + y) * sw + xs.start[cx]                       # flat pixel of each row's column 0
+    row_map, row_cx = m[k], cx[k]
+    n = xs.size[row_cx]                                                        # pixels in each row
+    cell_base = ys.start[cy] * sw + xs.start[cx]                               # flat pixel of each cell's corner
+    row_base = cell_base[k] + y * sw                                           # and of each row's column 0
     rising = last >= first                                                     # positions count from the low end
     low, rise = torch.minimum(first, last), (last - first).abs()
-    above = first_above(low, rise, n, (t + margin)[m])                        # positions [above, n) are inside
-    unsure = first_above(low, rise, n, (t - margin)[m])                       # [unsure, above): evaluate
-    pixel, pixel_map = expand_runs(row_base + torch.where(rising, above, 0), n - above, m)
+    above = first_above(low, rise, n, t_high[row_map])                        # positions [above, n) are inside
+    unsure = first_above(low, rise, n, t_low[row_map])                        # [unsure, above): evaluate
+    run_start = row_base + torch.where(rising, above, 0)
 
-    # 3. the uncertain pixels, evaluated with the formula
-    col, r = expand_runs(torch.where(rising, unsure, n - above), above - unsure,
-                         torch.arange(m.numel(), device=device))
-    values = bilinear_at(*c[:, r], xs.w[cx[r], col], xs.w1[cx[r], col], wy[r], wy1[r])
-    keep = values > t[m[r]]
-    if not keep.any():                                                         # the usual case: no copy
-        return pixel_map, pixel
-    r, col = r[keep], col[keep]
-    return torch.cat([pixel_map, m[r]]), torch.cat([pixel, row_base[r] + col])
+    # 3. the uncertain pixels, evaluated with the formula: runs of one pixel
+    (r,) = torch.nonzero(above > unsure, as_tuple=True)
+    if r.numel() == 0:                                                         # the usual case
+        return row_map, run_start, n - above
+    col, r = expand_runs(torch.where(rising, unsure, n - above)[r], (above - unsure)[r], r)
+    kr, cxr = k[r], row_cx[r]
+    values = bilinear_at(c00[kr], c01[kr], c10[kr], c11[kr], xs.w[cxr, col], xs.w1[cxr, col],
+                         wy[kr, y[r]], wy1[kr, y[r]])
+    r, col = r[values > t[row_map[r]]], col[values > t[row_map[r]]]
+    return (torch.cat([row_map, row_map[r]]), torch.cat([run_start, row_base[r] + col]),
+            torch.cat([n - above, torch.ones_like(r)]))
+
+
+def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels of the masks ``bilinear(maps[a]) > thresholds[a]`` at sh×sw, as (map number, flat
+    pixel), from :func:`mask_runs`."""
+    run_map, start, length = mask_runs(maps, thresholds, sh, sw)
+    pixel, pixel_map = expand_runs(start, length, run_map)
+    return pixel_map, pixel
 
 
 def count_pairs(rows: torch.Tensor, width: int, columns: torch.Tensor, bins: int) -> torch.Tensor:
@@ -269,8 +288,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
         acts: (B, U, H, W) float32 activations.
         imgmax: (B, U) float32 per-image maxima of ``acts``.
         thresholds: (U,) float64 thresholds.
-        layers: (B, sh, sw, K) int32 (or int64) pixel layers (global label numbers, 0 = none), from
-            :func:`pad_labels`.
+        layers: (B, K, sh, sw) int32 pixel layers (global label numbers, 0 = none), from :func:`pad_labels`.
         image_labels: (B, J) int64 image-level labels, unique per image, 0-padded.
         primary: (L,) int64 primary category per label, -1 = none.
         num_categories: K, the number of categories.
@@ -284,7 +302,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     device = acts.device
     b, units = imgmax.shape
     num_labels = primary.shape[0]
-    sh, sw = layers.shape[1], layers.shape[2]
+    k, sh, sw = layers.shape[1:]
     pixels_per_image = sh * sw
     cat1 = primary + 1                                       # category + 1; 0 = none
     pixels, member = presence if presence is not None else label_presence(layers, image_labels, num_labels)
@@ -298,13 +316,19 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     cat_area = torch.zeros((units, num_categories), dtype=torch.int64, device=device)
     if img_idx.numel() == 0:
         return area, inter.reshape(units, num_labels), cat_area
-    pair, pix = masked_pixels(acts[img_idx, unit_idx], thresholds[unit_idx], sh, sw)
-    mask_size = torch.bincount(pair, minlength=img_idx.numel())              # |M[i,u]| per pair
+    run_pair, run_start, run_length = mask_runs(acts[img_idx, unit_idx], thresholds[unit_idx], sh, sw)
+    mask_size = torch.zeros(img_idx.numel(), dtype=torch.int64, device=device).index_add_(0, run_pair, run_length)
 
-    # pixel layers: every masked pixel, every layer -> (unit, label)
-    at = (img_idx * pixels_per_image).index_select(0, pair) + pix                # masked pixel's row in the batch
-    labels_at = layers.reshape(b * pixels_per_image, -1).index_select(0, at)     # (n, K)
-    inter += count_pairs(unit_idx.index_select(0, pair), num_labels, labels_at, units * num_labels)
+    # pixel layers: every masked pixel, every layer -> (unit, label); a pixel's labels sit pixels_per_image apart
+    key_dtype = torch.int32 if units * num_labels < 2**31 else torch.int64
+    tags = [(unit_idx * num_labels).to(key_dtype)[run_pair]] + ([run_pair] if union == "lite" else [])
+    at, unit_key, *pixel_pair = expand_runs(img_idx[run_pair] * (k * pixels_per_image) + run_start, run_length,
+                                            *tags)
+    offsets = torch.arange(k, device=device) * pixels_per_image
+    labels_at = layers.reshape(-1).take(at[:, None] + offsets)                    # (n, K)
+    if k:
+        inter += torch.bincount((unit_key[:, None] + labels_at.to(key_dtype)).reshape(-1),
+                                minlength=units * num_labels)
     # image-level labels: |M| for each (unit, label of the image)
     if image_labels.shape[1]:
         flat = (unit_idx[:, None] * num_labels + image_labels[img_idx]).reshape(-1)
@@ -319,7 +343,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
         has.index_add_(1, cat1, present.to(torch.int64))
         hit = has[img_idx, 1:] > 0                                             # (A, K)
     else:
-        pair_cat = count_pairs(pair, num_categories + 1, cat1.to(labels_at.dtype)[labels_at],
+        pair_cat = count_pairs(pixel_pair[0], num_categories + 1, cat1.to(labels_at.dtype)[labels_at],
                                img_idx.numel() * (num_categories + 1))
         hit = pair_cat.reshape(-1, num_categories + 1)[:, 1:] > 0
         img_cat = torch.zeros((b, num_categories + 1), dtype=torch.int64, device=device)
@@ -329,17 +353,71 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     return area, inter, cat_area
 
 
+class ShardBatches(torch.utils.data.Dataset):
+    """Batch j of a shard's rows (``batch_size`` rows from ``start`` on) as one DataLoader item: the
+    label groups (:func:`label_groups`), activations and maxima, ready to count; or, with a
+    ``counter``, already counted (``{"rows", "G", "I", "C"}``), so that every worker process does all
+    the work of its batches and the main process only adds them up.
+
+    ``labels`` yields ``{"i", "pixel_labels", "image_labels"}`` per dataset row (a BrodenDataset
+    opened with ``load_images=False``, or packed labels); ``act_path`` is the shard's
+    ``{layer}.act.npy`` whose row 0 is dataset row ``start``, ``imgmax`` its (stop - start, U) maxima.
+    """
+
+    def __init__(self, labels: Any, num_labels: int, act_path: str | Path, imgmax: np.ndarray, start: int,
+                 stop: int, batch_size: int, counter: "BatchCounter | None" = None):
+        self.labels, self.num_labels, self.act_path, self.imgmax = labels, num_labels, act_path, imgmax
+        self.start, self.stop, self.batch_size, self.counter = start, stop, batch_size, counter
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        from netdissect.extract import read_npy_rows
+
+        local = np.arange(j * self.batch_size, min((j + 1) * self.batch_size, self.stop - self.start))
+        items = [self.labels[self.start + int(r)] for r in local]
+        batch = {"rows": len(local), "groups": label_groups(items, self.num_labels),
+                 "acts": torch.from_numpy(read_npy_rows(self.act_path, local).astype(np.float32, copy=False)),
+                 "imgmax": torch.from_numpy(self.imgmax[local])}
+        return self.counter(batch) if self.counter is not None else batch
+
+
+class BatchCounter:
+    """Counts G, I, C of one :class:`ShardBatches` batch, summed over its label groups, on ``device``."""
+
+    def __init__(self, thresholds: np.ndarray, primary: np.ndarray, num_categories: int, union: str,
+                 device: str = "cpu"):
+        self.thresholds = torch.from_numpy(np.asarray(thresholds, dtype=np.float64)).to(device)
+        self.primary = torch.as_tensor(np.asarray(primary, dtype=np.int64), device=device)
+        self.num_categories, self.union, self.device = num_categories, union, device
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        on = lambda x: x.to(self.device, non_blocking=True)
+        acts, maxima = on(batch["acts"]), on(batch["imgmax"])
+        totals = None
+        for sel, layers, image_labels, pixels, member in batch["groups"]:    # one group per label shape
+            rows = torch.tensor(sel, device=self.device)
+            counts = tally_batch(acts[rows], maxima[rows], self.thresholds, on(layers), on(image_labels),
+                                 self.primary, self.num_categories, self.union, presence=(on(pixels), on(member)))
+            totals = counts if totals is None else [t + c for t, c in zip(totals, counts)]
+        return {"rows": batch["rows"], **dict(zip("GIC", totals))}
+
+
 def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: np.ndarray, start: int, stop: int,
                 *, union: str = "paper", batch_size: int = 100, workers: int = 0, device: str = "cpu",
-                progress: bool = True, layer: str = "") -> dict[str, np.ndarray]:
-    """Counts G, I, C of rows [start, stop) of ``ds`` (opened with ``load_images=False``).
+                progress: bool = True, layer: str = "", labels: Any = None) -> dict[str, np.ndarray]:
+    """Counts G, I, C of rows [start, stop) of ``ds`` (a BrodenDataset, for its tables).
 
-    ``act_path`` is the shard's ``{layer}.act.npy`` whose row 0 is dataset row ``start``; ``imgmax`` its
-    (stop - start, U) maxima.
+    The labels come from ``labels`` (packed labels, :class:`netdissect.broden.pack.PackedLabels`) if
+    given, else from ``ds`` itself (opened with ``load_images=False``: decodes the PNGs). ``act_path``
+    is the shard's ``{layer}.act.npy`` whose row 0 is dataset row ``start``; ``imgmax`` its
+    (stop - start, U) maxima. With ``workers`` > 0 on the CPU, each worker process counts whole
+    batches; on a GPU the workers read the labels and the main process counts.
     """
     from tqdm import tqdm
 
-    from netdissect.extract import iterate_batches, read_npy_rows
+    from netdissect.extract import iterate_batches
 
     if union not in UNIONS:
         raise NetDissectError(f"--union {union}: expected one of {', '.join(UNIONS)}")
@@ -347,34 +425,26 @@ def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: n
     if thresholds.shape != (units,):
         raise NetDissectError(f"layer {layer}: {thresholds.shape[0]} thresholds for {units} units; use the "
                               f"thresholds.npy of this model and layer")
-    num_labels, num_categories = ds.num_labels, len(ds.categories)
-    primary = torch.as_tensor(np.asarray(ds.primary, dtype=np.int64), device=device)
-    t64 = torch.from_numpy(np.asarray(thresholds, dtype=np.float64)).to(device)
-    area = torch.zeros(num_labels, dtype=torch.int64, device=device)
-    inter = torch.zeros((units, num_labels), dtype=torch.int64, device=device)
-    cat_area = torch.zeros((units, num_categories), dtype=torch.int64, device=device)
-    bar = tqdm(total=stop - start, desc=f"tally {layer}", unit="img", disable=not progress)
     if batch_size < 1 or workers < 0:
         raise NetDissectError(f"--batch-size {batch_size} / --workers {workers}: expected >= 1 and >= 0")
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(ds, range(start, stop)), batch_size=batch_size, num_workers=workers,
-        collate_fn=LabelCollate(num_labels), worker_init_fn=_one_thread if workers else None,
-        prefetch_factor=4 if workers else None)
+    num_labels, num_categories = ds.num_labels, len(ds.categories)
+    counter = BatchCounter(thresholds, ds.primary, num_categories, union, device)
+    in_workers = torch.device(device).type == "cpu"
+    batches = ShardBatches(ds if labels is None else labels, num_labels, act_path, imgmax, start, stop, batch_size,
+                           counter if in_workers else None)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
+                                         worker_init_fn=_worker_init if workers else None,
+                                         prefetch_factor=2 if workers else None)
+    totals = {"G": torch.zeros(num_labels, dtype=torch.int64), "I": torch.zeros((units, num_labels), dtype=torch.int64),
+              "C": torch.zeros((units, num_categories), dtype=torch.int64)}
+    bar = tqdm(total=stop - start, desc=f"tally {layer}", unit="img", disable=not progress)
     for batch in iterate_batches(loader):
-        rows = batch["i"].numpy()
-        local = rows - start
-        acts = torch.from_numpy(read_npy_rows(act_path, local).astype(np.float32, copy=False)).to(device)
-        maxima = torch.from_numpy(imgmax[local]).to(device)
-        for sel, layers, img_labels, pixels, member in batch["groups"]:      # one group per label shape
-            on = lambda x: x.to(device, non_blocking=True)
-            g, i, c = tally_batch(acts[sel], maxima[sel], t64, on(layers), on(img_labels), primary,
-                                  num_categories, union, presence=(on(pixels), on(member)))
-            area += g
-            inter += i
-            cat_area += c
-        bar.update(len(rows))
+        counts = batch if in_workers else counter(batch)
+        for key in totals:
+            totals[key] += counts[key].cpu()
+        bar.update(batch["rows"])
     bar.close()
-    return {"G": area.cpu().numpy(), "I": inter.cpu().numpy(), "C": cat_area.cpu().numpy()}
+    return {key: value.numpy() for key, value in totals.items()}
 
 
 def save_counts(path: str | Path, counts: dict[str, np.ndarray], thresholds: np.ndarray, imgmax: np.ndarray,

@@ -150,3 +150,29 @@ def test_category_subset(tiny, tmp_path):
     assert counts["C"].shape == (5, 2) and counts["settings"]["categories"] == ds.categories
     # color labels are not counted when color is not selected
     assert counts["G"][1:5].sum() == 0 and counts["G"][5] > 0
+
+
+def test_tally_in_worker_processes_equals_reference(tiny, tmp_path):
+    """Batches counted in 2 worker processes add up to the reference; batches counted in the main
+    process (the path a GPU takes: workers only read) give the same per-batch counts."""
+    from netdissect.tally import BatchCounter, ShardBatches
+
+    d = tmp_path / "shard"
+    pipeline.extract(tiny.root, SPEC, ["2"], 0, 1, d, quantile=0.1, progress=False)
+    thresholds = pipeline.quantile([d], "2", tmp_path / "layer")
+    acts = np.load(d / "2.act.npy")
+    for union in ("paper", "lite"):
+        counts = pipeline.tally(tiny.root, d, "2", tmp_path / "layer" / "thresholds.npy", tmp_path / "t.npz",
+                                union=union, batch_size=5, workers=2, progress=False)
+        ref = reference(acts, tiny, thresholds=thresholds, union=union)
+        for key in ("G", "I", "C"):
+            assert np.array_equal(counts[key], ref[key]), (union, key)
+    ds = BrodenDataset(tiny.root, load_images=False)
+    counter = BatchCounter(thresholds, ds.primary, len(ds.categories), "lite")
+    imgmax = np.load(d / "2.imgmax.npy")
+    counted = ShardBatches(ds, ds.num_labels, d / "2.act.npy", imgmax, 0, len(ds), 5, counter)
+    raw = ShardBatches(ds, ds.num_labels, d / "2.act.npy", imgmax, 0, len(ds), 5)
+    assert len(counted) == 3 and [counted[j]["rows"] for j in range(3)] == [5, 5, 2]
+    for j in range(3):
+        here, there = counter(raw[j]), counted[j]
+        assert all(np.array_equal(here[key], there[key]) for key in "GIC")
