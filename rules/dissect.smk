@@ -89,7 +89,8 @@ rule tally:
         "../envs/netdissect.yaml"
     shell:
         "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {wildcards.layer}"
-        " --thresholds {input.thresholds} --out {output} --union {params.union} {params.categories}"
+        " --thresholds {input.thresholds} --labels {input.labels} --out {output}"
+        " --union {params.union} {params.categories}"
         " --device {params.device} --batch-size {params.batch_size} --workers {params.workers} --no-progress"
         " > {log} 2>&1"
 
