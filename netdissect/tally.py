@@ -319,16 +319,23 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     run_pair, run_start, run_length = mask_runs(acts[img_idx, unit_idx], thresholds[unit_idx], sh, sw)
     mask_size = torch.zeros(img_idx.numel(), dtype=torch.int64, device=device).index_add_(0, run_pair, run_length)
 
-    # pixel layers: every masked pixel, every layer -> (unit, label); a pixel's labels sit pixels_per_image apart
+    # pixel layers: every masked pixel, every layer -> (unit, label), one layer at a time (a pixel's
+    # labels sit pixels_per_image apart); index_add_ costs the same for any number of units x labels
     key_dtype = torch.int32 if units * num_labels < 2**31 else torch.int64
     tags = [(unit_idx * num_labels).to(key_dtype)[run_pair]] + ([run_pair] if union == "lite" else [])
     at, unit_key, *pixel_pair = expand_runs(img_idx[run_pair] * (k * pixels_per_image) + run_start, run_length,
                                             *tags)
-    offsets = torch.arange(k, device=device) * pixels_per_image
-    labels_at = layers.reshape(-1).take(at[:, None] + offsets)                    # (n, K)
-    if k:
-        inter += torch.bincount((unit_key[:, None] + labels_at.to(key_dtype)).reshape(-1),
-                                minlength=units * num_labels)
+    ones = torch.ones(1, dtype=torch.int64, device=device).expand(at.numel())
+    flat_layers = layers.reshape(-1)
+    if union == "lite":
+        pair_cat = torch.zeros(img_idx.numel() * (num_categories + 1), dtype=torch.int64, device=device)
+        pair_key = pixel_pair[0] * (num_categories + 1)
+        cat1_of = cat1.to(flat_layers.dtype)
+    for j in range(k):
+        labels_j = flat_layers.take(at + j * pixels_per_image)
+        inter.index_add_(0, unit_key + labels_j.to(key_dtype), ones)
+        if union == "lite":                                                    # categories each mask touches
+            pair_cat.index_add_(0, pair_key + cat1_of[labels_j], ones)
     # image-level labels: |M| for each (unit, label of the image)
     if image_labels.shape[1]:
         flat = (unit_idx[:, None] * num_labels + image_labels[img_idx]).reshape(-1)
@@ -343,8 +350,6 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
         has.index_add_(1, cat1, present.to(torch.int64))
         hit = has[img_idx, 1:] > 0                                             # (A, K)
     else:
-        pair_cat = count_pairs(pixel_pair[0], num_categories + 1, cat1.to(labels_at.dtype)[labels_at],
-                               img_idx.numel() * (num_categories + 1))
         hit = pair_cat.reshape(-1, num_categories + 1)[:, 1:] > 0
         img_cat = torch.zeros((b, num_categories + 1), dtype=torch.int64, device=device)
         img_cat.index_add_(1, cat1, member)
