@@ -195,3 +195,38 @@ def test_cli_keeps_the_readers_message_for_a_bad_png(broden_example: Path, tmp_p
 def test_cli_names_a_folder_without_index(tmp_path: Path, capsys):
     assert main(["broden", "pack-labels", str(tmp_path), "--out", str(tmp_path / "labels")]) == 2
     assert "no index.csv" in capsys.readouterr().err
+
+
+def make_model() -> torch.nn.Module:
+    """A tiny seeded conv net for the tally CLI test (`tests.test_broden_pack:make_model`)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+
+
+def test_tally_reads_the_pack_and_refuses_a_foreign_one(broden_example: Path, tmp_path: Path, capsys):
+    """`netdissect tally --labels PACK` counts exactly what the PNGs give; a pack of another dataset
+    makes the CLI exit 2 naming the pack."""
+    shard, layer_dir = tmp_path / "shard", tmp_path / "layer"
+    assert main(["extract", "--dataset", str(broden_example), "--model", "tests.test_broden_pack:make_model",
+                 "--layers", "0", "--out", str(shard), "--no-progress"]) == 0
+    assert main(["quantile", "--shards", str(shard), "--layer", "0", "--out", str(layer_dir)]) == 0
+    tally = ["tally", "--dataset", str(broden_example), "--shard", str(shard), "--layer", "0", "--thresholds",
+             str(layer_dir / "thresholds.npy"), "--no-progress"]
+    pack = tmp_path / "labels"
+    pack_labels(broden_example, pack, workers=0, progress=False)
+    assert main(tally + ["--out", str(tmp_path / "png.npz")]) == 0
+    assert main(tally + ["--out", str(tmp_path / "pack.npz"), "--labels", str(pack)]) == 0
+    with np.load(tmp_path / "png.npz") as png, np.load(tmp_path / "pack.npz") as packed_counts:
+        compared = [key for key in png.files if png[key].dtype.kind in "biuf"]
+        assert {"G", "I", "C"} <= set(compared) and png["G"].sum() > 0
+        for key in compared:
+            assert np.array_equal(png[key], packed_counts[key]), key
+
+    other = _copy(broden_example, tmp_path, "other")
+    (other / "label.csv").write_bytes((other / "label.csv").read_bytes().replace(b"22,tree,", b"22,shrub,"))
+    pack_labels(other, tmp_path / "other_labels", workers=0, progress=False)
+    capsys.readouterr()
+    assert main(tally + ["--out", str(tmp_path / "bad.npz"), "--labels", str(tmp_path / "other_labels")]) == 2
+    err = capsys.readouterr().err
+    assert f"label pack {tmp_path / 'other_labels'}" in err and "pack-labels" in err
+    assert not (tmp_path / "bad.npz").exists()
