@@ -115,7 +115,8 @@ def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None
                 for i, layers in zip(batch["i"].tolist(), batch["pixel_labels"]):
                     if tuple(layers.shape) != tuple(shape[i]):
                         raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: the reader gave layers "
-                                              f"{tuple(layers.shape)}, the index says {tuple(shape[i])}; report this bug")
+                                              f"{tuple(layers.shape)}, the index says {tuple(shape[i])}; "
+                                              f"report this bug")
                     if layers.numel() and int(layers.max()) > np.iinfo(np.uint16).max:
                         raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: label number {int(layers.max())} "
                                               f"does not fit 16 bits (R + 256*G); fix the row")
@@ -181,18 +182,18 @@ class PackedLabels(torch.utils.data.Dataset):
                            [all_categories.index(c) for c in self.categories if c in all_categories])
         self._offset: np.ndarray = index["offset"]
         self._shape: np.ndarray = index["shape"]
-        # the kept layers of row i: positions in its stack, CSR; _contiguous rows take one slice
+        # the kept layers of row i (positions in its stack) as CSR; a _contiguous row takes one slice
         keep = selected[index["layer_category"]]
         row_of_layer = np.repeat(np.arange(n), np.diff(index["layer_start"]))
         position = np.arange(len(keep)) - index["layer_start"][row_of_layer]
-        self._layers = position[keep]
-        self._layer_start = np.concatenate([[0], np.cumsum(np.bincount(row_of_layer[keep], minlength=n))])
-        kept = np.diff(self._layer_start)
+        self._kept_layers = position[keep]
+        self._kept_start = np.concatenate([[0], np.cumsum(np.bincount(row_of_layer[keep], minlength=n))])
+        kept = np.diff(self._kept_start)
         has = kept > 0
         self._first = np.zeros(n, dtype=np.int64)       # first kept layer's position in the row's stack
         last = np.full(n, -1, dtype=np.int64)
-        self._first[has] = self._layers[self._layer_start[:-1][has]]
-        last[has] = self._layers[self._layer_start[1:][has] - 1]
+        self._first[has] = self._kept_layers[self._kept_start[:-1][has]]
+        last[has] = self._kept_layers[self._kept_start[1:][has] - 1]
         self._contiguous = last - self._first + 1 == kept
         # image-level labels of the selected categories, CSR
         keep = selected[index["image_label_category"]]
@@ -241,12 +242,13 @@ class PackedLabels(torch.utils.data.Dataset):
             # a plain ndarray view of the map: slicing a np.memmap costs a Python hook per call
             self._pixels = np.load(self.pack / PIXELS, mmap_mode="r").view(np.ndarray)
         k, sh, sw = self._shape[i]
-        a, b = self._layer_start[i], self._layer_start[i + 1]
+        a, b = self._kept_start[i], self._kept_start[i + 1]
         if self._contiguous[i]:
             start = self._offset[i] + self._first[i] * sh * sw
             stack = self._pixels[start:start + (b - a) * sh * sw].reshape(b - a, sh, sw)
         else:
-            stack = self._pixels[self._offset[i]:self._offset[i] + k * sh * sw].reshape(k, sh, sw)[self._layers[a:b]]
+            whole = self._pixels[self._offset[i]:self._offset[i] + k * sh * sw].reshape(k, sh, sw)
+            stack = whole[self._kept_layers[a:b]]
         c, d = self._image_start[i], self._image_start[i + 1]
         return {"i": int(i), "pixel_labels": torch.from_numpy(stack.astype(np.int32)),
                 "image_labels": torch.from_numpy(self._image_labels[c:d].copy())}
