@@ -13,7 +13,7 @@ memory follows the batch size, not the number of images. Prints one JSON line pe
 checks a GPU: activations on cuda vs cpu, and counts of one shard tallied on both devices (identical).
 
     python benchmarks/bench_engine.py --dataset DIR --tally-only --shard SHARD_DIR --thresholds FILE.npy
-                                      [--repeat 3] [--tally-batch-size 100] [--workers 1] [--threads 1]
+                                      [--repeat 3] [--tally-batch-size 50] [--workers 2] [--labels PACK] [--threads 1]
 
 times the tally alone on an extracted shard, in fresh child processes: wall images/s and CPU time
 per image (user + system of the process and its DataLoader workers, from ``getrusage``), which a
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--tally-batch-size", type=int, default=100)
+    parser.add_argument("--tally-batch-size", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="cpu")

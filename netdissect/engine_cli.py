@@ -32,9 +32,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", type=_floats, help="input normalisation std per RGB channel (default ImageNet's)")
 
 
-def _run_options(p: argparse.ArgumentParser, batch: int) -> None:
+def _run_options(p: argparse.ArgumentParser, batch: int,
+                 workers: str = "DataLoader worker processes (default 0)") -> None:
     p.add_argument("--batch-size", type=int, default=batch, help=f"images per batch (default {batch})")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--workers", type=int, default=0, help=workers)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -77,7 +78,7 @@ def register(sub, *groups) -> None:
     p.add_argument("--union", default="paper", choices=["paper", "lite"])
     p.add_argument("--categories", type=_names, help="comma-separated subset of categories")
     p.add_argument("--labels", metavar="PACK", help="packed labels of the dataset (`netdissect broden pack-labels`): read them instead of decoding the label PNGs")
-    _run_options(p, 100)
+    _run_options(p, 50, "threads that read and count batches (on a GPU: loader processes; default 0)")
     p.set_defaults(func=_tally)
 
     p = sub.add_parser("merge", help="sum the counts of several shards")

@@ -94,7 +94,7 @@ def quantile(shard_dirs: Sequence[str | Path], layer: str, out: str | Path, *, q
 
 def tally(dataset: str | Path, shard_dir: str | Path, layer: str, thresholds_path: str | Path, out: str | Path,
           *, union: str = "paper", categories: Sequence[str] | None = None, device: str = "cpu",
-          batch_size: int = 100, workers: int = 0, progress: bool = True, labels: str | Path | None = None
+          batch_size: int = 50, workers: int = 0, progress: bool = True, labels: str | Path | None = None
           ) -> dict[str, np.ndarray]:
     """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz). The
     labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs."""
@@ -176,7 +176,7 @@ def dissect(dataset: str | Path, model_spec: str, layers: Sequence[str], out: st
         file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
         quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
         tally(dataset, shard_dir, layer, layer_dir / "thresholds.npy", layer_dir / "counts.npz", union=union,
-              categories=categories, device=device, batch_size=max(batch_size, 100), workers=workers,
+              categories=categories, device=device, batch_size=max(batch_size, 50), workers=workers,
               progress=progress, labels=labels)
         summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
     return summaries
