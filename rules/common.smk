@@ -28,6 +28,9 @@ def _check_names():
                 raise ValueError(f"config runs[{i}].models: {model!r} is not a key of `models` "
                                  f"(defined: {', '.join(config['models'])})")
     for name, model in config["models"].items():
+        if name == "labels":
+            raise ValueError("config models.labels: the model name 'labels' is reserved (results/<dataset>/labels "
+                             "holds the packed labels); rename the model")
         weights = model["weights"]
         if weights["source"] == "train" and weights["dataset"] not in config["datasets"]:
             raise ValueError(f"config models.{name}.weights.dataset: {weights['dataset']!r} is not a key of "

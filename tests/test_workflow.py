@@ -45,6 +45,8 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
     ({"dissect": {"union": "maybe"}}, ["union", "maybe"]),
     ({"models": {"bad": {"spec": "resnet18"}}}, ["layers", "required"]),
     ({"runs": [{"dataset": "synth", "models": ["nosuchmodel"]}]}, ["runs[0].models", "nosuchmodel"]),
+    ({"models": {"labels": {"spec": "resnet18", "layers": ["layer4"], "weights": {"source": "random"}}}},
+     ["models.labels", "reserved"]),
 ])
 def test_config_that_breaks_the_schema_names_the_key(tmp_path: Path, change: dict, words: list[str]):
     proc = snakemake(tmp_path, "--dry-run", "report_all", config=change)
