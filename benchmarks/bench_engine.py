@@ -1,7 +1,8 @@
 """Benchmark of the dissection engine: forward pass vs everything after it, tally speed, peak memory.
 
     python benchmarks/bench_engine.py --dataset DIR [--images N] [--model resnet18] [--layer layer4]
-                                      [--repeat 2] [--batch-size 32] [--workers 1] [--device cpu]
+                                      [--repeat 2] [--batch-size 32] [--workers 1] [--tally-workers 2]
+                                      [--device cpu]
 
 Each repetition runs in a fresh child process (so its peak RSS is its own) which extracts one
 shard, computes thresholds, tallies and scores, timing each stage. ``--images N`` larger than the
@@ -13,16 +14,19 @@ memory follows the batch size, not the number of images. Prints one JSON line pe
 checks a GPU: activations on cuda vs cpu, and counts of one shard tallied on both devices (identical).
 
     python benchmarks/bench_engine.py --dataset DIR --tally-only --shard SHARD_DIR --thresholds FILE.npy
-                                      [--repeat 3] [--tally-batch-size 50] [--workers 2] [--labels PACK] [--threads 1]
+                                      [--repeat 3] [--tally-batch-size 50] [--tally-workers 2] [--labels PACK]
+                                      [--threads 1]
 
 times the tally alone on an extracted shard, in fresh child processes: wall images/s and CPU time
-per image (user + system of the process and its DataLoader workers, from ``getrusage``), which a
-machine shared with other jobs does not distort as much as wall time.
+per image (user + system, from ``getrusage``), which a machine shared with other jobs does not
+distort as much as wall time. ``--labels PACK`` reads packed labels (``netdissect broden
+pack-labels DIR --out PACK``) instead of decoding the label PNGs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -80,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
     quantile_s = time.perf_counter() - tic
     tic = time.perf_counter()
     pipeline.tally(args.dataset, shard_dir, args.layer, layer_dir / "thresholds.npy", layer_dir / "counts.npz",
-                   device=args.device, batch_size=args.tally_batch_size, workers=args.workers, progress=False)
+                   device=args.device, batch_size=args.tally_batch_size, workers=args.tally_workers, progress=False)
     tally_s = time.perf_counter() - tic
     tic = time.perf_counter()
     info = pipeline.score(layer_dir / "counts.npz", args.dataset, layer_dir)
@@ -103,11 +107,10 @@ def tally_child(args: argparse.Namespace) -> None:
     import resource
 
     import torch
-    import tqdm  # noqa: F401
-
-    import netdissect.broden.pack  # noqa: F401
-    import netdissect.tally  # noqa: F401
     from netdissect import pipeline
+
+    for module in ("tqdm", "netdissect.broden.pack", "netdissect.tally"):     # imported before the clock starts
+        importlib.import_module(module)
 
     torch.set_num_threads(args.threads)
 
@@ -118,12 +121,12 @@ def tally_child(args: argparse.Namespace) -> None:
     out = Path(args.work) / "tally.npz"
     cpu0, tic = cpu_s(), time.perf_counter()
     counts = pipeline.tally(args.dataset, args.shard, args.layer, args.thresholds, out, union=args.union,
-                            device=args.device, batch_size=args.tally_batch_size, workers=args.workers,
+                            device=args.device, batch_size=args.tally_batch_size, workers=args.tally_workers,
                             progress=False, labels=args.labels)
     wall, cpu = time.perf_counter() - tic, cpu_s() - cpu0
     images = int(json.loads((Path(args.shard) / "meta.json").read_text())["num_images"])
     print(json.dumps({"images": images, "layer": args.layer, "union": args.union, "labels": args.labels,
-                      "workers": args.workers,
+                      "tally_workers": args.tally_workers,
                       "threads": args.threads, "batch_size": args.tally_batch_size, "wall_s": round(wall, 2),
                       "tally_images_per_s": round(images / wall, 1), "cpu_ms_per_image": round(1e3 * cpu / images, 2),
                       "intersections": int(counts["I"].sum())}))
@@ -157,7 +160,7 @@ def compare_devices(args: argparse.Namespace) -> None:
                     tic = time.perf_counter()
                     pipeline.tally(args.dataset, work / "cpu" / "shard", layer, work / "cpu" / layer / "thresholds.npy",
                                    work / f"{device}_{layer}_{union}.npz", union=union, device=device,
-                                   batch_size=args.tally_batch_size, workers=args.workers, progress=False)
+                                   batch_size=args.tally_batch_size, workers=args.tally_workers, progress=False)
                     result[f"{layer}_{union}_tally_{device}_s"] = round(time.perf_counter() - tic, 2)
                     counts[device] = load_counts(work / f"{device}_{layer}_{union}.npz")
                 result[f"{layer}_{union}_counts_identical"] = all(
@@ -174,7 +177,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tally-batch-size", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="extraction DataLoader processes")
+    parser.add_argument("--tally-workers", type=int, default=2, help="tally threads (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tally-only", action="store_true", help="instead: time the tally of --shard alone")
@@ -202,7 +206,8 @@ def main() -> None:
                 subprocess.run([sys.executable, __file__, "--child", "--tally-only", "--dataset", str(args.dataset),
                                 "--shard", str(args.shard), "--thresholds", str(args.thresholds), "--layer",
                                 args.layer, "--union", args.union, "--tally-batch-size", str(args.tally_batch_size),
-                                "--workers", str(args.workers), "--threads", str(args.threads), "--device",
+                                "--workers", str(args.workers), "--tally-workers", str(args.tally_workers),
+                                "--threads", str(args.threads), "--device",
                                 args.device, "--work", tmp] + (["--labels", args.labels] if args.labels else []),
                                check=True)
         return
@@ -213,6 +218,7 @@ def main() -> None:
             work = Path(tmp) / f"run{r}"
             cmd = [sys.executable, __file__, "--child", "--dataset", str(dataset), "--model", args.model,
                    "--layer", args.layer, "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+                   "--tally-workers", str(args.tally_workers),
                    "--tally-batch-size", str(args.tally_batch_size), "--threads", str(args.threads),
                    "--device", args.device, "--work", str(work)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
