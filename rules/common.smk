@@ -160,6 +160,14 @@ def res(stage, key):
     return RESOURCES[stage][key]
 
 
+def tally_workers(wildcards, threads):
+    """`netdissect tally --workers`: on the CPU its counting threads (the job's threads; 1 = the main
+    thread alone), on a GPU the configured loader processes."""
+    if DISSECT["device"] == "cpu":
+        return threads if threads > 1 else 0
+    return DISSECT["workers"]
+
+
 # -- regeneration (rules/sources.smk) -------------------------------------------------------------
 SOURCES = config.get("sources", {})
 

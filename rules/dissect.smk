@@ -77,7 +77,7 @@ rule tally:
         categories=categories_option(),
         device=DISSECT["device"],
         batch_size=DISSECT["batch_size"],
-        workers=DISSECT["workers"],
+        workers=tally_workers,
     log:
         "logs/{dataset}/{model}/{layer}/tally.{k}.log",
     threads: res("tally", "threads")
