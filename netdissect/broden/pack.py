@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from netdissect.broden.dataset import BrodenDataset, _single_thread_worker, read_index
+from netdissect.broden.dataset import BrodenDataset, read_index
 from netdissect.broden.format import Problems
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_dir
@@ -254,19 +254,7 @@ class PackedLabels(torch.utils.data.Dataset):
                 "image_labels": torch.from_numpy(self._image_labels[c:d].copy())}
 
     collate = staticmethod(BrodenDataset.collate)
-
-    def loader(self, batch_size: int, workers: int = 0, start: int = 0,
-               stop: int | None = None) -> torch.utils.data.DataLoader:
-        """A DataLoader over rows ``[start, stop)`` in row order, batched like ``BrodenDataset.loader``."""
-        stop = len(self) if stop is None else stop
-        if not 0 <= start <= stop <= len(self):
-            raise NetDissectError(f"rows [{start}, {stop}) are outside the pack's 0..{len(self)} rows ({self.pack})")
-        if batch_size < 1 or workers < 0:
-            raise NetDissectError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
-        return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self, range(start, stop)), batch_size=batch_size, shuffle=False,
-            num_workers=workers, collate_fn=self.collate,
-            worker_init_fn=_single_thread_worker if workers else None, prefetch_factor=4 if workers else None)
+    loader = BrodenDataset.loader          # rows [start, stop) in order, batched like the dataset's
 
     def __repr__(self) -> str:
         return f"PackedLabels({str(self.pack)!r}, {len(self)} images, categories={self.categories})"
