@@ -81,21 +81,28 @@ def pad_labels(pixel_labels: Sequence[torch.Tensor], image_labels: Sequence[torc
         layers = torch.zeros((len(pixel_labels), kmax, sh, sw), dtype=torch.int32)
         for b, p in enumerate(pixel_labels):
             layers[b, :p.shape[0]] = p
-    uniq = [torch.unique(j[j > 0]) for j in image_labels]
-    jmax = max([int(u.numel()) for u in uniq] + [0])
-    img = torch.zeros((len(image_labels), jmax), dtype=torch.int64)
-    for b, u in enumerate(uniq):
-        img[b, :u.numel()] = u
+    uniq = [sorted(set(j.tolist()) - {0}) for j in image_labels]          # a few labels per image
+    jmax = max([len(u) for u in uniq] + [0])
+    img = torch.tensor([u + [0] * (jmax - len(u)) for u in uniq], dtype=torch.int64).reshape(len(uniq), jmax)
     return layers, img
 
 
-def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels: int
+def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels: int,
+                   label_pixels: Sequence[tuple[torch.Tensor, torch.Tensor] | None] = ()
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: pixel counts of every label over all pixel layers (B, L) int64, and image-level
-    membership (B, L) int64 (1 where the image has the label as an image-level label)."""
+    membership (B, L) int64 (1 where the image has the label as an image-level label). The pixel
+    counts come from ``label_pixels`` (per image: labels and counts, as packed labels give them)
+    when every image has them, else from counting ``layers``."""
     b = layers.shape[0]
-    pixels = count_pairs(torch.arange(b, device=layers.device), num_labels, layers.reshape(b, -1),
-                         b * num_labels).reshape(b, num_labels)
+    if len(label_pixels) == b and all(p is not None for p in label_pixels):
+        rows = torch.cat([torch.full_like(labels, j) for j, (labels, _) in enumerate(label_pixels)])
+        labels, counts = (torch.cat(parts) for parts in zip(*label_pixels))
+        pixels = torch.zeros(b * num_labels, dtype=torch.int64).index_add_(0, rows * num_labels + labels, counts)
+        pixels = pixels.reshape(b, num_labels).to(layers.device)
+    else:
+        pixels = count_pairs(torch.arange(b, device=layers.device), num_labels, layers.reshape(b, -1),
+                             b * num_labels).reshape(b, num_labels)
     member = torch.zeros((b, num_labels), dtype=torch.int64, device=layers.device)
     member.scatter_(1, image_labels, 1)
     member[:, 0] = 0
@@ -112,7 +119,9 @@ def label_groups(items: list[dict[str, Any]], num_labels: int) -> list[tuple]:
         sel = [j for j, s in enumerate(sizes) if s == size]
         layers, image_labels = pad_labels([items[j]["pixel_labels"] for j in sel],
                                           [items[j]["image_labels"] for j in sel])
-        groups.append((sel, layers, image_labels, *label_presence(layers, image_labels, num_labels)))
+        pixels, member = label_presence(layers, image_labels, num_labels,
+                                        [items[j].get("label_pixels") for j in sel])
+        groups.append((sel, layers, image_labels, pixels, member))
     return groups
 
 
@@ -204,12 +213,26 @@ def expand_runs(start: torch.Tensor, length: torch.Tensor, *tags: torch.Tensor) 
 
 def first_above(low: torch.Tensor, rise: torch.Tensor, n: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     """For rows of n values rising linearly from ``low`` by ``rise`` ≥ 0 in total (value at position
-    p = low + rise·p/(n − 1)), the first position whose value exceeds ``level`` (n if none)."""
-    steps = (n - 1).to(low.dtype)
-    p = torch.floor((level - low) * steps / rise) + 1                          # inf/nan where rise = 0: not used
-    p = torch.minimum(p.clamp(min=0), n.to(low.dtype))
-    flat = torch.where(low > level, 0, n)                                     # one value, or all equal
-    return torch.where((rise > 0) & (n > 1), p.to(torch.int64), flat)
+    p = low + rise·p/(n − 1)), the first position whose value exceeds ``level`` (n if none).
+
+    One formula for every row: a flat row (rise = 0) divides by zero into ±inf (all or none above)
+    or NaN (the level equals the row: none above), and a one-pixel row is flat."""
+    steps = (n - 1).clamp(min=1).to(low.dtype)
+    p = torch.floor((level - low) * steps / rise).add_(1)
+    p = torch.nan_to_num(p, nan=float("inf")).clamp_(min=0)
+    return torch.minimum(p, n.to(low.dtype)).to(torch.int64)
+
+
+def nonzero(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``torch.nonzero(mask, as_tuple=True)``; on the CPU through numpy, several times faster."""
+    if mask.device.type != "cpu":
+        return torch.nonzero(mask, as_tuple=True)
+    flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+    index = []
+    for size in reversed(mask.shape[1:]):
+        index.append(flat % size)
+        flat = flat // size
+    return (flat, *reversed(index))
 
 
 def mask_runs(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
@@ -241,44 +264,48 @@ def mask_runs(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
     t = thresholds.to(torch.float64)
     margin = 1e-9 * a.abs().amax(dim=(1, 2))
     t_low, t_high = t - margin, t + margin
+    pick = lambda values, index: values.index_select(0, index)              # values[index], several times faster
 
     # 1. cells whose largest corner may exceed the threshold, and their 4 corners
     row_max = torch.maximum(maps.index_select(1, ys.i0), maps.index_select(1, ys.i1))        # (A, cy, w)
     cell_max = torch.maximum(row_max.index_select(2, xs.i0), row_max.index_select(2, xs.i1))  # (A, cy, cx)
-    m, cy, cx = torch.nonzero(cell_max > t_low[:, None, None], as_tuple=True)
+    m, cy, cx = nonzero(cell_max > t_low[:, None, None])
     flat = a.reshape(-1)
-    top, bottom = m * (h * w) + ys.i0[cy] * w, m * (h * w) + ys.i1[cy] * w
-    c00, c01, c10, c11 = (flat[row + col] for row in (top, bottom) for col in (xs.i0[cx], xs.i1[cx]))
+    top, bottom = m * (h * w) + pick(ys.i0, cy) * w, m * (h * w) + pick(ys.i1, cy) * w
+    left, right = pick(xs.i0, cx), pick(xs.i1, cx)
+    c00, c01, c10, c11 = (pick(flat, row + col) for row in (top, bottom) for col in (left, right))
 
     # 2. the values at both ends of every row of those cells (the formula, its x part once per
     #    cell); rows that may hold mask pixels (padded rows have NaN ends: never), and in each the
     #    run of columns certainly above the threshold and the run of uncertain ones
-    wy, wy1 = ys.w[cy], ys.w1[cy]                                              # (cells, rows)
-    ends = []
-    for f in (0, 1):
-        wx, wx1 = xs.end_w[cx, f], xs.end_w1[cx, f]
-        ends.append((c00 * wx1 + c01 * wx)[:, None] * wy1 + (c10 * wx1 + c11 * wx)[:, None] * wy)
-    k, y = torch.nonzero(torch.maximum(*ends) > t_low[m, None], as_tuple=True)
-    first, last = ends[0][k, y], ends[1][k, y]
-    row_map, row_cx = m[k], cx[k]
-    n = xs.size[row_cx]                                                        # pixels in each row
-    cell_base = ys.start[cy] * sw + xs.start[cx]                               # flat pixel of each cell's corner
-    row_base = cell_base[k] + y * sw                                           # and of each row's column 0
+    wy, wy1 = pick(ys.w, cy), pick(ys.w1, cy)                                  # (cells, rows)
+    end_w, end_w1 = pick(xs.end_w, cx), pick(xs.end_w1, cx)                    # (cells, 2)
+    ends = [((c00 * end_w1[:, f] + c01 * end_w[:, f])[:, None] * wy1
+             + (c10 * end_w1[:, f] + c11 * end_w[:, f])[:, None] * wy).reshape(-1) for f in (0, 1)]
+    rows_per_cell = wy.shape[1]
+    k, y = nonzero(torch.maximum(*ends).view(-1, rows_per_cell) > pick(t_low, m)[:, None])
+    at = k * rows_per_cell + y
+    first, last = pick(ends[0], at), pick(ends[1], at)
+    row_map, row_cx = pick(m, k), pick(cx, k)
+    n = pick(xs.size, row_cx)                                                  # pixels in each row
+    cell_base = pick(ys.start, cy) * sw + pick(xs.start, cx)                   # flat pixel of each cell's corner
+    row_base = pick(cell_base, k) + y * sw                                     # and of each row's column 0
     rising = last >= first                                                     # positions count from the low end
     low, rise = torch.minimum(first, last), (last - first).abs()
-    above = first_above(low, rise, n, t_high[row_map])                        # positions [above, n) are inside
-    unsure = first_above(low, rise, n, t_low[row_map])                        # [unsure, above): evaluate
-    run_start = row_base + torch.where(rising, above, 0)
+    above = first_above(low, rise, n, pick(t_high, row_map))                  # positions [above, n) are inside
+    unsure = first_above(low, rise, n, pick(t_low, row_map))                  # [unsure, above): evaluate
+    run_start = row_base + above * rising
 
     # 3. the uncertain pixels, evaluated with the formula: runs of one pixel
-    (r,) = torch.nonzero(above > unsure, as_tuple=True)
-    if r.numel() == 0:                                                         # the usual case
+    if not bool((above > unsure).any()):                                       # the usual case
         return row_map, run_start, n - above
+    (r,) = nonzero(above > unsure)
     col, r = expand_runs(torch.where(rising, unsure, n - above)[r], (above - unsure)[r], r)
-    kr, cxr = k[r], row_cx[r]
+    kr, cxr, yr = k[r], row_cx[r], y[r]
     values = bilinear_at(c00[kr], c01[kr], c10[kr], c11[kr], xs.w[cxr, col], xs.w1[cxr, col],
-                         wy[kr, y[r]], wy1[kr, y[r]])
-    r, col = r[values > t[row_map[r]]], col[values > t[row_map[r]]]
+                         wy[kr, yr], wy1[kr, yr])
+    inside = values > t[row_map[r]]
+    r, col = r[inside], col[inside]
     return (torch.cat([row_map, row_map[r]]), torch.cat([run_start, row_base[r] + col]),
             torch.cat([n - above, torch.ones_like(r)]))
 
@@ -333,20 +360,22 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
 
     # active (image, unit) pairs (a map whose maximum is <= T has an empty mask) and their masks
     thresholds = thresholds.to(torch.float64)
-    img_idx, unit_idx = torch.nonzero(imgmax.to(torch.float64) > thresholds[None, :], as_tuple=True)
+    img_idx, unit_idx = nonzero(imgmax.to(torch.float64) > thresholds[None, :])
     inter = torch.zeros(units * num_labels, dtype=torch.int64, device=device)
     cat_area = torch.zeros((units, num_categories), dtype=torch.int64, device=device)
     if img_idx.numel() == 0:
         return area, inter.reshape(units, num_labels), cat_area
-    run_pair, run_start, run_length = mask_runs(acts[img_idx, unit_idx], thresholds[unit_idx], sh, sw)
+    pick = lambda values, index: values.index_select(0, index)              # values[index], several times faster
+    maps = pick(acts.reshape(b * units, *acts.shape[2:]), img_idx * units + unit_idx)
+    run_pair, run_start, run_length = mask_runs(maps, pick(thresholds, unit_idx), sh, sw)
     mask_size = torch.zeros(img_idx.numel(), dtype=torch.int64, device=device).index_add_(0, run_pair, run_length)
 
     # pixel layers: every masked pixel, every layer -> (unit, label), one layer at a time (a pixel's
     # labels sit pixels_per_image apart); index_add_ costs the same for any number of units x labels
     key_dtype = torch.int32 if units * num_labels < 2**31 else torch.int64
-    tags = [(unit_idx * num_labels).to(key_dtype)[run_pair]] + ([run_pair] if union == "lite" else [])
-    at, unit_key, *pixel_pair = expand_runs(img_idx[run_pair] * (k * pixels_per_image) + run_start, run_length,
-                                            *tags)
+    tags = [pick((unit_idx * num_labels).to(key_dtype), run_pair)] + ([run_pair] if union == "lite" else [])
+    at, unit_key, *pixel_pair = expand_runs(pick(img_idx, run_pair) * (k * pixels_per_image) + run_start,
+                                            run_length, *tags)
     ones = torch.ones(1, dtype=torch.int64, device=device).expand(at.numel())
     flat_layers = layers.reshape(-1)
     if union == "lite":
@@ -357,10 +386,10 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
         labels_j = flat_layers.take(at + j * pixels_per_image)
         inter.index_add_(0, unit_key + labels_j.to(key_dtype), ones)
         if union == "lite":                                                    # categories each mask touches
-            pair_cat.index_add_(0, pair_key + cat1_of[labels_j], ones)
+            pair_cat.index_add_(0, pair_key + pick(cat1_of, labels_j), ones)
     # image-level labels: |M| for each (unit, label of the image)
     if image_labels.shape[1]:
-        flat = (unit_idx[:, None] * num_labels + image_labels[img_idx]).reshape(-1)
+        flat = (unit_idx[:, None] * num_labels + pick(image_labels, img_idx)).reshape(-1)
         inter.scatter_add_(0, flat, mask_size[:, None].expand(-1, image_labels.shape[1]).reshape(-1))
     inter = inter.reshape(units, num_labels)
     inter[:, 0] = 0
@@ -370,12 +399,12 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
         present = (pixels > 0) | (member > 0)                                  # (B, L)
         has = torch.zeros((b, num_categories + 1), dtype=torch.int64, device=device)
         has.index_add_(1, cat1, present.to(torch.int64))
-        hit = has[img_idx, 1:] > 0                                             # (A, K)
+        hit = pick(has, img_idx)[:, 1:] > 0                                    # (A, K)
     else:
         hit = pair_cat.reshape(-1, num_categories + 1)[:, 1:] > 0
         img_cat = torch.zeros((b, num_categories + 1), dtype=torch.int64, device=device)
         img_cat.index_add_(1, cat1, member)
-        hit |= img_cat[img_idx, 1:] > 0
+        hit |= pick(img_cat, img_idx)[:, 1:] > 0
     cat_area.index_add_(0, unit_idx, hit.to(torch.int64) * mask_size[:, None])
     return area, inter, cat_area
 

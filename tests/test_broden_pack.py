@@ -19,15 +19,20 @@ from netdissect.errors import NetDissectError
 
 
 def assert_same_items(expected: BrodenDataset, packed: PackedLabels) -> None:
-    """Every row: same keys, dtypes, shapes and values."""
+    """Every row: the reader's keys with the same dtypes, shapes and values, and ``label_pixels``: the
+    pixel count of every label of every layer, as counted here."""
     assert len(packed) == len(expected)
     for i in range(len(expected)):
         want, got = expected[i], packed[i]
-        assert got.keys() == want.keys() and got["i"] == want["i"] == i
+        assert got.keys() == want.keys() | {"label_pixels"} and got["i"] == want["i"] == i
         for key in ("pixel_labels", "image_labels"):
             assert got[key].dtype == want[key].dtype, (i, key)
             assert got[key].shape == want[key].shape, (i, key)
             assert torch.equal(got[key], want[key]), (i, key)
+        labels, counts = got["label_pixels"]
+        expected_counts = [(int(label), int((layer == label).sum())) for layer in want["pixel_labels"]
+                           for label in torch.unique(layer)]
+        assert sorted(zip(labels.tolist(), counts.tolist())) == sorted(expected_counts), i
 
 
 def packed(pack: Path, root: Path, categories: list[str] | None = None) -> PackedLabels:
@@ -55,7 +60,7 @@ def test_pack_index_describes_the_pixels(synth_dataset: Path, synth_pack: Path):
     pixels = np.load(synth_pack / "pixels.npy", mmap_mode="r")
     assert pixels.dtype == np.uint16 and pixels.ndim == 1
     with np.load(synth_pack / "index.npz", allow_pickle=False) as z:
-        assert int(z["format_version"]) == 1 and str(z["fingerprint"]) == ds.fingerprint()
+        assert int(z["format_version"]) == 2 and str(z["fingerprint"]) == ds.fingerprint()
         assert int(z["num_labels"]) == ds.num_labels
         row = 7
         k, sh, sw = z["shape"][row]
@@ -121,11 +126,11 @@ def test_refusals_name_the_pack_and_the_fix(broden_example: Path, tmp_path: Path
     (shorter / "index.csv").write_bytes(b"\r\n".join(lines[:-2] + [b""]))
     assert "holds 4 rows" in refusal(shorter) and "has 3" in refusal(shorter)
 
-    version = _copy(pack, tmp_path, "v2")
+    version = _copy(pack, tmp_path, "v9")
     with np.load(version / "index.npz") as z:
         arrays = dict(z)
-    np.savez(version / "index.npz", **{**arrays, "format_version": np.int64(2)})
-    assert "format_version is 2" in refusal(broden_example, version)
+    np.savez(version / "index.npz", **{**arrays, "format_version": np.int64(9)})
+    assert "format_version is 9" in refusal(broden_example, version)
 
     truncated = _copy(pack, tmp_path, "truncated")
     data = (truncated / "pixels.npy").read_bytes()

@@ -153,20 +153,25 @@ def test_category_subset(tiny, tmp_path):
 
 
 def test_tally_in_worker_processes_equals_reference(tiny, tmp_path):
-    """Batches counted in 2 worker processes add up to the reference; batches counted in the main
-    process (the path a GPU takes: workers only read) give the same per-batch counts."""
+    """Batches counted in 2 worker threads add up to the reference, from the PNGs and from packed
+    labels; batches counted in the main process (the path a GPU takes: workers only read) give the
+    same per-batch counts."""
     from netdissect.tally import BatchCounter, ShardBatches
 
     d = tmp_path / "shard"
     pipeline.extract(tiny.root, SPEC, ["2"], 0, 1, d, quantile=0.1, progress=False)
     thresholds = pipeline.quantile([d], "2", tmp_path / "layer")
     acts = np.load(d / "2.act.npy")
+    from netdissect.broden.pack import pack_labels
+
+    pack_labels(tiny.root, tmp_path / "labels", workers=0, progress=False)
     for union in ("paper", "lite"):
-        counts = pipeline.tally(tiny.root, d, "2", tmp_path / "layer" / "thresholds.npy", tmp_path / "t.npz",
-                                union=union, batch_size=5, workers=2, progress=False)
         ref = reference(acts, tiny, thresholds=thresholds, union=union)
-        for key in ("G", "I", "C"):
-            assert np.array_equal(counts[key], ref[key]), (union, key)
+        for labels in (None, tmp_path / "labels"):                     # PNGs, packed labels
+            counts = pipeline.tally(tiny.root, d, "2", tmp_path / "layer" / "thresholds.npy", tmp_path / "t.npz",
+                                    union=union, batch_size=5, workers=2, progress=False, labels=labels)
+            for key in ("G", "I", "C"):
+                assert np.array_equal(counts[key], ref[key]), (union, labels, key)
     ds = BrodenDataset(tiny.root, load_images=False)
     counter = BatchCounter(thresholds, ds.primary, len(ds.categories), "lite")
     imgmax = np.load(d / "2.imgmax.npy")

@@ -66,6 +66,8 @@ def test_first_above_equals_counting():
     n = torch.from_numpy(rng.integers(1, 17, 500))
     level = torch.from_numpy(rng.standard_normal(500))
     level[50:100] = low[50:100]                                    # level at the row's first value
+    rise[50:60] = 0.0                                              # flat rows at the level: none above
+    n[60:70] = 1                                                   # one-pixel rows
     got = first_above(low, rise, n, level)
     for r in range(500):
         k = int(n[r])

@@ -12,13 +12,16 @@ A pack is a folder, written with :func:`netdissect.io.atomic_dir` (complete or a
     ["pixel_labels"]`` returns them (all categories), layer-major ``(K, sh, sw)``, C order,
     concatenated in row order. Label numbers are ``R + 256*G`` of the PNGs, so they fit uint16.
 ``index.npz`` (no pickles)
-    ``format_version`` (1); ``offset`` int64 (N,): element offset of row i in pixels.npy; ``shape``
+    ``format_version`` (2); ``offset`` int64 (N,): element offset of row i in pixels.npy; ``shape``
     int64 (N, 3): its (K, sh, sw); ``layer_category`` int64 (sum K,): index into ``categories`` of
     every stored layer; ``layer_start`` int64 (N+1,): row i's layers are
     ``layer_category[layer_start[i]:layer_start[i+1]]``; ``image_labels``, ``image_label_category``
     int64 (M,) and ``image_start`` int64 (N+1,): image-level labels with their category, the same way;
     ``fingerprint`` (str): ``BrodenDataset.fingerprint()``; ``categories`` (str): JSON list of ALL
-    categories in category.csv order; ``num_labels`` int64.
+    categories in category.csv order; ``num_labels`` int64; ``hist_label``, ``hist_count`` int64 and
+    ``hist_start`` int64 (sum K + 1,): every stored layer's pixel count per label (the labels it holds,
+    0 included), CSR by layer, so that a tally needs no pass over all pixels to know each image's
+    label areas.
 
 All categories are packed; a category subset is applied when reading (per-row selections are
 computed once, in ``PackedLabels.__init__``).
@@ -41,11 +44,12 @@ from netdissect.broden.format import Problems
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PIXELS = "pixels.npy"
 INDEX = "index.npz"
 INDEX_KEYS = ("format_version", "offset", "shape", "layer_category", "layer_start", "image_labels",
-              "image_label_category", "image_start", "fingerprint", "categories", "num_labels")
+              "image_label_category", "image_start", "fingerprint", "categories", "num_labels", "hist_label",
+              "hist_count", "hist_start")
 
 
 def layer_categories(root: Path, categories: list[str]) -> dict[str, np.ndarray]:
@@ -106,6 +110,8 @@ def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None
 
     from tqdm import tqdm
 
+    hist_label: list[np.ndarray] = []
+    hist_count: list[np.ndarray] = []
     with atomic_dir(out, replace=True) as tmp:
         with open(tmp / PIXELS, "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<u2")),
@@ -121,11 +127,18 @@ def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None
                         raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: label number {int(layers.max())} "
                                               f"does not fit 16 bits (R + 256*G); fix the row")
                     f.write(layers.numpy().astype("<u2").tobytes())
+                    for layer in layers.reshape(len(layers), -1).numpy():
+                        counts = np.bincount(layer)
+                        hist_label.append(np.flatnonzero(counts))
+                        hist_count.append(counts[hist_label[-1]])
                 bar.update(len(batch["i"]))
             bar.close()
         np.savez(tmp / INDEX, format_version=np.int64(FORMAT_VERSION), offset=offset[:-1], shape=shape,
                  fingerprint=np.str_(fingerprint), categories=np.str_(json.dumps(ds.categories)),
-                 num_labels=np.int64(ds.num_labels), **csr)
+                 num_labels=np.int64(ds.num_labels), **csr,
+                 hist_label=np.concatenate(hist_label or [np.zeros(0)]).astype(np.int64),
+                 hist_count=np.concatenate(hist_count or [np.zeros(0)]).astype(np.int64),
+                 hist_start=np.concatenate([[0], np.cumsum([len(h) for h in hist_label])]).astype(np.int64))
     return {"out": out, "images": len(ds), "layers": int(count.sum()), "bytes": int(offset[-1]) * 2,
             "seconds": time.perf_counter() - start}
 
@@ -148,9 +161,10 @@ def _refuse(pack: Path, root: Path, why: str) -> NetDissectError:
 
 
 class PackedLabels(torch.utils.data.Dataset):
-    """The labels of a dataset from its pack: ``self[i]`` equals
+    """The labels of a dataset from its pack: ``self[i]`` holds
     ``BrodenDataset(ds.root, ds.categories, load_images=False)[i]`` (keys ``i``, ``pixel_labels``
-    int32 (K', sh, sw), ``image_labels`` int64 (J',)) for ``ds``'s category subset.
+    int32 (K', sh, sw), ``image_labels`` int64 (J',)) for ``ds``'s category subset, and
+    ``label_pixels``: (labels, counts) int64, the pixel count of every label in each of its layers.
 
     Args:
         pack: the folder written by :func:`pack_labels`.
@@ -195,6 +209,13 @@ class PackedLabels(torch.utils.data.Dataset):
         self._first[has] = self._kept_layers[self._kept_start[:-1][has]]
         last[has] = self._kept_layers[self._kept_start[1:][has] - 1]
         self._contiguous = last - self._first + 1 == kept
+        # label histograms of the kept layers, CSR per row (the kept layers of a row are consecutive in it)
+        layer_of_entry = np.repeat(np.arange(len(keep)), np.diff(index["hist_start"]))
+        entry_kept = keep[layer_of_entry]
+        self._hist_label = index["hist_label"][entry_kept]
+        self._hist_count = index["hist_count"][entry_kept]
+        self._hist_start = np.concatenate([[0], np.cumsum(np.bincount(row_of_layer[layer_of_entry[entry_kept]],
+                                                                      minlength=n))])
         # image-level labels of the selected categories, CSR
         keep = selected[index["image_label_category"]]
         row_of_label = np.repeat(np.arange(n), np.diff(index["image_start"]))
@@ -237,7 +258,8 @@ class PackedLabels(torch.utils.data.Dataset):
         return len(self._offset)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        """Row i as ``dict(i, pixel_labels, image_labels)``; copies only row i's slice of pixels.npy."""
+        """Row i as ``dict(i, pixel_labels, image_labels, label_pixels)``; copies only row i's slice of
+        pixels.npy. ``label_pixels`` is (labels, pixel counts) over its layers (a label may repeat)."""
         if self._pixels is None:
             # a plain ndarray view of the map: slicing a np.memmap costs a Python hook per call
             self._pixels = np.load(self.pack / PIXELS, mmap_mode="r").view(np.ndarray)
@@ -250,8 +272,10 @@ class PackedLabels(torch.utils.data.Dataset):
             whole = self._pixels[self._offset[i]:self._offset[i] + k * sh * sw].reshape(k, sh, sw)
             stack = whole[self._kept_layers[a:b]]
         c, d = self._image_start[i], self._image_start[i + 1]
+        e, f = self._hist_start[i], self._hist_start[i + 1]
         return {"i": int(i), "pixel_labels": torch.from_numpy(stack.astype(np.int32)),
-                "image_labels": torch.from_numpy(self._image_labels[c:d].copy())}
+                "image_labels": torch.from_numpy(self._image_labels[c:d].copy()),
+                "label_pixels": (torch.from_numpy(self._hist_label[e:f]), torch.from_numpy(self._hist_count[e:f]))}
 
     collate = staticmethod(BrodenDataset.collate)
     loader = BrodenDataset.loader          # rows [start, stop) in order, batched like the dataset's
