@@ -19,7 +19,8 @@ checks a GPU: activations on cuda vs cpu, and counts of one shard tallied on bot
 
 times the tally alone on an extracted shard, in fresh child processes: wall images/s and CPU time
 per image (user + system, from ``getrusage``), which a machine shared with other jobs does not
-distort as much as wall time. ``--labels PACK`` reads packed labels (``netdissect broden
+distort as much as wall time; ``python_loop_s`` times a fixed Python loop just before, to show how
+fast the (virtual) machine ran at that moment. ``--labels PACK`` reads packed labels (``netdissect broden
 pack-labels DIR --out PACK``) instead of decoding the label PNGs.
 """
 
@@ -118,6 +119,9 @@ def tally_child(args: argparse.Namespace) -> None:
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
+    tic = time.perf_counter()                # this machine's speed now: a fixed pure-Python loop
+    sum(range(10**7))
+    loop_s = time.perf_counter() - tic
     out = Path(args.work) / "tally.npz"
     cpu0, tic = cpu_s(), time.perf_counter()
     counts = pipeline.tally(args.dataset, args.shard, args.layer, args.thresholds, out, union=args.union,
@@ -129,7 +133,7 @@ def tally_child(args: argparse.Namespace) -> None:
                       "tally_workers": args.tally_workers,
                       "threads": args.threads, "batch_size": args.tally_batch_size, "wall_s": round(wall, 2),
                       "tally_images_per_s": round(images / wall, 1), "cpu_ms_per_image": round(1e3 * cpu / images, 2),
-                      "intersections": int(counts["I"].sum())}))
+                      "intersections": int(counts["I"].sum()), "python_loop_s": round(loop_s, 3)}))
 
 
 def compare_devices(args: argparse.Namespace) -> None:
