@@ -25,8 +25,9 @@ labels come from the dataset's PNGs or, much faster, from packed labels
 (:mod:`netdissect.broden.pack`, decoded once per dataset).
 
 Speed (ResNet-18 ``layer4``, 1000 synthetic 224-px images, 2 cores, ``benchmarks/bench_engine.py
---tally-only``): about 1.4 ms of CPU per image, and 1100–1250 images/s with 2 threads and packed
-labels (600–650 images/s decoding the PNGs). See README.
+--tally-only``): about 1.2–1.3 ms of CPU per image, and 1240–1320 images/s with 2 threads and
+packed labels (520–600 images/s decoding the PNGs). On the CPU, ``index_select`` replaces advanced
+indexing and :func:`nonzero` goes through numpy: each is several times faster there. See README.
 
 Counts file (``tally/{k}.npz`` per shard, ``counts.npz`` merged), ``format_version`` 1, numpy npz
 without pickles::
