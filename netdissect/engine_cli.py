@@ -40,6 +40,11 @@ def _run_options(p: argparse.ArgumentParser, batch: int,
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def _labels_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", metavar="PACK", help="packed labels of the dataset (`netdissect broden "
+                                                    "pack-labels`): read them instead of decoding the label PNGs")
+
+
 def register(sub, *groups) -> None:
     p = sub.add_parser("layers", help="list a model's layers and their output shapes")
     _model_options(p)
@@ -77,7 +82,7 @@ def register(sub, *groups) -> None:
     p.add_argument("--out", required=True, metavar="TALLY.npz")
     p.add_argument("--union", default="paper", choices=["paper", "lite"])
     p.add_argument("--categories", type=_names, help="comma-separated subset of categories")
-    p.add_argument("--labels", metavar="PACK", help="packed labels of the dataset (`netdissect broden pack-labels`): read them instead of decoding the label PNGs")
+    _labels_option(p)
     _run_options(p, 50, "threads that read and count batches (on a GPU: loader processes; default 0)")
     p.set_defaults(func=_tally)
 
@@ -104,7 +109,7 @@ def register(sub, *groups) -> None:
     p.add_argument("--iou-threshold", type=float, default=0.04)
     p.add_argument("--categories", type=_names, help="comma-separated subset of categories")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--labels", metavar="PACK", help="packed labels of the dataset (`netdissect broden pack-labels`): read them instead of decoding the label PNGs")
+    _labels_option(p)
     _run_options(p, 32)
     p.set_defaults(func=_dissect)
 
