@@ -76,30 +76,64 @@ def child(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     timings: dict[str, float] = {}
     tic = time.perf_counter()
-    extract_shard(ds, model, [args.layer], 0, 1, shard_dir, batch_size=args.batch_size, workers=args.workers,
-                  device=args.device, progress=False, timings=timings)
+    extract_shard(
+        ds,
+        model,
+        [args.layer],
+        0,
+        1,
+        shard_dir,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        progress=False,
+        timings=timings,
+    )
     extract_s = time.perf_counter() - tic
     rss_after_extract = peak_rss_mb()
     tic = time.perf_counter()
     pipeline.quantile([shard_dir], args.layer, layer_dir)
     quantile_s = time.perf_counter() - tic
     tic = time.perf_counter()
-    pipeline.tally(args.dataset, shard_dir, args.layer, layer_dir / "thresholds.npy", layer_dir / "counts.npz",
-                   device=args.device, batch_size=args.tally_batch_size, workers=args.tally_workers, progress=False)
+    pipeline.tally(
+        args.dataset,
+        shard_dir,
+        args.layer,
+        layer_dir / "thresholds.npy",
+        layer_dir / "counts.npz",
+        device=args.device,
+        batch_size=args.tally_batch_size,
+        workers=args.tally_workers,
+        progress=False,
+    )
     tally_s = time.perf_counter() - tic
     tic = time.perf_counter()
     info = pipeline.score(layer_dir / "counts.npz", args.dataset, layer_dir)
     score_s = time.perf_counter() - tic
     after = quantile_s + tally_s + score_s
-    print(json.dumps({
-        "images": len(ds), "model": args.model, "layer": args.layer, "device": args.device,
-        "forward_s": round(timings["forward_s"], 2), "extract_s": round(extract_s, 2),
-        "quantile_s": round(quantile_s, 3), "tally_s": round(tally_s, 2), "score_s": round(score_s, 3),
-        "after_forward_s": round(after, 2), "after_over_forward": round(after / timings["forward_s"], 3),
-        "forward_images_per_s": round(len(ds) / timings["forward_s"], 1),
-        "tally_images_per_s": round(len(ds) / tally_s, 1),
-        "detectors": info["detectors"], "unique_top": info["unique_top"],
-        "peak_rss_after_extract_mb": rss_after_extract, "peak_rss_end_mb": peak_rss_mb()}))
+    print(
+        json.dumps(
+            {
+                "images": len(ds),
+                "model": args.model,
+                "layer": args.layer,
+                "device": args.device,
+                "forward_s": round(timings["forward_s"], 2),
+                "extract_s": round(extract_s, 2),
+                "quantile_s": round(quantile_s, 3),
+                "tally_s": round(tally_s, 2),
+                "score_s": round(score_s, 3),
+                "after_forward_s": round(after, 2),
+                "after_over_forward": round(after / timings["forward_s"], 3),
+                "forward_images_per_s": round(len(ds) / timings["forward_s"], 1),
+                "tally_images_per_s": round(len(ds) / tally_s, 1),
+                "detectors": info["detectors"],
+                "unique_top": info["unique_top"],
+                "peak_rss_after_extract_mb": rss_after_extract,
+                "peak_rss_end_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 def tally_child(args: argparse.Namespace) -> None:
@@ -108,9 +142,10 @@ def tally_child(args: argparse.Namespace) -> None:
     import resource
 
     import torch
+
     from netdissect import pipeline
 
-    for module in ("tqdm", "netdissect.broden.pack", "netdissect.tally"):     # imported before the clock starts
+    for module in ("tqdm", "netdissect.broden.pack", "netdissect.tally"):  # imported before the clock starts
         importlib.import_module(module)
 
     torch.set_num_threads(args.threads)
@@ -119,21 +154,44 @@ def tally_child(args: argparse.Namespace) -> None:
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-    tic = time.perf_counter()                # this machine's speed now: a fixed pure-Python loop
+    tic = time.perf_counter()  # this machine's speed now: a fixed pure-Python loop
     sum(range(10**7))
     loop_s = time.perf_counter() - tic
     out = Path(args.work) / "tally.npz"
     cpu0, tic = cpu_s(), time.perf_counter()
-    counts = pipeline.tally(args.dataset, args.shard, args.layer, args.thresholds, out, union=args.union,
-                            device=args.device, batch_size=args.tally_batch_size, workers=args.tally_workers,
-                            progress=False, labels=args.labels)
+    counts = pipeline.tally(
+        args.dataset,
+        args.shard,
+        args.layer,
+        args.thresholds,
+        out,
+        union=args.union,
+        device=args.device,
+        batch_size=args.tally_batch_size,
+        workers=args.tally_workers,
+        progress=False,
+        labels=args.labels,
+    )
     wall, cpu = time.perf_counter() - tic, cpu_s() - cpu0
     images = int(json.loads((Path(args.shard) / "meta.json").read_text())["num_images"])
-    print(json.dumps({"images": images, "layer": args.layer, "union": args.union, "labels": args.labels,
-                      "tally_workers": args.tally_workers,
-                      "threads": args.threads, "batch_size": args.tally_batch_size, "wall_s": round(wall, 2),
-                      "tally_images_per_s": round(images / wall, 1), "cpu_ms_per_image": round(1e3 * cpu / images, 2),
-                      "intersections": int(counts["I"].sum()), "python_loop_s": round(loop_s, 3)}))
+    print(
+        json.dumps(
+            {
+                "images": images,
+                "layer": args.layer,
+                "union": args.union,
+                "labels": args.labels,
+                "tally_workers": args.tally_workers,
+                "threads": args.threads,
+                "batch_size": args.tally_batch_size,
+                "wall_s": round(wall, 2),
+                "tally_images_per_s": round(images / wall, 1),
+                "cpu_ms_per_image": round(1e3 * cpu / images, 2),
+                "intersections": int(counts["I"].sum()),
+                "python_loop_s": round(loop_s, 3),
+            }
+        )
+    )
 
 
 def compare_devices(args: argparse.Namespace) -> None:
@@ -150,25 +208,46 @@ def compare_devices(args: argparse.Namespace) -> None:
         result: dict = {"layers": layers}
         for device in ("cuda", "cpu"):
             tic = time.perf_counter()
-            pipeline.extract(args.dataset, args.model, layers, 0, 1, work / device / "shard", device=device,
-                             batch_size=args.batch_size, workers=args.workers, progress=False)
+            pipeline.extract(
+                args.dataset,
+                args.model,
+                layers,
+                0,
+                1,
+                work / device / "shard",
+                device=device,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                progress=False,
+            )
             result[f"extract_{device}_s"] = round(time.perf_counter() - tic, 2)
         for layer in layers:
             t_gpu = pipeline.quantile([work / "cuda" / "shard"], layer, work / "cuda" / layer)
             t_cpu = pipeline.quantile([work / "cpu" / "shard"], layer, work / "cpu" / layer)
             result[f"{layer}_threshold_max_rel_diff_gpu_vs_cpu_activations"] = float(
-                np.max(np.abs(t_gpu - t_cpu) / np.maximum(np.abs(t_cpu), 1e-12)))
+                np.max(np.abs(t_gpu - t_cpu) / np.maximum(np.abs(t_cpu), 1e-12))
+            )
             for union in ("paper", "lite"):
                 counts = {}
                 for device in ("cpu", "cuda"):
                     tic = time.perf_counter()
-                    pipeline.tally(args.dataset, work / "cpu" / "shard", layer, work / "cpu" / layer / "thresholds.npy",
-                                   work / f"{device}_{layer}_{union}.npz", union=union, device=device,
-                                   batch_size=args.tally_batch_size, workers=args.tally_workers, progress=False)
+                    pipeline.tally(
+                        args.dataset,
+                        work / "cpu" / "shard",
+                        layer,
+                        work / "cpu" / layer / "thresholds.npy",
+                        work / f"{device}_{layer}_{union}.npz",
+                        union=union,
+                        device=device,
+                        batch_size=args.tally_batch_size,
+                        workers=args.tally_workers,
+                        progress=False,
+                    )
                     result[f"{layer}_{union}_tally_{device}_s"] = round(time.perf_counter() - tic, 2)
                     counts[device] = load_counts(work / f"{device}_{layer}_{union}.npz")
                 result[f"{layer}_{union}_counts_identical"] = all(
-                    np.array_equal(counts["cpu"][k], counts["cuda"][k]) for k in ("G", "I", "C"))
+                    np.array_equal(counts["cpu"][k], counts["cuda"][k]) for k in ("G", "I", "C")
+                )
         print(json.dumps(result))
 
 
@@ -192,8 +271,11 @@ def main() -> None:
     parser.add_argument("--labels", help="with --tally-only: packed labels (netdissect broden pack-labels)")
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--compare-devices", action="store_true",
-                        help="instead: extract on cuda and cpu, tally on both, check the counts are identical")
+    parser.add_argument(
+        "--compare-devices",
+        action="store_true",
+        help="instead: extract on cuda and cpu, tally on both, check the counts are identical",
+    )
     args = parser.parse_args()
     if args.compare_devices:
         compare_devices(args)
@@ -207,24 +289,69 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_tally_") as tmp:
             for _ in range(args.repeat):
                 print(f"# uptime: {os.popen('uptime').read().strip()}", flush=True)
-                subprocess.run([sys.executable, __file__, "--child", "--tally-only", "--dataset", str(args.dataset),
-                                "--shard", str(args.shard), "--thresholds", str(args.thresholds), "--layer",
-                                args.layer, "--union", args.union, "--tally-batch-size", str(args.tally_batch_size),
-                                "--workers", str(args.workers), "--tally-workers", str(args.tally_workers),
-                                "--threads", str(args.threads), "--device",
-                                args.device, "--work", tmp] + (["--labels", args.labels] if args.labels else []),
-                               check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        "--tally-only",
+                        "--dataset",
+                        str(args.dataset),
+                        "--shard",
+                        str(args.shard),
+                        "--thresholds",
+                        str(args.thresholds),
+                        "--layer",
+                        args.layer,
+                        "--union",
+                        args.union,
+                        "--tally-batch-size",
+                        str(args.tally_batch_size),
+                        "--workers",
+                        str(args.workers),
+                        "--tally-workers",
+                        str(args.tally_workers),
+                        "--threads",
+                        str(args.threads),
+                        "--device",
+                        args.device,
+                        "--work",
+                        tmp,
+                    ]
+                    + (["--labels", args.labels] if args.labels else []),
+                    check=True,
+                )
         return
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         dataset = repeated_dataset(args.dataset, args.images, Path(tmp)) if args.images else args.dataset
         print(f"# uptime: {os.popen('uptime').read().strip()}", flush=True)
         for r in range(args.repeat):
             work = Path(tmp) / f"run{r}"
-            cmd = [sys.executable, __file__, "--child", "--dataset", str(dataset), "--model", args.model,
-                   "--layer", args.layer, "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-                   "--tally-workers", str(args.tally_workers),
-                   "--tally-batch-size", str(args.tally_batch_size), "--threads", str(args.threads),
-                   "--device", args.device, "--work", str(work)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--dataset",
+                str(dataset),
+                "--model",
+                args.model,
+                "--layer",
+                args.layer,
+                "--batch-size",
+                str(args.batch_size),
+                "--workers",
+                str(args.workers),
+                "--tally-workers",
+                str(args.tally_workers),
+                "--tally-batch-size",
+                str(args.tally_batch_size),
+                "--threads",
+                str(args.threads),
+                "--device",
+                args.device,
+                "--work",
+                str(work),
+            ]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
             out = proc.stdout.read()
             _, status, usage = os.wait4(proc.pid, 0)

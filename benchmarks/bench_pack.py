@@ -54,17 +54,21 @@ def main() -> None:
         out = args.out or Path(tmp) / "labels"
         for r in range(args.repeat):
             done = pack_labels(root, out, workers=args.pack_workers, progress=False)
-            print(f"pack ({args.pack_workers} workers) pass {r + 1}: {done['images']} images, {done['layers']} layers, "
-                  f"{done['bytes'] / 1e6:.0f} MB in {done['seconds']:.2f} s = {done['images'] / done['seconds']:.0f} "
-                  f"images/s  (load {os.getloadavg()[0]:.2f})")
+            print(
+                f"pack ({args.pack_workers} workers) pass {r + 1}: {done['images']} images, {done['layers']} layers, "
+                f"{done['bytes'] / 1e6:.0f} MB in {done['seconds']:.2f} s = {done['images'] / done['seconds']:.0f} "
+                f"images/s  (load {os.getloadavg()[0]:.2f})"
+            )
         pngs = BrodenDataset(root, load_images=False)
         packed = PackedLabels(out, BrodenDataset(root, load_images=False, load_labels=False))
         for workers in (0, 1):
             for name, ds in (("PackedLabels", packed), ("BrodenDataset PNGs", pngs)):
                 for r in range(args.repeat):
                     n, seconds, first = read_all(ds.loader(batch_size=args.batch_size, workers=workers))
-                    print(f"{name:>18}, {workers} workers, pass {r + 1}: {n / seconds:8.0f} items/s "
-                          f"({seconds:.2f} s, first batch after {first:.2f} s, load {os.getloadavg()[0]:.2f})")
+                    print(
+                        f"{name:>18}, {workers} workers, pass {r + 1}: {n / seconds:8.0f} items/s "
+                        f"({seconds:.2f} s, first batch after {first:.2f} s, load {os.getloadavg()[0]:.2f})"
+                    )
 
 
 if __name__ == "__main__":

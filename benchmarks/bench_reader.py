@@ -47,8 +47,10 @@ def main() -> None:
         print(f"dataset {root}: {len(BrodenDataset(root))} images; workers {args.workers}, batch {args.batch_size}")
         for k in range(args.repeat):
             n, seconds = read_all(root, args.workers, args.batch_size)
-            print(f"run {k + 1}: {n} images in {seconds:.2f} s = {n / seconds:.0f} images/s "
-                  f"(load average {os.getloadavg()[0]:.2f})")
+            print(
+                f"run {k + 1}: {n} images in {seconds:.2f} s = {n / seconds:.0f} images/s "
+                f"(load average {os.getloadavg()[0]:.2f})"
+            )
 
 
 if __name__ == "__main__":

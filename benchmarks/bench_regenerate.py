@@ -115,14 +115,30 @@ def main() -> None:
     try:
         for k in range(args.repeat):
             out = scratch / f"out{k}"
-            cmd = [sys.executable, "-m", "netdissect", "broden", "regenerate", "--out", str(out), "--size",
-                   str(args.size), "--ade20k", str(fixture), "--workers", str(args.workers), "--no-progress"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "netdissect",
+                "broden",
+                "regenerate",
+                "--out",
+                str(out),
+                "--size",
+                str(args.size),
+                "--ade20k",
+                str(fixture),
+                "--workers",
+                str(args.workers),
+                "--no-progress",
+            ]
             wall, cpu, pss, rss = run_measured(cmd)
-            print(f"run {k + 1}: {args.images} images -> {args.size}px in {wall:.1f} s = {args.images / wall:.1f} "
-                  f"images/s (wall); CPU {cpu:.1f} s = {1000 * cpu / args.images:.1f} ms/image, i.e. "
-                  f"{2 * args.images / cpu:.0f} images/s if 2 cores were free; peak memory of the process tree: "
-                  f"PSS {pss / 1024:.0f} MiB (RSS sum {rss / 1024:.0f} MiB); load average after: "
-                  f"{os.getloadavg()[0]:.2f}")
+            print(
+                f"run {k + 1}: {args.images} images -> {args.size}px in {wall:.1f} s = {args.images / wall:.1f} "
+                f"images/s (wall); CPU {cpu:.1f} s = {1000 * cpu / args.images:.1f} ms/image, i.e. "
+                f"{2 * args.images / cpu:.0f} images/s if 2 cores were free; peak memory of the process tree: "
+                f"PSS {pss / 1024:.0f} MiB (RSS sum {rss / 1024:.0f} MiB); load average after: "
+                f"{os.getloadavg()[0]:.2f}"
+            )
             shutil.rmtree(out)
     finally:
         shutil.rmtree(scratch)

@@ -28,9 +28,14 @@ from netdissect.broden.writer import compute_tables, write_image, write_index, w
 from netdissect.report import read_result_csv, read_summary, render_layer_report
 from netdissect.report.strips import gather_maps, load_images, render_strips, top_rows
 
-CATEGORIES = {"color": ["red-c", "green-c", "blue-c", "grey-c"], "object": [f"object{i}" for i in range(60)],
-              "part": [f"part{i}" for i in range(30)], "material": [f"material{i}" for i in range(10)],
-              "scene": [f"scene{i}-s" for i in range(50)], "texture": [f"texture{i}" for i in range(20)]}
+CATEGORIES = {
+    "color": ["red-c", "green-c", "blue-c", "grey-c"],
+    "object": [f"object{i}" for i in range(60)],
+    "part": [f"part{i}" for i in range(30)],
+    "material": [f"material{i}" for i in range(10)],
+    "scene": [f"scene{i}-s" for i in range(50)],
+    "texture": [f"texture{i}" for i in range(20)],
+}
 
 
 def make_dataset(root: Path, images: int, size: int, seed: int) -> None:
@@ -56,8 +61,9 @@ def make_layer(folder: Path, images: int, units: int, seed: int) -> None:
     np.save(folder / "acts.npy", acts)
     np.save(folder / "imgmax.npy", acts.max(axis=(2, 3)))
     np.save(folder / "thresholds.npy", np.quantile(acts.transpose(1, 0, 2, 3).reshape(units, -1), 0.995, axis=1))
-    header = ["unit", "category", "label", "score"] + [f"{c}-{f}" for c in CATEGORIES
-                                                       for f in ("label", "truth", "activation", "intersect", "iou")]
+    header = ["unit", "category", "label", "score"] + [
+        f"{c}-{f}" for c in CATEGORIES for f in ("label", "truth", "activation", "intersect", "iou")
+    ]
     rows = []
     for unit in range(1, units + 1):
         ious = {c: float(rng.random() * 0.15) for c in CATEGORIES}
@@ -96,8 +102,10 @@ def main() -> None:
     if args.repeat < 1:
         return
     layer = fixture / "layer"
-    print(f"load average before: {os.getloadavg()[0]:.2f}; {args.images} images of {args.size}px, "
-          f"{args.units} units, top {args.topk}, {args.workers} threads")
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f}; {args.images} images of {args.size}px, "
+        f"{args.units} units, top {args.topk}, {args.workers} threads"
+    )
 
     times, cpu = [], []
     for run in range(args.repeat):
@@ -107,15 +115,26 @@ def main() -> None:
         summary = read_summary(layer / "summary.json")
         acts = np.load(layer / "acts.npy", mmap_mode="r")
         dataset = BrodenDataset(fixture / "dataset", load_labels=False)
-        render_layer_report(out / "report", result, categories, summary, np.load(layer / "thresholds.npy"),
-                            np.load(layer / "imgmax.npy"), lambda rows: acts[rows],
-                            lambda row: dataset[row]["image"], topk=args.topk, workers=args.workers)
+        render_layer_report(
+            out / "report",
+            result,
+            categories,
+            summary,
+            np.load(layer / "thresholds.npy"),
+            np.load(layer / "imgmax.npy"),
+            lambda rows, acts=acts: acts[rows],
+            lambda row, dataset=dataset: dataset[row]["image"],
+            topk=args.topk,
+            workers=args.workers,
+        )
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         print(f"run {run + 1}: {times[-1]:.2f} s wall, {cpu[-1]:.2f} s CPU (all threads)")
         shutil.rmtree(out)
-    print(f"report: best {min(times):.2f} s, median {np.median(times):.2f} s wall over {args.repeat} runs; "
-          f"CPU median {np.median(cpu):.2f} s")
+    print(
+        f"report: best {min(times):.2f} s, median {np.median(times):.2f} s wall over {args.repeat} runs; "
+        f"CPU median {np.median(cpu):.2f} s"
+    )
 
     # where the time goes (one more pass, phase by phase)
     acts = np.load(layer / "acts.npy", mmap_mode="r")
@@ -132,9 +151,11 @@ def main() -> None:
     render_strips(out, top, maps, thresholds, lambda row: dataset[row]["image"], workers=args.workers)
     t.append(time.perf_counter())
     shutil.rmtree(out)
-    print(f"phases: top rows {t[1] - t[0]:.2f} s, read maps {t[2] - t[1]:.2f} s, "
-          f"decode {len(np.unique(top))} distinct images {t[3] - t[2]:.2f} s, "
-          f"strips (decode again + masks + compose + JPEG) {t[4] - t[3]:.2f} s")
+    print(
+        f"phases: top rows {t[1] - t[0]:.2f} s, read maps {t[2] - t[1]:.2f} s, "
+        f"decode {len(np.unique(top))} distinct images {t[3] - t[2]:.2f} s, "
+        f"strips (decode again + masks + compose + JPEG) {t[4] - t[3]:.2f} s"
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -1,6 +1,6 @@
 """Speed of `netdissect synth`: images written per second (both passes, all files).
 
-    python benchmarks/bench_synth.py [--images 400] [--size 224] [--workers 2] [--repeat 3]
+python benchmarks/bench_synth.py [--images 400] [--size 224] [--workers 2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ def main() -> None:
             start = time.perf_counter()
             tables = synthesize(Path(tmp) / "synth", args.images, size=args.size, seed=k, workers=args.workers)
             seconds = time.perf_counter() - start
-        print(f"run {k + 1}: {args.images} images at {args.size} px, {len(tables.numbers)} labels, "
-              f"{args.workers} workers: {seconds:.2f} s = {args.images / seconds:.0f} images/s "
-              f"(load average {os.getloadavg()[0]:.2f})")
+        print(
+            f"run {k + 1}: {args.images} images at {args.size} px, {len(tables.numbers)} labels, "
+            f"{args.workers} workers: {seconds:.2f} s = {args.images / seconds:.0f} images/s "
+            f"(load average {os.getloadavg()[0]:.2f})"
+        )
 
 
 if __name__ == "__main__":

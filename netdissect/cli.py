@@ -15,10 +15,9 @@ from netdissect.errors import NetDissectError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from netdissect import engine_cli
+    from netdissect import demo, engine_cli
     from netdissect.broden import cli as broden_cli
     from netdissect.broden.sources import cli as sources_cli
-    from netdissect import demo
     from netdissect.report import cli as report_cli
 
     parser = argparse.ArgumentParser(prog="netdissect", description=__doc__.splitlines()[0])
@@ -27,11 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     broden = sub.add_parser("broden", help="check or regenerate a Broden-format dataset")
     broden_sub = broden.add_subparsers(dest="broden_command", required=True, metavar="COMMAND")
 
-    broden_cli.register(sub, broden_sub)     # synth, broden check
-    sources_cli.register(sub, broden_sub)    # fetch, broden regenerate
-    engine_cli.register(sub)                 # layers, extract, quantile, tally, merge, score, dissect
-    demo.register(sub)                       # train-demo
-    report_cli.register(sub)                 # report, report-all
+    broden_cli.register(sub, broden_sub)  # synth, broden check
+    sources_cli.register(sub, broden_sub)  # fetch, broden regenerate
+    engine_cli.register(sub)  # layers, extract, quantile, tally, merge, score, dissect
+    demo.register(sub)  # train-demo
+    report_cli.register(sub)  # report, report-all
     return parser
 
 

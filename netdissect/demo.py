@@ -29,16 +29,21 @@ from __future__ import annotations
 import argparse
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from netdissect.errors import NetDissectError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 DEMO_SPEC = "netdissect.demo:DemoNet"
 WIDTHS = (32, 64, 128, 256)
 
 
-def DemoNet() -> "torch.nn.Module":  # noqa: N802  (a factory named like the class it builds)
+def DemoNet() -> torch.nn.Module:  # noqa: N802  (a factory named like the class it builds)
     """The demo CNN, randomly initialised: blocks ``conv1`` .. ``conv4``; forward returns ``conv4``."""
     from torch import nn
 
@@ -55,7 +60,7 @@ def DemoNet() -> "torch.nn.Module":  # noqa: N802  (a factory named like the cla
     return nn.Sequential(blocks)
 
 
-def resnet18_places365() -> "torch.nn.Module":
+def resnet18_places365() -> torch.nn.Module:
     """torchvision's resnet18 with the 365-way classifier of the Places365 release (SPEC
     ``netdissect.demo:resnet18_places365``), so that resnet18_places365.pth.tar fits it."""
     import torchvision
@@ -63,7 +68,7 @@ def resnet18_places365() -> "torch.nn.Module":
     return torchvision.models.resnet18(weights=None, num_classes=365)
 
 
-def alexnet_places365() -> "torch.nn.Module":
+def alexnet_places365() -> torch.nn.Module:
     """torchvision's alexnet with the 365-way classifier of the Places365 release."""
     import torchvision
 
@@ -74,7 +79,7 @@ def alexnet_places365() -> "torch.nn.Module":
 # Training data: arrays in, arrays out
 
 
-def target_labels(primary: "np.ndarray", categories: Sequence[str]) -> "np.ndarray":
+def target_labels(primary: np.ndarray, categories: Sequence[str]) -> np.ndarray:
     """Global label numbers the demo learns to predict: every label with a primary category other than
     color (all labels that have a primary category when the dataset has nothing else)."""
     import numpy as np
@@ -86,8 +91,12 @@ def target_labels(primary: "np.ndarray", categories: Sequence[str]) -> "np.ndarr
     return np.flatnonzero(chosen)
 
 
-def coverage_targets(pixel_labels: Sequence["torch.Tensor"], image_labels: Sequence["torch.Tensor"],
-                     lookup: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+def coverage_targets(
+    pixel_labels: Sequence[torch.Tensor],
+    image_labels: Sequence[torch.Tensor],
+    lookup: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
     """Soft targets of a batch: (B, T, h, w) fraction of each cell of an h×w grid covered by each target label.
 
     Per image b: ``pixel_labels[b]`` is (K, sh, sw) global numbers (K may be 0; sh, sw the same for the
@@ -104,9 +113,9 @@ def coverage_targets(pixel_labels: Sequence["torch.Tensor"], image_labels: Seque
     layers = torch.cat([p.reshape(-1, *p.shape[-2:]) for p in pixel_labels]) if batch else None
     if layers is not None and len(layers):
         sh, sw = layers.shape[-2:]
-        cell = (torch.arange(sh) * h // sh)[:, None] * w + (torch.arange(sw) * w // sw)[None, :]   # (sh, sw)
+        cell = (torch.arange(sh) * h // sh)[:, None] * w + (torch.arange(sw) * w // sw)[None, :]  # (sh, sw)
         owner = torch.repeat_interleave(torch.arange(batch), torch.tensor([len(p) for p in pixel_labels]))
-        target = lookup.where(lookup >= 0, num_targets)[layers.long()]     # non-targets -> extra row T
+        target = lookup.where(lookup >= 0, num_targets)[layers.long()]  # non-targets -> extra row T
         flat = (owner[:, None, None] * (num_targets + 1) + target) * cells + cell
         area = torch.bincount(flat.flatten(), minlength=batch * (num_targets + 1) * cells)
         cell_pixels = torch.bincount(cell.flatten(), minlength=cells).clamp(min=1)
@@ -129,31 +138,41 @@ def load_training_data(root: str | Path, workers: int = 0) -> dict[str, Any]:
     ds = BrodenDataset(root)
     labels = target_labels(ds.primary, ds.categories)
     if labels.size == 0:
-        raise NetDissectError(f"dataset {root}: no label has a primary category, so there is nothing to train "
-                              f"on; check label.csv and the c_*.csv files (`netdissect broden check {root}`)")
+        raise NetDissectError(
+            f"dataset {root}: no label has a primary category, so there is nothing to train "
+            f"on; check label.csv and the c_*.csv files (`netdissect broden check {root}`)"
+        )
     lookup = torch.full((ds.num_labels,), -1, dtype=torch.int64)
     lookup[torch.from_numpy(labels)] = torch.arange(len(labels))
     images, targets = [], []
     for batch in ds.loader(batch_size=64, workers=workers):
         if isinstance(batch["image"], list):
-            raise NetDissectError(f"dataset {root}: images of several sizes near index.csv row "
-                                  f"{int(batch['i'][0]) + 2}; train-demo needs images of one size")
+            raise NetDissectError(
+                f"dataset {root}: images of several sizes near index.csv row "
+                f"{int(batch['i'][0]) + 2}; train-demo needs images of one size"
+            )
         if images and batch["image"].shape[1:] != images[0].shape[1:]:
-            raise NetDissectError(f"dataset {root}: index.csv row {int(batch['i'][0]) + 2} starts images of "
-                                  f"another size; train-demo needs images of one size")
+            raise NetDissectError(
+                f"dataset {root}: index.csv row {int(batch['i'][0]) + 2} starts images of "
+                f"another size; train-demo needs images of one size"
+            )
         images.append(batch["image"])
         h, w = batch["image"].shape[-2:]
         grid = (max(1, h // 16), max(1, w // 16))
         targets.append(coverage_targets(batch["pixel_labels"], batch["image_labels"], lookup, grid))
-    return {"images": torch.cat(images), "targets": torch.cat(targets), "labels": labels,
-            "fingerprint": ds.fingerprint()}
+    return {
+        "images": torch.cat(images),
+        "targets": torch.cat(targets),
+        "labels": labels,
+        "fingerprint": ds.fingerprint(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Training
 
 
-def _normalise(images: "torch.Tensor") -> "torch.Tensor":
+def _normalise(images: torch.Tensor) -> torch.Tensor:
     import torch
 
     from netdissect.models import IMAGENET_MEAN, IMAGENET_STD
@@ -163,9 +182,16 @@ def _normalise(images: "torch.Tensor") -> "torch.Tensor":
     return (images.float() / 255.0 - mean) / std
 
 
-def train_demo(images: "torch.Tensor", targets: "torch.Tensor", epochs: int = 6, seed: int = 0,
-               batch_size: int = 32, crop: int = 112, lr: float = 3e-3,
-               log=print) -> tuple["torch.nn.Module", list[float]]:
+def train_demo(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    epochs: int = 6,
+    seed: int = 0,
+    batch_size: int = 32,
+    crop: int = 112,
+    lr: float = 3e-3,
+    log=print,
+) -> tuple[torch.nn.Module, list[float]]:
     """Train a DemoNet (plus a throw-away 1x1 head) on uint8 images (N, 3, H, W) and soft targets
     (N, T, H/16, W/16); return the network in eval mode and the mean loss of every epoch.
 
@@ -177,8 +203,10 @@ def train_demo(images: "torch.Tensor", targets: "torch.Tensor", epochs: int = 6,
     from torch import nn
 
     if images.ndim != 4 or images.shape[1] != 3 or targets.ndim != 4 or len(images) != len(targets):
-        raise NetDissectError(f"train_demo: expected images (N, 3, H, W) and targets (N, T, h, w) with the same N, "
-                              f"got {tuple(images.shape)} and {tuple(targets.shape)}")
+        raise NetDissectError(
+            f"train_demo: expected images (N, 3, H, W) and targets (N, T, h, w) with the same N, "
+            f"got {tuple(images.shape)} and {tuple(targets.shape)}"
+        )
     if epochs < 1 or batch_size < 1:
         raise NetDissectError(f"--epochs and the batch size must be >= 1, got {epochs} and {batch_size}")
     torch.manual_seed(seed)
@@ -193,18 +221,18 @@ def train_demo(images: "torch.Tensor", targets: "torch.Tensor", epochs: int = 6,
     h, w = images.shape[-2:]
     th, tw = targets.shape[-2:]
     stride = h // th
-    cell = max(1, min(crop, h, w) // stride)          # crop size in target cells
+    cell = max(1, min(crop, h, w) // stride)  # crop size in target cells
     history = []
     net.train()
     for epoch in range(epochs):
         start, total = time.monotonic(), 0.0
         order = torch.randperm(len(images), generator=generator)
         for first in range(0, len(images), batch_size):
-            rows = order[first:first + batch_size]
+            rows = order[first : first + batch_size]
             y0 = int(torch.randint(0, th - cell + 1, (1,), generator=generator))
             x0 = int(torch.randint(0, tw - cell + 1, (1,), generator=generator))
-            x = images[rows, :, y0 * stride:(y0 + cell) * stride, x0 * stride:(x0 + cell) * stride]
-            t = targets[rows, :, y0:y0 + cell, x0:x0 + cell]
+            x = images[rows, :, y0 * stride : (y0 + cell) * stride, x0 * stride : (x0 + cell) * stride]
+            t = targets[rows, :, y0 : y0 + cell, x0 : x0 + cell]
             if bool(torch.rand(1, generator=generator) < 0.5):
                 x, t = x.flip(-1), t.flip(-1)
             logits = head(net(_normalise(x)))
@@ -237,9 +265,12 @@ def save_checkpoint(path: str | Path, state_dict: dict, **meta: Any) -> None:
 
 def register(sub, *groups) -> None:
     """Add ``train-demo`` and ``random-weights``."""
-    p = sub.add_parser("train-demo", help="train the demo CNN (netdissect.demo:DemoNet) on a Broden dataset",
-                       description="Train DemoNet to predict which non-color labels cover each cell of its conv4 "
-                                   "map; save its weights with spec and training settings (deterministic).")
+    p = sub.add_parser(
+        "train-demo",
+        help="train the demo CNN (netdissect.demo:DemoNet) on a Broden dataset",
+        description="Train DemoNet to predict which non-color labels cover each cell of its conv4 "
+        "map; save its weights with spec and training settings (deterministic).",
+    )
     p.add_argument("--dataset", required=True, metavar="DIR", help="Broden folder to train on")
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="weights file to write")
     p.add_argument("--epochs", type=int, default=6, help="passes over the dataset (default 6)")
@@ -248,9 +279,12 @@ def register(sub, *groups) -> None:
     p.add_argument("--workers", type=int, default=0, help="data loader processes for reading the dataset")
     p.set_defaults(func=_train_demo)
 
-    r = sub.add_parser("random-weights", help="write a seeded random initialisation of a model",
-                       description="Build the model SPEC with torch seeded by --seed and save its state_dict, so "
-                                   "that every job dissecting an untrained network sees the same weights.")
+    r = sub.add_parser(
+        "random-weights",
+        help="write a seeded random initialisation of a model",
+        description="Build the model SPEC with torch seeded by --seed and save its state_dict, so "
+        "that every job dissecting an untrained network sees the same weights.",
+    )
     r.add_argument("--model", required=True, metavar="SPEC", help="torchvision name or package.module:factory")
     r.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
     r.add_argument("--out", required=True, metavar="FILE.pt", help="weights file to write")
@@ -263,14 +297,29 @@ def _train_demo(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     start = time.monotonic()
     data = load_training_data(args.dataset, workers=args.workers)
-    print(f"{len(data['images'])} images, {len(data['labels'])} target labels, "
-          f"targets {tuple(data['targets'].shape[1:])}, {threads} threads ({time.monotonic() - start:.1f} s to load)",
-          flush=True)
-    net, history = train_demo(data["images"], data["targets"], epochs=args.epochs, seed=args.seed,
-                              batch_size=args.batch_size, log=lambda m: print(m, flush=True))
-    save_checkpoint(args.out, net.state_dict(), spec=DEMO_SPEC, seed=args.seed, epochs=args.epochs,
-                    dataset_fingerprint=data["fingerprint"], target_labels=data["labels"].tolist(),
-                    history=history)
+    print(
+        f"{len(data['images'])} images, {len(data['labels'])} target labels, "
+        f"targets {tuple(data['targets'].shape[1:])}, {threads} threads ({time.monotonic() - start:.1f} s to load)",
+        flush=True,
+    )
+    net, history = train_demo(
+        data["images"],
+        data["targets"],
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        log=lambda m: print(m, flush=True),
+    )
+    save_checkpoint(
+        args.out,
+        net.state_dict(),
+        spec=DEMO_SPEC,
+        seed=args.seed,
+        epochs=args.epochs,
+        dataset_fingerprint=data["fingerprint"],
+        target_labels=data["labels"].tolist(),
+        history=history,
+    )
     print(f"wrote {args.out} ({time.monotonic() - start:.1f} s)")
     return 0
 
@@ -280,8 +329,10 @@ def _random_weights(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, seed=args.seed)
     if model.scripted:
-        raise NetDissectError(f"--model {args.model}: a TorchScript file carries its own weights; use it as SPEC "
-                              f"with weights source `none` instead")
+        raise NetDissectError(
+            f"--model {args.model}: a TorchScript file carries its own weights; use it as SPEC "
+            f"with weights source `none` instead"
+        )
     save_checkpoint(args.out, model.module.state_dict(), spec=args.model, seed=args.seed)
     print(f"wrote {args.out}: random {args.model}, seed {args.seed}")
     return 0

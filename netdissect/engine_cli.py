@@ -18,22 +18,27 @@ def _floats(text: str) -> list[float]:
 
 
 def _names(text: str) -> list[str]:
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))     # no duplicates
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))  # no duplicates
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated names")
     return names
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="SPEC",
-                   help="torchvision architecture (resnet18), TorchScript file, or package.module:factory")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="torchvision architecture (resnet18), TorchScript file, or package.module:factory",
+    )
     p.add_argument("--weights", metavar="FILE", help="state_dict or checkpoint holding one")
     p.add_argument("--mean", type=_floats, help="input normalisation mean per RGB channel (default ImageNet's)")
     p.add_argument("--std", type=_floats, help="input normalisation std per RGB channel (default ImageNet's)")
 
 
-def _run_options(p: argparse.ArgumentParser, batch: int,
-                 workers: str = "DataLoader worker processes (default 0)") -> None:
+def _run_options(
+    p: argparse.ArgumentParser, batch: int, workers: str = "DataLoader worker processes (default 0)"
+) -> None:
     p.add_argument("--batch-size", type=int, default=batch, help=f"images per batch (default {batch})")
     p.add_argument("--workers", type=int, default=0, help=workers)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -41,16 +46,24 @@ def _run_options(p: argparse.ArgumentParser, batch: int,
 
 
 def _labels_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels", metavar="PACK", help="packed labels of the dataset (`netdissect broden "
-                                                    "pack-labels`): read them instead of decoding the label PNGs")
+    p.add_argument(
+        "--labels",
+        metavar="PACK",
+        help="packed labels of the dataset (`netdissect broden "
+        "pack-labels`): read them instead of decoding the label PNGs",
+    )
 
 
 def register(sub, *groups) -> None:
     p = sub.add_parser("layers", help="list a model's layers and their output shapes")
     _model_options(p)
     p.add_argument("--size", type=int, default=224, help="image side of the dummy input (default 224)")
-    p.add_argument("--check", type=_names, metavar="L1,L2",
-                   help="only these layers: fail (exit 2) naming any the model lacks, else list them")
+    p.add_argument(
+        "--check",
+        type=_names,
+        metavar="L1,L2",
+        help="only these layers: fail (exit 2) naming any the model lacks, else list them",
+    )
     p.set_defaults(func=_layers)
 
     p = sub.add_parser("extract", help="forward pass over one shard: activations, maxima, quantile candidates")
@@ -140,10 +153,23 @@ def _extract(args: argparse.Namespace) -> int:
     from netdissect import pipeline
 
     _setup(args)
-    pipeline.extract(args.dataset, args.model, args.layers, args.shard, args.shards, args.out,
-                     weights=args.weights, mean=args.mean, std=args.std, batch_size=args.batch_size,
-                     workers=args.workers, device=args.device, dtype=args.dtype, quantile=args.quantile,
-                     progress=args.progress)
+    pipeline.extract(
+        args.dataset,
+        args.model,
+        args.layers,
+        args.shard,
+        args.shards,
+        args.out,
+        weights=args.weights,
+        mean=args.mean,
+        std=args.std,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        dtype=args.dtype,
+        quantile=args.quantile,
+        progress=args.progress,
+    )
     return 0
 
 
@@ -159,9 +185,20 @@ def _tally(args: argparse.Namespace) -> int:
     from netdissect import pipeline
 
     _setup(args)
-    pipeline.tally(args.dataset, args.shard, args.layer, args.thresholds, args.out, union=args.union,
-                   categories=args.categories, device=args.device, batch_size=args.batch_size,
-                   workers=args.workers, progress=args.progress, labels=args.labels)
+    pipeline.tally(
+        args.dataset,
+        args.shard,
+        args.layer,
+        args.thresholds,
+        args.out,
+        union=args.union,
+        categories=args.categories,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=args.progress,
+        labels=args.labels,
+    )
     return 0
 
 
@@ -178,8 +215,10 @@ def _score(args: argparse.Namespace) -> int:
 
     _setup(args)
     info = pipeline.score(args.counts, args.dataset, args.out, iou_threshold=args.iou_threshold)
-    print(f"{info['detectors']} of {info['units']} units are detectors; unique_top {info['unique_top']}, "
-          f"unique_by_category {info['unique_by_category']}")
+    print(
+        f"{info['detectors']} of {info['units']} units are detectors; unique_top {info['unique_top']}, "
+        f"unique_by_category {info['unique_by_category']}"
+    )
     return 0
 
 
@@ -187,12 +226,29 @@ def _dissect(args: argparse.Namespace) -> int:
     from netdissect import pipeline
 
     _setup(args)
-    summaries = pipeline.dissect(args.dataset, args.model, args.layers, args.out, weights=args.weights,
-                                 mean=args.mean, std=args.std, q=args.quantile, thresholds_file=args.thresholds,
-                                 union=args.union, iou_threshold=args.iou_threshold, batch_size=args.batch_size,
-                                 workers=args.workers, device=args.device, categories=args.categories,
-                                 dtype=args.dtype, progress=args.progress, labels=args.labels)
+    summaries = pipeline.dissect(
+        args.dataset,
+        args.model,
+        args.layers,
+        args.out,
+        weights=args.weights,
+        mean=args.mean,
+        std=args.std,
+        q=args.quantile,
+        thresholds_file=args.thresholds,
+        union=args.union,
+        iou_threshold=args.iou_threshold,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        categories=args.categories,
+        dtype=args.dtype,
+        progress=args.progress,
+        labels=args.labels,
+    )
     for layer, info in summaries.items():
-        print(f"{layer}: {info['detectors']} of {info['units']} units are detectors; unique_top "
-              f"{info['unique_top']}, unique_by_category {info['unique_by_category']}")
+        print(
+            f"{layer}: {info['detectors']} of {info['units']} units are detectors; unique_top "
+            f"{info['unique_top']}, unique_by_category {info['unique_by_category']}"
+        )
     return 0

@@ -30,8 +30,9 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -61,7 +62,8 @@ class NpyRowWriter:
     def __init__(self, f: BinaryIO, shape: tuple[int, ...], dtype: np.dtype):
         self.f, self.shape, self.dtype = f, shape, np.dtype(dtype)
         np.lib.format.write_array_header_1_0(
-            f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+            f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        )
         self.rows = 0
 
     def write(self, block: np.ndarray) -> None:
@@ -79,8 +81,9 @@ def read_npy_rows(path: str | Path, rows: Sequence[int] | np.ndarray | slice) ->
     """Rows of a C-order .npy file, read with plain file reads (contiguous runs read at once)."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                                 else np.lib.format.read_array_header_2_0(f))
+        shape, fortran, dtype = (
+            np.lib.format.read_array_header_1_0(f) if version == (1, 0) else np.lib.format.read_array_header_2_0(f)
+        )
         if fortran:
             raise NetDissectError(f"{path}: Fortran-order arrays are not supported; re-run extract")
         offset = f.tell()
@@ -98,7 +101,7 @@ def read_npy_rows(path: str | Path, rows: Sequence[int] | np.ndarray | slice) ->
         for run in np.split(rows, breaks) if rows.size else []:
             f.seek(offset + int(run[0]) * row_bytes)
             data = f.read(run.size * row_bytes)
-            out[pos:pos + run.size] = np.frombuffer(data, dtype=dtype).reshape(run.size, *shape[1:])
+            out[pos : pos + run.size] = np.frombuffer(data, dtype=dtype).reshape(run.size, *shape[1:])
             pos += run.size
         return out
 
@@ -107,8 +110,10 @@ def load_meta(shard_dir: str | Path) -> dict[str, Any]:
     """A finished shard's meta.json (error if the shard is missing or unfinished)."""
     path = Path(shard_dir) / "meta.json"
     if not path.is_file():
-        raise NetDissectError(f"{shard_dir}: no meta.json, so this shard is missing or unfinished; run "
-                              f"`netdissect extract ... --out {shard_dir}`")
+        raise NetDissectError(
+            f"{shard_dir}: no meta.json, so this shard is missing or unfinished; run "
+            f"`netdissect extract ... --out {shard_dir}`"
+        )
     meta = json.loads(path.read_text())
     if meta.get("format") != SHARD_FORMAT or meta.get("version") != SHARD_VERSION:
         raise NetDissectError(f"{path}: not a version {SHARD_VERSION} {SHARD_FORMAT} file; re-run extract")
@@ -117,8 +122,9 @@ def load_meta(shard_dir: str | Path) -> dict[str, Any]:
 
 def layer_meta(meta: dict[str, Any], layer: str, shard_dir: str | Path) -> dict[str, Any]:
     if layer not in meta["layers"]:
-        raise NetDissectError(f"{shard_dir}/meta.json: layer {layer!r} was not extracted; layers here: "
-                              f"{', '.join(meta['layers'])}")
+        raise NetDissectError(
+            f"{shard_dir}/meta.json: layer {layer!r} was not extracted; layers here: {', '.join(meta['layers'])}"
+        )
     return meta["layers"][layer]
 
 
@@ -128,16 +134,20 @@ def shard_dirs_of(shards: str | Path | Iterable[str | Path]) -> list[Path]:
         path = Path(shards)
         if (path / "meta.json").is_file():
             return [path]
-        found = sorted((p for p in path.iterdir() if (p / "meta.json").is_file()), key=lambda p: p.name) \
-            if path.is_dir() else []
+        found = (
+            sorted((p for p in path.iterdir() if (p / "meta.json").is_file()), key=lambda p: p.name)
+            if path.is_dir()
+            else []
+        )
         if not found:
             raise NetDissectError(f"{path}: neither a finished shard (meta.json) nor a folder of shards")
         return found
     return [Path(p) for p in shards]
 
 
-def read_activations(shards_dir: str | Path | Iterable[str | Path], layer: str,
-                     rows: Sequence[int] | np.ndarray) -> np.ndarray:
+def read_activations(
+    shards_dir: str | Path | Iterable[str | Path], layer: str, rows: Sequence[int] | np.ndarray
+) -> np.ndarray:
     """float32 (len(rows), U, H, W) activations of ``layer`` for GLOBAL row numbers ``rows``."""
     rows = np.asarray(rows, dtype=np.int64)
     metas = [(d, load_meta(d)) for d in shard_dirs_of(shards_dir)]
@@ -156,8 +166,9 @@ def read_activations(shards_dir: str | Path | Iterable[str | Path], layer: str,
             out[idx] = block
             done[idx] = True
     if not done.all():
-        raise NetDissectError(f"rows {rows[~done][:10].tolist()} are in none of the shards given "
-                              f"({', '.join(str(d) for d, _ in metas)})")
+        raise NetDissectError(
+            f"rows {rows[~done][:10].tolist()} are in none of the shards given ({', '.join(str(d) for d, _ in metas)})"
+        )
     return out
 
 
@@ -191,29 +202,47 @@ def image_size(ds: Any) -> tuple[int, int]:
     odd = np.flatnonzero((sizes != sizes[0]).any(axis=1))
     if odd.size:
         r = int(odd[0])
-        raise NetDissectError(f"{ds.root}/index.csv row {r + 2}: image size {sizes[r, 0]}x{sizes[r, 1]} differs from "
-                              f"row 2's {sizes[0, 0]}x{sizes[0, 1]}; dissection needs one image size (resize the "
-                              f"dataset, e.g. regenerate it with one --size)")
+        raise NetDissectError(
+            f"{ds.root}/index.csv row {r + 2}: image size {sizes[r, 0]}x{sizes[r, 1]} differs from "
+            f"row 2's {sizes[0, 0]}x{sizes[0, 1]}; dissection needs one image size (resize the "
+            f"dataset, e.g. regenerate it with one --size)"
+        )
     return int(sizes[0, 0]), int(sizes[0, 1])
 
 
 def as_maps(output: torch.Tensor, layer: str) -> torch.Tensor:
     """A layer's output as (B, U, H, W): N×U outputs become 1×1 maps; other ranks are an error."""
     if not isinstance(output, torch.Tensor):
-        raise NetDissectError(f"layer {layer}: output is a {type(output).__name__}, expected a tensor; choose a "
-                              f"layer whose module returns one tensor")
+        raise NetDissectError(
+            f"layer {layer}: output is a {type(output).__name__}, expected a tensor; choose a "
+            f"layer whose module returns one tensor"
+        )
     if output.dim() == 2:
         return output[:, :, None, None]
     if output.dim() != 4:
-        raise NetDissectError(f"layer {layer}: output has shape {tuple(output.shape)}, expected (batch, units, "
-                              f"height, width) or (batch, units); choose a convolutional or linear layer")
+        raise NetDissectError(
+            f"layer {layer}: output has shape {tuple(output.shape)}, expected (batch, units, "
+            f"height, width) or (batch, units); choose a convolutional or linear layer"
+        )
     return output
 
 
-def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int, shards: int,
-                  out_dir: str | Path, *, batch_size: int = 32, workers: int = 0, device: str = "cpu",
-                  dtype: str = "float32", quantile: float = 0.005, progress: bool = True,
-                  timings: dict[str, float] | None = None) -> dict[str, Any]:
+def extract_shard(
+    ds: Any,
+    model: LoadedModel,
+    layers: Sequence[str],
+    shard: int,
+    shards: int,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quantile: float = 0.005,
+    progress: bool = True,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
 
     ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
@@ -229,7 +258,7 @@ def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int
         raise NetDissectError(f"--batch-size {batch_size}: expected a positive number")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "meta.json").unlink(missing_ok=True)       # an old meta.json must not vouch for new files
+    (out_dir / "meta.json").unlink(missing_ok=True)  # an old meta.json must not vouch for new files
     num_images = len(ds)
     ih, iw = image_size(ds)
     start, stop = shard_range(num_images, shard, shards)
@@ -246,15 +275,23 @@ def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int
         for layer in layers:
             maps = as_maps(probe[layer], layer)
             if probe[layer].dim() == 2:
-                log.warning("layer %s outputs (batch, %d) with no spatial dimensions: each unit is treated "
-                            "as a 1x1 map", layer, maps.shape[1])
+                log.warning(
+                    "layer %s outputs (batch, %d) with no spatial dimensions: each unit is treated as a 1x1 map",
+                    layer,
+                    maps.shape[1],
+                )
             shapes[layer] = tuple(maps.shape[1:])
         layer_info = {}
         for layer, (units, height, width) in shapes.items():
             values = num_images * height * width
-            layer_info[layer] = {"units": units, "height": height, "width": width,
-                                 "flat": probe[layer].dim() == 2, "num_values": values,
-                                 "candidates": min(candidate_count(values, quantile), (stop - start) * height * width)}
+            layer_info[layer] = {
+                "units": units,
+                "height": height,
+                "width": width,
+                "flat": probe[layer].dim() == 2,
+                "num_values": values,
+                "candidates": min(candidate_count(values, quantile), (stop - start) * height * width),
+            }
         with contextlib.ExitStack() as stack:
             writers, topks, imgmax = {}, {}, {}
             for layer, info in layer_info.items():
@@ -269,8 +306,10 @@ def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int
             for batch in iterate_batches(loader):
                 images = batch["image"]
                 if not isinstance(images, torch.Tensor):
-                    raise NetDissectError(f"{ds.root}: rows {batch['i'][0].item() + 2}.. have images of different "
-                                          f"sizes; dissection needs one image size")
+                    raise NetDissectError(
+                        f"{ds.root}: rows {batch['i'][0].item() + 2}.. have images of different "
+                        f"sizes; dissection needs one image size"
+                    )
                 tic = time.perf_counter()
                 outputs = run(model.normalise(images.to(device)))
                 if device != "cpu":
@@ -283,7 +322,7 @@ def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int
                     stored = maps.to(torch.float16).to(torch.float32) if dtype == "float16" else maps
                     writers[layer].write(stored.cpu().numpy().astype(np_dtype))
                     lo = int(rows[0]) - start
-                    imgmax[layer][lo:lo + len(rows)] = stored.amax(dim=(2, 3)).cpu().numpy()
+                    imgmax[layer][lo : lo + len(rows)] = stored.amax(dim=(2, 3)).cpu().numpy()
                     topks[layer].add(stored.permute(1, 0, 2, 3).reshape(stored.shape[1], -1))
                 bar.update(len(rows))
             bar.close()
@@ -296,12 +335,26 @@ def extract_shard(ds: Any, model: LoadedModel, layers: Sequence[str], shard: int
                     save_npy(out_dir / f"{layer}.topk.npy", topks[layer].result())
                 else:
                     save_npy(out_dir / f"{layer}.topk.npy", np.empty((shapes[layer][0], 0), np.float32))
-    meta = {"format": SHARD_FORMAT, "version": SHARD_VERSION, "shard": shard, "shards": shards,
-            "start": start, "stop": stop, "num_images": num_images, "image_size": [ih, iw],
-            "dataset": str(ds.root), "dataset_fingerprint": ds.fingerprint(),
-            "model": model.spec, "weights": model.weights, "weights_sha256": model.weights_sha256,
-            "mean": list(model.mean), "std": list(model.std), "quantile": quantile, "dtype": dtype,
-            "layers": layer_info}
+    meta = {
+        "format": SHARD_FORMAT,
+        "version": SHARD_VERSION,
+        "shard": shard,
+        "shards": shards,
+        "start": start,
+        "stop": stop,
+        "num_images": num_images,
+        "image_size": [ih, iw],
+        "dataset": str(ds.root),
+        "dataset_fingerprint": ds.fingerprint(),
+        "model": model.spec,
+        "weights": model.weights,
+        "weights_sha256": model.weights_sha256,
+        "mean": list(model.mean),
+        "std": list(model.std),
+        "quantile": quantile,
+        "dtype": dtype,
+        "layers": layer_info,
+    }
     save_json(out_dir / "meta.json", meta)
     return meta
 
@@ -311,6 +364,8 @@ def _check_finite(maps: torch.Tensor, layer: str, rows: torch.Tensor, ds: Any) -
     if not bool(finite.all()):
         b = int(torch.nonzero(~finite)[0, 0])
         row = int(rows[b])
-        raise NetDissectError(f"layer {layer}: NaN or infinite activation for image {ds.image_path(row)} "
-                              f"(index.csv row {row + 2}, image index {row}); check the model's weights and "
-                              f"--mean/--std")
+        raise NetDissectError(
+            f"layer {layer}: NaN or infinite activation for image {ds.image_path(row)} "
+            f"(index.csv row {row + 2}, image index {row}); check the model's weights and "
+            f"--mean/--std"
+        )

@@ -20,7 +20,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import socket
 import stat
 import sys
 import tarfile
@@ -51,8 +50,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, out: str | os.PathLike, sha256: str | None = None, *, timeout: float = 60.0,
-          retries: int = 5, backoff: float = 2.0, progress: bool = True) -> str:
+def fetch(
+    url: str,
+    out: str | os.PathLike,
+    sha256: str | None = None,
+    *,
+    timeout: float = 60.0,
+    retries: int = 5,
+    backoff: float = 2.0,
+    progress: bool = True,
+) -> str:
     """Download ``url`` to ``out`` (resumable, retried, verified, atomic); return the file's sha256.
 
     ``timeout``: seconds without any byte before a connection counts as stalled.
@@ -67,8 +74,9 @@ def fetch(url: str, out: str | os.PathLike, sha256: str | None = None, *, timeou
             print(f"fetch: {out} exists (sha256 {digest}); not downloading again", file=sys.stderr)
         if expected is None or digest == expected:
             return digest
-        raise NetDissectError(f"{out} exists but its sha256 is {digest}, not the expected {expected}: "
-                              f"delete {out} and fetch {url} again")
+        raise NetDissectError(
+            f"{out} exists but its sha256 is {digest}, not the expected {expected}: delete {out} and fetch {url} again"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")
     for attempt in range(retries + 1):
@@ -77,17 +85,21 @@ def fetch(url: str, out: str | os.PathLike, sha256: str | None = None, *, timeou
             break
         except _Retryable as err:
             if attempt == retries:
-                raise NetDissectError(f"downloading {url} failed after {retries + 1} attempts ({err}); "
-                                      f"the {part.stat().st_size if part.exists() else 0} bytes received are "
-                                      f"kept in {part}; run the same command again to resume") from None
-            wait = backoff * 2 ** attempt
+                raise NetDissectError(
+                    f"downloading {url} failed after {retries + 1} attempts ({err}); "
+                    f"the {part.stat().st_size if part.exists() else 0} bytes received are "
+                    f"kept in {part}; run the same command again to resume"
+                ) from None
+            wait = backoff * 2**attempt
             print(f"fetch: {url}: {err}; retrying in {wait:g} s", file=sys.stderr)
             time.sleep(wait)
     digest = sha256_file(part)
     if expected is not None and digest != expected:
         part.unlink()
-        raise NetDissectError(f"{url}: sha256 of the download is {digest}, expected {expected}; the file was "
-                              f"deleted. Check the URL and the checksum (in the config or --sha256), then retry")
+        raise NetDissectError(
+            f"{url}: sha256 of the download is {digest}, expected {expected}; the file was "
+            f"deleted. Check the URL and the checksum (in the config or --sha256), then retry"
+        )
     if expected is None:
         print(f"fetch: sha256 of {url} is {digest} (pin it with --sha256 or in the config)", file=sys.stderr)
     os.replace(part, out)
@@ -110,19 +122,23 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except ValueError as err:
-        raise NetDissectError(f"{url!r}: not a URL that can be downloaded ({err}); expected http:// or https://") from None
+        raise NetDissectError(
+            f"{url!r}: not a URL that can be downloaded ({err}); expected http:// or https://"
+        ) from None
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:        # nothing left to send: the .part file is complete
+        if err.code == 416 and have:  # nothing left to send: the .part file is complete
             return
         if err.code in RETRY_STATUSES:
             raise _Retryable(f"HTTP {err.code} {err.reason}") from None
-        raise NetDissectError(f"{url}: HTTP {err.code} {err.reason}; check the URL (in the config or on the "
-                              f"command line) or download the file by hand to the --out path") from None
+        raise NetDissectError(
+            f"{url}: HTTP {err.code} {err.reason}; check the URL (in the config or on the "
+            f"command line) or download the file by hand to the --out path"
+        ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)
-        if isinstance(reason, str):          # urllib's own verdict (e.g. an unsupported scheme): final
+        if isinstance(reason, str):  # urllib's own verdict (e.g. an unsupported scheme): final
             raise NetDissectError(f"{url}: {reason}") from None
-        raise _Retryable(f"cannot connect: {reason}") from None   # socket trouble: try again
+        raise _Retryable(f"cannot connect: {reason}") from None  # socket trouble: try again
     with response:
         if have and response.status != 206:  # server ignored Range: start over
             have = 0
@@ -138,7 +154,7 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
                 while True:
                     try:
                         block = response.read1(CHUNK)
-                    except (socket.timeout, TimeoutError) as err:
+                    except TimeoutError as err:
                         raise _Retryable(f"no data for {timeout:g} s (stalled connection)") from err
                     except (OSError, http.client.HTTPException) as err:
                         raise _Retryable(f"connection lost: {err!r}") from err
@@ -160,8 +176,15 @@ def _progress_bar(url: str, total: int | None, initial: int, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=url.rsplit("/", 1)[-1] or url, file=sys.stderr)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=url.rsplit("/", 1)[-1] or url,
+        file=sys.stderr,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,7 +202,9 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, strip: int = 0)
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
-        raise NetDissectError(f"archive {archive} does not exist; fetch it first (netdissect fetch URL --out {archive})")
+        raise NetDissectError(
+            f"archive {archive} does not exist; fetch it first (netdissect fetch URL --out {archive})"
+        )
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise NetDissectError(f"--extract {dest} already exists and is not empty; remove it to extract again")
     with atomic_dir(dest) as tmp:
@@ -188,8 +213,10 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, strip: int = 0)
         elif tarfile.is_tarfile(archive):
             _extract_tar(archive, tmp, strip)
         else:
-            raise NetDissectError(f"{archive} is neither a zip nor a tar archive (truncated or not an archive?); "
-                                  f"delete it and fetch it again")
+            raise NetDissectError(
+                f"{archive} is neither a zip nor a tar archive (truncated or not an archive?); "
+                f"delete it and fetch it again"
+            )
     return dest
 
 
@@ -200,8 +227,10 @@ def _safe_relative(archive: Path, name: str, strip: int) -> PurePosixPath | None
     if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
         raise NetDissectError(f"{archive}: member {name!r} has an absolute path; refusing to extract this archive")
     if ".." in path.parts:
-        raise NetDissectError(f"{archive}: member {name!r} contains '..' (would write outside the target folder); "
-                              f"refusing to extract this archive")
+        raise NetDissectError(
+            f"{archive}: member {name!r} contains '..' (would write outside the target folder); "
+            f"refusing to extract this archive"
+        )
     parts = [p for p in path.parts if p not in ("", ".")]
     if len(parts) <= strip:
         return None
@@ -221,8 +250,9 @@ def _check_link(archive: Path, name: str, target: str, hard: bool) -> None:
         elif part not in ("", "."):
             depth += 1
         if depth < 0:
-            raise NetDissectError(f"{archive}: link {name!r} points outside the archive ({target!r}); "
-                                  f"refusing to extract")
+            raise NetDissectError(
+                f"{archive}: link {name!r} points outside the archive ({target!r}); refusing to extract"
+            )
 
 
 def _extract_tar(archive: Path, tmp: Path, strip: int) -> None:
@@ -247,8 +277,10 @@ def _extract_tar(archive: Path, tmp: Path, strip: int) -> None:
     except tarfile.FilterError as err:
         raise NetDissectError(f"{archive}: member refused by the safety filter ({err}); refusing to extract") from None
     except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as err:
-        raise NetDissectError(f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
-                              f"delete it and fetch it again") from None
+        raise NetDissectError(
+            f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
+            f"delete it and fetch it again"
+        ) from None
 
 
 def _extract_zip(archive: Path, tmp: Path, strip: int) -> None:
@@ -273,5 +305,7 @@ def _extract_zip(archive: Path, tmp: Path, strip: int) -> None:
                 with zf.open(info) as src, open(path, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as err:
-        raise NetDissectError(f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
-                              f"delete it and fetch it again") from None
+        raise NetDissectError(
+            f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
+            f"delete it and fetch it again"
+        ) from None

@@ -10,13 +10,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 _UMASK = os.umask(0o022)
-os.umask(_UMASK)            # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting it)
 
 
 @contextlib.contextmanager
@@ -28,11 +29,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else "".join(path.suffixes[-1:]),
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix if suffix is not None else "".join(path.suffixes[-1:]), dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)     # mkstemp makes it private (0600); give it a normal file's mode
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); give it a normal file's mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -51,7 +53,7 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)          # mkdtemp makes it private (0700); give it a normal folder's mode
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private (0700); give it a normal folder's mode
     try:
         yield tmp
         old = None

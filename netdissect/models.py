@@ -31,9 +31,9 @@ import hashlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -75,9 +75,13 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(spec: str, weights: str | Path | None = None,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-               seed: int = RANDOM_INIT_SEED) -> LoadedModel:
+def load_model(
+    spec: str,
+    weights: str | Path | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int = RANDOM_INIT_SEED,
+) -> LoadedModel:
     """Build the model a SPEC names (see module docstring), load ``weights``, put it in eval mode.
     ``seed`` fixes the random initialisation of torchvision and factory models."""
     scripted = False
@@ -92,23 +96,31 @@ def load_model(spec: str, weights: str | Path | None = None,
     weights_sha = None
     if weights is not None:
         if scripted:
-            raise NetDissectError(f"--weights {weights}: model {spec} is a TorchScript file, which carries its "
-                                  f"own weights; drop --weights")
+            raise NetDissectError(
+                f"--weights {weights}: model {spec} is a TorchScript file, which carries its "
+                f"own weights; drop --weights"
+            )
         load_weights(module, weights)
         weights_sha = sha256_file(weights)
     elif scripted:
-        weights_sha = sha256_file(spec)          # a TorchScript file carries its weights
+        weights_sha = sha256_file(spec)  # a TorchScript file carries its weights
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return LoadedModel(module=module, spec=spec,
-                       mean=_triple(mean, IMAGENET_MEAN, "--mean"), std=_triple(std, IMAGENET_STD, "--std"),
-                       weights=str(weights) if weights is not None else None, weights_sha256=weights_sha,
-                       scripted=scripted)
+    return LoadedModel(
+        module=module,
+        spec=spec,
+        mean=_triple(mean, IMAGENET_MEAN, "--mean"),
+        std=_triple(std, IMAGENET_STD, "--std"),
+        weights=str(weights) if weights is not None else None,
+        weights_sha256=weights_sha,
+        scripted=scripted,
+    )
 
 
-def _triple(values: Sequence[float] | None, default: tuple[float, float, float], option: str
-            ) -> tuple[float, float, float]:
+def _triple(
+    values: Sequence[float] | None, default: tuple[float, float, float], option: str
+) -> tuple[float, float, float]:
     if values is None:
         return default
     values = tuple(float(v) for v in values)
@@ -128,8 +140,10 @@ def _from_torchvision(name: str) -> nn.Module:
     if name not in available:
         close = difflib.get_close_matches(name, available, n=3)
         hint = f" Closest: {', '.join(close)}." if close else ""
-        raise NetDissectError(f"--model {name}: not a torchvision architecture, an existing TorchScript file, "
-                              f"nor package.module:factory.{hint}")
+        raise NetDissectError(
+            f"--model {name}: not a torchvision architecture, an existing TorchScript file, "
+            f"nor package.module:factory.{hint}"
+        )
     return torchvision.models.get_model(name, weights=None)
 
 
@@ -139,24 +153,29 @@ def _from_torchscript(path: str) -> nn.Module:
     try:
         return torch.jit.load(path, map_location="cpu")
     except Exception as err:  # torch raises RuntimeError with a long C++ trace
-        raise NetDissectError(f"--model {path}: cannot be loaded by torch.jit.load ({str(err).splitlines()[0]}); "
-                              f"give a TorchScript file, or a state_dict via --weights with an architecture "
-                              f"name as --model") from None
+        raise NetDissectError(
+            f"--model {path}: cannot be loaded by torch.jit.load ({str(err).splitlines()[0]}); "
+            f"give a TorchScript file, or a state_dict via --weights with an architecture "
+            f"name as --model"
+        ) from None
 
 
 def _from_factory(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())          # `--model mymodels:make` from the folder holding mymodels.py
+        sys.path.append(os.getcwd())  # `--model mymodels:make` from the folder holding mymodels.py
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise NetDissectError(f"--model {spec}: cannot import {attr!r} from {module_name!r} ({err}); expected "
-                              f"package.module:factory with the package importable") from None
+        raise NetDissectError(
+            f"--model {spec}: cannot import {attr!r} from {module_name!r} ({err}); expected "
+            f"package.module:factory with the package importable"
+        ) from None
     model = factory()
     if not isinstance(model, nn.Module):
-        raise NetDissectError(f"--model {spec}: the factory returned {type(model).__name__}, expected a "
-                              f"torch.nn.Module")
+        raise NetDissectError(
+            f"--model {spec}: the factory returned {type(model).__name__}, expected a torch.nn.Module"
+        )
     return model
 
 
@@ -167,27 +186,40 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     except FileNotFoundError:
         raise NetDissectError(f"--weights {path}: file not found") from None
     except Exception as err:
-        raise NetDissectError(f"--weights {path}: not a loadable state_dict ({str(err).splitlines()[0]}); save "
-                              f"weights with torch.save(model.state_dict(), path)") from None
+        raise NetDissectError(
+            f"--weights {path}: not a loadable state_dict ({str(err).splitlines()[0]}); save "
+            f"weights with torch.save(model.state_dict(), path)"
+        ) from None
     if isinstance(state, dict):
         for key in _CHECKPOINT_KEYS:
             if key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise NetDissectError(f"--weights {path}: expected a state_dict (name -> tensor) or a checkpoint dict "
-                              f"holding one under {', '.join(_CHECKPOINT_KEYS)}")
+        raise NetDissectError(
+            f"--weights {path}: expected a state_dict (name -> tensor) or a checkpoint dict "
+            f"holding one under {', '.join(_CHECKPOINT_KEYS)}"
+        )
     own = module.state_dict()
     state = {_without_data_parallel(k, own): v for k, v in state.items()}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-                        for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    mismatched = sorted(
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
     if missing or unexpected or mismatched:
-        parts = [f"{name}: {_few(keys)}" for name, keys in
-                 (("mismatched shapes", mismatched), ("missing", missing), ("unexpected", unexpected)) if keys]
-        raise NetDissectError(f"--weights {path} does not fit the architecture; " + "; ".join(parts)
-                              + ". Check that --model names the architecture the weights were trained with.")
+        parts = [
+            f"{name}: {_few(keys)}"
+            for name, keys in (("mismatched shapes", mismatched), ("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise NetDissectError(
+            f"--weights {path} does not fit the architecture; "
+            + "; ".join(parts)
+            + ". Check that --model names the architecture the weights were trained with."
+        )
     module.load_state_dict(state)
 
 
@@ -230,8 +262,10 @@ def check_layers(model: LoadedModel, layers: Sequence[str]) -> None:
         if layer not in known:
             close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
             hint = f" Closest: {', '.join(close)}." if close else ""
-            raise NetDissectError(f"--layers: model {model.spec} has no layer {layer!r}.{hint} Layers: "
-                                  f"{_few(names, 40)} (see `netdissect layers --model {model.spec}`)")
+            raise NetDissectError(
+                f"--layers: model {model.spec} has no layer {layer!r}.{hint} Layers: "
+                f"{_few(names, 40)} (see `netdissect layers --model {model.spec}`)"
+            )
 
 
 def _script_outputs(model: LoadedModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -242,8 +276,10 @@ def _script_outputs(model: LoadedModel, x: torch.Tensor) -> dict[str, torch.Tens
         return {str(k): v for k, v in out.items()}
     if isinstance(out, (tuple, list)):
         return {str(i): v for i, v in enumerate(out)}
-    raise NetDissectError(f"--model {model.spec}: TorchScript forward returned {type(out).__name__}; expected a "
-                          f"tensor, a dict of tensors or a tuple of tensors")
+    raise NetDissectError(
+        f"--model {model.spec}: TorchScript forward returned {type(out).__name__}; expected a "
+        f"tensor, a dict of tensors or a tuple of tensors"
+    )
 
 
 class LayerCapture:
@@ -267,6 +303,7 @@ class LayerCapture:
             self.seen[name] = self.seen.get(name, 0) + 1
             if self.calls is not None and all(self.seen.get(n, 0) >= c for n, c in self.calls.items()):
                 raise _StopForward
+
         return hook
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -284,8 +321,10 @@ class LayerCapture:
                 self.calls = dict(self.seen)
             missing = [n for n in self.layers if n not in self.outputs]
             if missing:
-                raise NetDissectError(f"--layers: module(s) {', '.join(missing)} of model {self.model.spec} never "
-                                      f"ran in the forward pass; choose layers that compute features")
+                raise NetDissectError(
+                    f"--layers: module(s) {', '.join(missing)} of model {self.model.spec} never "
+                    f"ran in the forward pass; choose layers that compute features"
+                )
             return {n: self.outputs[n] for n in self.layers}
 
 
@@ -304,8 +343,9 @@ def capture(model: LoadedModel, layers: Sequence[str]) -> Iterator[LayerCapture]
             h.remove()
 
 
-def layer_shapes(model: LoadedModel, layers: Sequence[str] | None = None, size: int = 224
-                 ) -> dict[str, tuple[int, ...] | str]:
+def layer_shapes(
+    model: LoadedModel, layers: Sequence[str] | None = None, size: int = 224
+) -> dict[str, tuple[int, ...] | str]:
     """Output shape (without batch) of each layer for one ``size``×``size`` image; non-tensors by type."""
     if model.scripted:
         names = layer_names(model) if layers is None else list(layers)
@@ -322,6 +362,7 @@ def layer_shapes(model: LoadedModel, layers: Sequence[str] | None = None, size: 
     def hook(name):
         def f(_m, _i, out):
             shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+
         return f
 
     if layers is not None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,36 +27,70 @@ from netdissect.io import save_json, save_npy
 log = logging.getLogger(__name__)
 
 
-def open_dataset(root: str | Path, categories: Sequence[str] | None = None, *, images: bool = True,
-                 labels: bool = True):
+def open_dataset(
+    root: str | Path, categories: Sequence[str] | None = None, *, images: bool = True, labels: bool = True
+):
     from netdissect.broden import BrodenDataset
 
-    ds = BrodenDataset(root, categories=list(categories) if categories else None,
-                       load_images=images, load_labels=labels)
+    ds = BrodenDataset(
+        root, categories=list(categories) if categories else None, load_images=images, load_labels=labels
+    )
     if len(ds) == 0:
         raise NetDissectError(f"{root}/index.csv has no rows: the dataset is empty, nothing to dissect")
     return ds
 
 
-def extract(dataset: str | Path, model_spec: str, layers: Sequence[str], shard: int, shards: int,
-            out: str | Path, *, weights: str | None = None, mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None, batch_size: int = 32, workers: int = 0, device: str = "cpu",
-            dtype: str = "float32", quantile: float = 0.005, progress: bool = True) -> dict[str, Any]:
+def extract(
+    dataset: str | Path,
+    model_spec: str,
+    layers: Sequence[str],
+    shard: int,
+    shards: int,
+    out: str | Path,
+    *,
+    weights: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quantile: float = 0.005,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`)."""
     from netdissect.extract import extract_shard
     from netdissect.models import load_model
 
     model = load_model(model_spec, weights, mean, std)
     ds = open_dataset(dataset, labels=False)
-    return extract_shard(ds, model, layers, shard, shards, out, batch_size=batch_size, workers=workers,
-                         device=device, dtype=dtype, quantile=quantile, progress=progress)
+    return extract_shard(
+        ds,
+        model,
+        layers,
+        shard,
+        shards,
+        out,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        dtype=dtype,
+        quantile=quantile,
+        progress=progress,
+    )
 
 
-def quantile(shard_dirs: Sequence[str | Path], layer: str, out: str | Path, *, q: float | None = None,
-             thresholds_file: str | Path | None = None) -> np.ndarray:
+def quantile(
+    shard_dirs: Sequence[str | Path],
+    layer: str,
+    out: str | Path,
+    *,
+    q: float | None = None,
+    thresholds_file: str | Path | None = None,
+) -> np.ndarray:
     """Stage 2: merge the shards' candidates into exact thresholds (or read them from a file)."""
     from netdissect.extract import layer_meta, load_meta, shard_dirs_of
-    from netdissect.quantile import load_thresholds, merge_candidates, thresholds_from_candidates, candidate_count
+    from netdissect.quantile import candidate_count, load_thresholds, merge_candidates, thresholds_from_candidates
 
     dirs = shard_dirs_of(shard_dirs)
     metas = sorted(((load_meta(d), d) for d in dirs), key=lambda md: md[0]["start"])
@@ -64,17 +99,25 @@ def quantile(shard_dirs: Sequence[str | Path], layer: str, out: str | Path, *, q
     expected = 0
     for meta, d in metas:
         other = layer_meta(meta, layer, d)
-        if (other["units"], other["height"], other["width"]) != (info["units"], info["height"], info["width"]) \
-                or meta["model"] != first["model"] or meta["weights_sha256"] != first["weights_sha256"]:
-            raise NetDissectError(f"{d}: layer {layer} or model differs from {first_dir}; all shards must come "
-                                  f"from one model")
+        if (
+            (other["units"], other["height"], other["width"]) != (info["units"], info["height"], info["width"])
+            or meta["model"] != first["model"]
+            or meta["weights_sha256"] != first["weights_sha256"]
+        ):
+            raise NetDissectError(
+                f"{d}: layer {layer} or model differs from {first_dir}; all shards must come from one model"
+            )
         if meta["start"] != expected:
-            raise NetDissectError(f"{d}: covers rows [{meta['start']}, {meta['stop']}) but rows must continue at "
-                                  f"{expected}; a shard is missing or given twice")
+            raise NetDissectError(
+                f"{d}: covers rows [{meta['start']}, {meta['stop']}) but rows must continue at "
+                f"{expected}; a shard is missing or given twice"
+            )
         expected = meta["stop"]
     if expected != first["num_images"]:
-        raise NetDissectError(f"the shards cover rows [0, {expected}) of {first['num_images']}; give every shard "
-                              f"(missing: from row {expected})")
+        raise NetDissectError(
+            f"the shards cover rows [0, {expected}) of {first['num_images']}; give every shard "
+            f"(missing: from row {expected})"
+        )
     if thresholds_file is not None:
         thresholds = load_thresholds(thresholds_file, info["units"], layer)
     else:
@@ -85,17 +128,34 @@ def quantile(shard_dirs: Sequence[str | Path], layer: str, out: str | Path, *, q
     imgmax = np.concatenate([np.load(Path(d) / f"{layer}.imgmax.npy") for _, d in metas], axis=0)
     out = Path(out)
     save_npy(out / "imgmax.npy", imgmax)
-    save_json(out / "thresholds.json", {"layer": layer, "quantile": None if thresholds_file else q,
-                                        "thresholds_file": str(thresholds_file) if thresholds_file else None,
-                                        "units": info["units"]})
+    save_json(
+        out / "thresholds.json",
+        {
+            "layer": layer,
+            "quantile": None if thresholds_file else q,
+            "thresholds_file": str(thresholds_file) if thresholds_file else None,
+            "units": info["units"],
+        },
+    )
     save_npy(out / "thresholds.npy", thresholds)
     return thresholds
 
 
-def tally(dataset: str | Path, shard_dir: str | Path, layer: str, thresholds_path: str | Path, out: str | Path,
-          *, union: str = "paper", categories: Sequence[str] | None = None, device: str = "cpu",
-          batch_size: int = 50, workers: int = 0, progress: bool = True, labels: str | Path | None = None
-          ) -> dict[str, np.ndarray]:
+def tally(
+    dataset: str | Path,
+    shard_dir: str | Path,
+    layer: str,
+    thresholds_path: str | Path,
+    out: str | Path,
+    *,
+    union: str = "paper",
+    categories: Sequence[str] | None = None,
+    device: str = "cpu",
+    batch_size: int = 50,
+    workers: int = 0,
+    progress: bool = True,
+    labels: str | Path | None = None,
+) -> dict[str, np.ndarray]:
     """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz). The
     labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs."""
     from netdissect.extract import layer_meta, load_meta
@@ -106,9 +166,11 @@ def tally(dataset: str | Path, shard_dir: str | Path, layer: str, thresholds_pat
     info = layer_meta(meta, layer, shard_dir)
     ds = open_dataset(dataset, categories, images=False, labels=labels is None)
     if len(ds) != meta["num_images"] or ds.fingerprint() != meta["dataset_fingerprint"]:
-        raise NetDissectError(f"{shard_dir} was extracted from a different dataset ({meta['dataset']}, "
-                              f"{meta['num_images']} images) than {dataset} ({len(ds)} images); tally with the "
-                              f"dataset the activations came from")
+        raise NetDissectError(
+            f"{shard_dir} was extracted from a different dataset ({meta['dataset']}, "
+            f"{meta['num_images']} images) than {dataset} ({len(ds)} images); tally with the "
+            f"dataset the activations came from"
+        )
     thresholds = load_thresholds(thresholds_path, info["units"], layer)
     imgmax = np.load(Path(shard_dir) / f"{layer}.imgmax.npy")
     packed = None
@@ -116,17 +178,40 @@ def tally(dataset: str | Path, shard_dir: str | Path, layer: str, thresholds_pat
         from netdissect.broden.pack import PackedLabels
 
         packed = PackedLabels(labels, ds)
-    counts = tally_shard(ds, Path(shard_dir) / f"{layer}.act.npy", imgmax, thresholds, meta["start"], meta["stop"],
-                         union=union, batch_size=batch_size, workers=workers, device=device, progress=progress,
-                         layer=layer, labels=packed)
+    counts = tally_shard(
+        ds,
+        Path(shard_dir) / f"{layer}.act.npy",
+        imgmax,
+        thresholds,
+        meta["start"],
+        meta["stop"],
+        union=union,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
+        layer=layer,
+        labels=packed,
+    )
     source_path = Path(thresholds_path).with_suffix(".json")
     source = json.loads(source_path.read_text()) if source_path.is_file() else {}
-    settings = {"layer": layer, "quantile": source.get("quantile"),
-                "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
-                "union": union, "upsample": "bilinear", "categories": list(ds.categories),
-                "model": meta["model"], "weights": meta["weights"], "weights_sha256": meta["weights_sha256"],
-                "mean": meta["mean"], "std": meta["std"], "dtype": meta["dtype"], "dataset": str(dataset),
-                "dataset_fingerprint": meta["dataset_fingerprint"], "dataset_images": meta["num_images"]}
+    settings = {
+        "layer": layer,
+        "quantile": source.get("quantile"),
+        "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
+        "union": union,
+        "upsample": "bilinear",
+        "categories": list(ds.categories),
+        "model": meta["model"],
+        "weights": meta["weights"],
+        "weights_sha256": meta["weights_sha256"],
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "dtype": meta["dtype"],
+        "dataset": str(dataset),
+        "dataset_fingerprint": meta["dataset_fingerprint"],
+        "dataset_images": meta["num_images"],
+    }
     save_counts(out, counts, thresholds, imgmax, meta["start"], meta["stop"], settings)
     return counts
 
@@ -136,13 +221,15 @@ def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     from netdissect.tally import load_counts, merge_counts, save_counts
 
     merged = merge_counts([load_counts(p) for p in inputs], [str(p) for p in inputs])
-    save_counts(out, merged, merged["thresholds"], merged["imgmax"], merged["start"], merged["stop"],
-                merged["settings"])
+    save_counts(
+        out, merged, merged["thresholds"], merged["imgmax"], merged["start"], merged["stop"], merged["settings"]
+    )
     return merged
 
 
-def score(counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_threshold: float = 0.04
-          ) -> dict[str, Any]:
+def score(
+    counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_threshold: float = 0.04
+) -> dict[str, Any]:
     """Stage 5: result.csv and summary.json from a counts file."""
     from netdissect.score import write_scores
     from netdissect.tally import load_counts
@@ -150,33 +237,78 @@ def score(counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_
     counts = load_counts(counts_path)
     ds = open_dataset(dataset, counts["settings"].get("categories"), images=False, labels=False)
     if counts["settings"].get("dataset_fingerprint") not in (None, ds.fingerprint()):
-        raise NetDissectError(f"{counts_path} was counted on another dataset than {dataset} (fingerprints "
-                              f"differ); score with the dataset the counts came from")
+        raise NetDissectError(
+            f"{counts_path} was counted on another dataset than {dataset} (fingerprints "
+            f"differ); score with the dataset the counts came from"
+        )
     return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold)
 
 
-def dissect(dataset: str | Path, model_spec: str, layers: Sequence[str], out: str | Path, *,
-            weights: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-            q: float = 0.005, thresholds_file: str | None = None, union: str = "paper",
-            iou_threshold: float = 0.04, batch_size: int = 32, workers: int = 0, device: str = "cpu",
-            categories: Sequence[str] | None = None, dtype: str = "float32", progress: bool = True,
-            labels: str | Path | None = None) -> dict[str, dict[str, Any]]:
+def dissect(
+    dataset: str | Path,
+    model_spec: str,
+    layers: Sequence[str],
+    out: str | Path,
+    *,
+    weights: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    q: float = 0.005,
+    thresholds_file: str | None = None,
+    union: str = "paper",
+    iou_threshold: float = 0.04,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "cpu",
+    categories: Sequence[str] | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+    labels: str | Path | None = None,
+) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy, imgmax.npy,
     counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
-        raise NetDissectError(f"--thresholds {thresholds_file}: several layers were given, so the file name must "
-                              f"contain {{layer}} (e.g. runs/old/{{layer}}/thresholds.npy)")
+        raise NetDissectError(
+            f"--thresholds {thresholds_file}: several layers were given, so the file name must "
+            f"contain {{layer}} (e.g. runs/old/{{layer}}/thresholds.npy)"
+        )
     out = Path(out)
     shard_dir = out / "shards" / "0"
-    extract(dataset, model_spec, layers, 0, 1, shard_dir, weights=weights, mean=mean, std=std,
-            batch_size=batch_size, workers=workers, device=device, dtype=dtype, quantile=q, progress=progress)
+    extract(
+        dataset,
+        model_spec,
+        layers,
+        0,
+        1,
+        shard_dir,
+        weights=weights,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        dtype=dtype,
+        quantile=q,
+        progress=progress,
+    )
     summaries = {}
     for layer in layers:
         layer_dir = out / layer
         file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
         quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
-        tally(dataset, shard_dir, layer, layer_dir / "thresholds.npy", layer_dir / "counts.npz", union=union,
-              categories=categories, device=device, batch_size=max(batch_size, 50), workers=workers,
-              progress=progress, labels=labels)
+        tally(
+            dataset,
+            shard_dir,
+            layer,
+            layer_dir / "thresholds.npy",
+            layer_dir / "counts.npz",
+            union=union,
+            categories=categories,
+            device=device,
+            batch_size=max(batch_size, 50),
+            workers=workers,
+            progress=progress,
+            labels=labels,
+        )
         summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
     return summaries

@@ -24,8 +24,8 @@ Candidates files (``{layer}.topk.npy``) hold (U, k_shard) float32, each row sort
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -85,8 +85,10 @@ def merge_candidates(parts: Iterable[np.ndarray], k: int) -> np.ndarray:
     merged: np.ndarray | None = None
     for part in parts:
         if merged is not None and part.shape[0] != merged.shape[0]:
-            raise NetDissectError(f"candidate arrays disagree on the number of units: {merged.shape[0]} vs "
-                                  f"{part.shape[0]}; were the shards extracted from the same model and layer?")
+            raise NetDissectError(
+                f"candidate arrays disagree on the number of units: {merged.shape[0]} vs "
+                f"{part.shape[0]}; were the shards extracted from the same model and layer?"
+            )
         both = part if merged is None else np.concatenate([merged, part], axis=1)
         kk = min(k, both.shape[1])
         top = torch.topk(torch.from_numpy(np.ascontiguousarray(both)), kk, dim=1, sorted=True).values
@@ -100,18 +102,20 @@ def thresholds_from_candidates(candidates: np.ndarray, num_values: int, q: float
     """Per-unit ``numpy.quantile(all values, 1 - q)`` from the top candidates (rows descending), float64."""
     k = candidate_count(num_values, q)
     if candidates.shape[1] < k:
-        raise NetDissectError(f"the shards kept {candidates.shape[1]} candidates per unit but the quantile "
-                              f"1 - {q} over {num_values} values needs {k}; re-run extract with --quantile {q} "
-                              f"(or a larger q)")
+        raise NetDissectError(
+            f"the shards kept {candidates.shape[1]} candidates per unit but the quantile "
+            f"1 - {q} over {num_values} values needs {k}; re-run extract with --quantile {q} "
+            f"(or a larger q)"
+        )
     desc = candidates.astype(np.float64)
     virtual = (num_values - 1) * (1.0 - q)
     if virtual >= num_values - 1:
         return desc[:, 0].copy()
     lo = math.floor(virtual)
     gamma = virtual - lo
-    a = desc[:, num_values - 1 - lo]      # ascending order statistic lo
-    b = desc[:, num_values - 2 - lo]      # ascending order statistic lo + 1
-    diff = b - a                           # numpy's _lerp, exactly
+    a = desc[:, num_values - 1 - lo]  # ascending order statistic lo
+    b = desc[:, num_values - 2 - lo]  # ascending order statistic lo + 1
+    diff = b - a  # numpy's _lerp, exactly
     return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
@@ -125,11 +129,15 @@ def load_thresholds(path: str | Path, units: int, layer: str) -> np.ndarray:
         raise NetDissectError(f"--thresholds {path}: not a .npy array ({err})") from None
     t = np.asarray(t)
     if t.ndim != 1 or t.shape[0] != units or not np.issubdtype(t.dtype, np.number):
-        raise NetDissectError(f"--thresholds {path}: expected {units} numbers (one per unit of layer {layer}), "
-                              f"found an array of shape {t.shape} and type {t.dtype}; give the thresholds.npy "
-                              f"of the same model and layer")
+        raise NetDissectError(
+            f"--thresholds {path}: expected {units} numbers (one per unit of layer {layer}), "
+            f"found an array of shape {t.shape} and type {t.dtype}; give the thresholds.npy "
+            f"of the same model and layer"
+        )
     t = t.astype(np.float64)
     if not np.isfinite(t).all():
-        raise NetDissectError(f"--thresholds {path}: unit {int(np.flatnonzero(~np.isfinite(t))[0])} has a "
-                              f"non-finite threshold; thresholds must be finite numbers")
+        raise NetDissectError(
+            f"--thresholds {path}: unit {int(np.flatnonzero(~np.isfinite(t))[0])} has a "
+            f"non-finite threshold; thresholds must be finite numbers"
+        )
     return t

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,13 +25,13 @@ IOU_EPS = 1e-10
 class Scores:
     """Per-unit results of one layer. U units, L labels, K categories."""
 
-    iou: np.ndarray          # (U, L) float64; 0 for labels without a primary category and label 0
-    best_label: np.ndarray   # (U, K) int64, best label of each category, 0 = empty
-    best_iou: np.ndarray     # (U, K) float64
-    category: np.ndarray     # (U,) int64, index of the unit's category
-    label: np.ndarray        # (U,) int64, the unit's label (0 = empty)
-    score: np.ndarray        # (U,) float64, IoU of that label
-    detector: np.ndarray     # (U,) bool, score >= iou_threshold
+    iou: np.ndarray  # (U, L) float64; 0 for labels without a primary category and label 0
+    best_label: np.ndarray  # (U, K) int64, best label of each category, 0 = empty
+    best_iou: np.ndarray  # (U, K) float64
+    category: np.ndarray  # (U,) int64, index of the unit's category
+    label: np.ndarray  # (U,) int64, the unit's label (0 = empty)
+    score: np.ndarray  # (U,) float64, IoU of that label
+    detector: np.ndarray  # (U,) bool, score >= iou_threshold
     iou_threshold: float
 
 
@@ -43,22 +44,31 @@ def iou(G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray) -> np.
     return np.where(scorable[None, :], I / union, 0.0)
 
 
-def score_units(G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray,
-                iou_threshold: float = 0.04) -> Scores:
+def score_units(
+    G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray, iou_threshold: float = 0.04
+) -> Scores:
     """Labels, scores and detectors of every unit (spec §5)."""
     primary = np.asarray(primary, dtype=np.int64)
     num_categories = C.shape[1]
     values = iou(G, I, C, primary)
-    in_cat = primary[None, :] == np.arange(num_categories)[:, None]              # (K, L)
-    per_cat = np.where(in_cat[None], values[:, None, :], -1.0)                   # (U, K, L)
-    best_label = per_cat.argmax(axis=2)                                          # ties: lowest label
+    in_cat = primary[None, :] == np.arange(num_categories)[:, None]  # (K, L)
+    per_cat = np.where(in_cat[None], values[:, None, :], -1.0)  # (U, K, L)
+    best_label = per_cat.argmax(axis=2)  # ties: lowest label
     best_iou = np.take_along_axis(values, best_label, axis=1) * (per_cat.max(axis=2) >= 0)
     best_label = np.where(best_iou > 0, best_label, 0)
-    category = best_iou.argmax(axis=1)                                           # ties: earlier category
+    category = best_iou.argmax(axis=1)  # ties: earlier category
     score = best_iou[np.arange(len(category)), category]
     label = best_label[np.arange(len(category)), category]
-    return Scores(iou=values, best_label=best_label, best_iou=best_iou, category=category, label=label,
-                  score=score, detector=score >= iou_threshold, iou_threshold=iou_threshold)
+    return Scores(
+        iou=values,
+        best_label=best_label,
+        best_iou=best_iou,
+        category=category,
+        label=label,
+        score=score,
+        detector=score >= iou_threshold,
+        iou_threshold=iou_threshold,
+    )
 
 
 def unique_top(scores: Scores) -> int:
@@ -75,8 +85,9 @@ def unique_by_category(scores: Scores) -> list[int]:
     return counts
 
 
-def result_csv(scores: Scores, G: np.ndarray, I: np.ndarray, C: np.ndarray, categories: Sequence[str],
-               label_names: Sequence[str]) -> str:
+def result_csv(
+    scores: Scores, G: np.ndarray, I: np.ndarray, C: np.ndarray, categories: Sequence[str], label_names: Sequence[str]
+) -> str:
     """result.csv text (spec §6): header, then one row per unit sorted by score descending (ties: unit)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
@@ -87,8 +98,12 @@ def result_csv(scores: Scores, G: np.ndarray, I: np.ndarray, C: np.ndarray, cate
     order = np.argsort(-scores.score, kind="stable")
     for u in order:
         lab = int(scores.label[u])
-        row: list[Any] = [u + 1, categories[int(scores.category[u])], label_names[lab] if lab else "",
-                          repr(float(scores.score[u]))]
+        row: list[Any] = [
+            u + 1,
+            categories[int(scores.category[u])],
+            label_names[lab] if lab else "",
+            repr(float(scores.score[u])),
+        ]
         for c in range(len(categories)):
             l = int(scores.best_label[u, c])
             if l:
@@ -99,16 +114,19 @@ def result_csv(scores: Scores, G: np.ndarray, I: np.ndarray, C: np.ndarray, cate
     return out.getvalue()
 
 
-def summary(scores: Scores, categories: Sequence[str], label_names: Sequence[str],
-            settings: dict[str, Any], num_images: int) -> dict[str, Any]:
+def summary(
+    scores: Scores, categories: Sequence[str], label_names: Sequence[str], settings: dict[str, Any], num_images: int
+) -> dict[str, Any]:
     """summary.json content: units, detectors, both unique counts, per-category counts, settings."""
     by_cat = unique_by_category(scores)
     per_category = {}
     for c, name in enumerate(categories):
         det = scores.detector & (scores.category == c) & (scores.label > 0)
-        per_category[name] = {"detectors": int(det.sum()),
-                              "unique_top": int(np.unique(scores.label[det]).size),
-                              "unique_by_category": by_cat[c]}
+        per_category[name] = {
+            "detectors": int(det.sum()),
+            "unique_top": int(np.unique(scores.label[det]).size),
+            "unique_by_category": by_cat[c],
+        }
     return {
         "layer": settings.get("layer"),
         "units": int(scores.score.size),
@@ -119,21 +137,32 @@ def summary(scores: Scores, categories: Sequence[str], label_names: Sequence[str
         "per_category": per_category,
         "num_images": num_images,
         "settings": settings,
-        "fingerprints": {"dataset": settings.get("dataset_fingerprint"), "model": settings.get("model"),
-                         "weights_sha256": settings.get("weights_sha256")},
+        "fingerprints": {
+            "dataset": settings.get("dataset_fingerprint"),
+            "model": settings.get("model"),
+            "weights_sha256": settings.get("weights_sha256"),
+        },
     }
 
 
-def write_scores(out_dir: str | Path, counts: dict[str, Any], categories: Sequence[str],
-                 label_names: Sequence[str], primary: np.ndarray, iou_threshold: float = 0.04) -> dict[str, Any]:
+def write_scores(
+    out_dir: str | Path,
+    counts: dict[str, Any],
+    categories: Sequence[str],
+    label_names: Sequence[str],
+    primary: np.ndarray,
+    iou_threshold: float = 0.04,
+) -> dict[str, Any]:
     """Score a counts dict and write ``result.csv`` and ``summary.json`` into ``out_dir``; returns the summary."""
     if not iou_threshold >= 0:
         raise NetDissectError(f"--iou-threshold {iou_threshold}: expected a number >= 0")
     G, I, C = counts["G"], counts["I"], counts["C"]
     if len(label_names) != G.shape[0] or len(categories) != C.shape[1]:
-        raise NetDissectError(f"the counts have {G.shape[0]} labels and {C.shape[1]} categories, the dataset "
-                              f"{len(label_names)} labels and {len(categories)} categories; score with the "
-                              f"dataset (and --categories) the counts were made from")
+        raise NetDissectError(
+            f"the counts have {G.shape[0]} labels and {C.shape[1]} categories, the dataset "
+            f"{len(label_names)} labels and {len(categories)} categories; score with the "
+            f"dataset (and --categories) the counts were made from"
+        )
     scores = score_units(G, I, C, primary, iou_threshold)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "result.csv", result_csv(scores, G, I, C, categories, label_names))

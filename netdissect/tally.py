@@ -54,10 +54,11 @@ import functools
 import itertools
 import json
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,8 +70,9 @@ COUNTS_VERSION = 1
 UNIONS = ("paper", "lite")
 
 
-def pad_labels(pixel_labels: Sequence[torch.Tensor], image_labels: Sequence[torch.Tensor]
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_labels(
+    pixel_labels: Sequence[torch.Tensor], image_labels: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack per-image label data: (B, K, sh, sw) int32 pixel layers, padded with 0-layers to the
     largest K; (B, J) int64 image-level labels, de-duplicated per image and padded with 0 (label 0 is
     never counted)."""
@@ -81,16 +83,19 @@ def pad_labels(pixel_labels: Sequence[torch.Tensor], image_labels: Sequence[torc
     else:
         layers = torch.zeros((len(pixel_labels), kmax, sh, sw), dtype=torch.int32)
         for b, p in enumerate(pixel_labels):
-            layers[b, :p.shape[0]] = p
-    uniq = [sorted(set(j.tolist()) - {0}) for j in image_labels]          # a few labels per image
+            layers[b, : p.shape[0]] = p
+    uniq = [sorted(set(j.tolist()) - {0}) for j in image_labels]  # a few labels per image
     jmax = max([len(u) for u in uniq] + [0])
     img = torch.tensor([u + [0] * (jmax - len(u)) for u in uniq], dtype=torch.int64).reshape(len(uniq), jmax)
     return layers, img
 
 
-def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels: int,
-                   label_pixels: Sequence[tuple[torch.Tensor, torch.Tensor] | None] = ()
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def label_presence(
+    layers: torch.Tensor,
+    image_labels: torch.Tensor,
+    num_labels: int,
+    label_pixels: Sequence[tuple[torch.Tensor, torch.Tensor] | None] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: pixel counts of every label over all pixel layers (B, L) int64, and image-level
     membership (B, L) int64 (1 where the image has the label as an image-level label). The pixel
     counts come from ``label_pixels`` (per image: labels and counts, as packed labels give them)
@@ -102,8 +107,9 @@ def label_presence(layers: torch.Tensor, image_labels: torch.Tensor, num_labels:
         pixels = torch.zeros(b * num_labels, dtype=torch.int64).index_add_(0, rows * num_labels + labels, counts)
         pixels = pixels.reshape(b, num_labels).to(layers.device)
     else:
-        pixels = count_pairs(torch.arange(b, device=layers.device), num_labels, layers.reshape(b, -1),
-                             b * num_labels).reshape(b, num_labels)
+        pixels = count_pairs(
+            torch.arange(b, device=layers.device), num_labels, layers.reshape(b, -1), b * num_labels
+        ).reshape(b, num_labels)
     member = torch.zeros((b, num_labels), dtype=torch.int64, device=layers.device)
     member.scatter_(1, image_labels, 1)
     member[:, 0] = 0
@@ -114,14 +120,14 @@ def label_groups(items: list[dict[str, Any]], num_labels: int) -> list[tuple]:
     """Per group of images with the same number of pixel layers and segmentation size (so no 0-layers
     are padded in and counted for nothing): (positions in ``items``, stacked layers and image labels
     (:func:`pad_labels`), their per-image statistics (:func:`label_presence`))."""
-    sizes = [tuple(item["pixel_labels"].shape) for item in items]          # (layers, sh, sw)
+    sizes = [tuple(item["pixel_labels"].shape) for item in items]  # (layers, sh, sw)
     groups = []
     for size in dict.fromkeys(sizes):
         sel = [j for j, s in enumerate(sizes) if s == size]
-        layers, image_labels = pad_labels([items[j]["pixel_labels"] for j in sel],
-                                          [items[j]["image_labels"] for j in sel])
-        pixels, member = label_presence(layers, image_labels, num_labels,
-                                        [items[j].get("label_pixels") for j in sel])
+        layers, image_labels = pad_labels(
+            [items[j]["pixel_labels"] for j in sel], [items[j]["image_labels"] for j in sel]
+        )
+        pixels, member = label_presence(layers, image_labels, num_labels, [items[j].get("label_pixels") for j in sel])
         groups.append((sel, layers, image_labels, pixels, member))
     return groups
 
@@ -134,8 +140,8 @@ def keep_freed_memory() -> None:
     no-op without glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 2**20)                     # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 2**30)                          # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
 
@@ -166,14 +172,14 @@ class AxisCells:
     reads one source only (``i1 = i0``).
     """
 
-    i0: torch.Tensor       # (n,) int64
-    i1: torch.Tensor       # (n,) int64
-    start: torch.Tensor    # (n,) int64
-    size: torch.Tensor     # (n,) int64
-    w: torch.Tensor        # (n, m) float64
-    w1: torch.Tensor       # (n, m) float64
-    end_w: torch.Tensor    # (n, 2) float64: weights of the cell's first and last pixel
-    end_w1: torch.Tensor   # (n, 2) float64
+    i0: torch.Tensor  # (n,) int64
+    i1: torch.Tensor  # (n,) int64
+    start: torch.Tensor  # (n,) int64
+    size: torch.Tensor  # (n,) int64
+    w: torch.Tensor  # (n, m) float64
+    w1: torch.Tensor  # (n, m) float64
+    end_w: torch.Tensor  # (n, 2) float64: weights of the cell's first and last pixel
+    end_w1: torch.Tensor  # (n, 2) float64
 
 
 @functools.lru_cache(maxsize=32)
@@ -186,15 +192,31 @@ def axis_cells(n_in: int, n_out: int, device: str = "cpu") -> AxisCells:
     sizes = np.diff(np.r_[starts, n_out])
     weight = np.full((len(starts), sizes.max()), np.nan)
     for j, (start, size) in enumerate(zip(starts, sizes)):
-        weight[j, :size] = w[start:start + size]
+        weight[j, :size] = w[start : start + size]
     ends = np.stack([w[starts], w[starts + sizes - 1]], axis=1)
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
-    return AxisCells(as_t(i0[starts]), as_t(i1[starts]), as_t(starts), as_t(sizes), as_t(weight),
-                     as_t(1 - weight), as_t(ends), as_t(1 - ends))
+    return AxisCells(
+        as_t(i0[starts]),
+        as_t(i1[starts]),
+        as_t(starts),
+        as_t(sizes),
+        as_t(weight),
+        as_t(1 - weight),
+        as_t(ends),
+        as_t(1 - ends),
+    )
 
 
-def bilinear_at(c00: torch.Tensor, c01: torch.Tensor, c10: torch.Tensor, c11: torch.Tensor, wx: torch.Tensor,
-                wx1: torch.Tensor, wy: torch.Tensor, wy1: torch.Tensor) -> torch.Tensor:
+def bilinear_at(
+    c00: torch.Tensor,
+    c01: torch.Tensor,
+    c10: torch.Tensor,
+    c11: torch.Tensor,
+    wx: torch.Tensor,
+    wx1: torch.Tensor,
+    wy: torch.Tensor,
+    wy1: torch.Tensor,
+) -> torch.Tensor:
     """``(c00·wx1 + c01·wx)·wy1 + (c10·wx1 + c11·wx)·wy``: THE bilinear formula (one rounding order)."""
     return (c00 * wx1 + c01 * wx) * wy1 + (c10 * wx1 + c11 * wx) * wy
 
@@ -203,7 +225,7 @@ def expand_runs(start: torch.Tensor, length: torch.Tensor, *tags: torch.Tensor) 
     """The integers of runs ``start[r], start[r] + 1, ...`` (``length[r]`` of them) in one list,
     followed by each ``tags`` tensor's value of the run of every integer. (On the CPU numpy's
     ``repeat`` does it, about 3× faster than ``torch.repeat_interleave``.)"""
-    first = torch.cumsum(length, 0) - length                                   # list position of each run's start
+    first = torch.cumsum(length, 0) - length  # list position of each run's start
     items = torch.arange(int(length.sum()), device=start.device)
     if start.device.type == "cpu":
         repeat = lambda values: torch.from_numpy(np.repeat(values.numpy(), length.numpy()))
@@ -241,8 +263,9 @@ def nonzero(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return (flat, *reversed(index))
 
 
-def mask_runs(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mask_runs(
+    maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The masks ``bilinear(maps[a]) > thresholds[a]`` at sh×sw, as runs of pixels within rows:
     (map number, flat first pixel, length) per run; every masked pixel is in exactly one run (runs
     may be empty).
@@ -272,7 +295,7 @@ def mask_runs(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
     t_low, t_high = t - margin, t + margin
 
     # 1. cells whose largest corner may exceed the threshold, and their 4 corners
-    row_max = torch.maximum(maps.index_select(1, ys.i0), maps.index_select(1, ys.i1))        # (A, cy, w)
+    row_max = torch.maximum(maps.index_select(1, ys.i0), maps.index_select(1, ys.i1))  # (A, cy, w)
     cell_max = torch.maximum(row_max.index_select(2, xs.i0), row_max.index_select(2, xs.i1))  # (A, cy, cx)
     m, cy, cx = nonzero(cell_max > t_low[:, None, None])
     flat = a.reshape(-1)
@@ -283,40 +306,46 @@ def mask_runs(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
     # 2. the values at both ends of every row of those cells (the formula, its x part once per
     #    cell); rows that may hold mask pixels (padded rows have NaN ends: never), and in each the
     #    run of columns certainly above the threshold and the run of uncertain ones
-    wy, wy1 = pick(ys.w, cy), pick(ys.w1, cy)                                  # (cells, rows)
-    end_w, end_w1 = pick(xs.end_w, cx), pick(xs.end_w1, cx)                    # (cells, 2)
-    ends = [((c00 * end_w1[:, f] + c01 * end_w[:, f])[:, None] * wy1
-             + (c10 * end_w1[:, f] + c11 * end_w[:, f])[:, None] * wy).reshape(-1) for f in (0, 1)]
+    wy, wy1 = pick(ys.w, cy), pick(ys.w1, cy)  # (cells, rows)
+    end_w, end_w1 = pick(xs.end_w, cx), pick(xs.end_w1, cx)  # (cells, 2)
+    ends = [
+        (
+            (c00 * end_w1[:, f] + c01 * end_w[:, f])[:, None] * wy1
+            + (c10 * end_w1[:, f] + c11 * end_w[:, f])[:, None] * wy
+        ).reshape(-1)
+        for f in (0, 1)
+    ]
     rows_per_cell = wy.shape[1]
     k, y = nonzero(torch.maximum(*ends).view(-1, rows_per_cell) > pick(t_low, m)[:, None])
     at = k * rows_per_cell + y
     first, last = pick(ends[0], at), pick(ends[1], at)
     row_map, row_cx = pick(m, k), pick(cx, k)
-    n = pick(xs.size, row_cx)                                                  # pixels in each row
-    cell_base = pick(ys.start, cy) * sw + pick(xs.start, cx)                   # flat pixel of each cell's corner
-    row_base = pick(cell_base, k) + y * sw                                     # and of each row's column 0
-    rising = last >= first                                                     # positions count from the low end
+    n = pick(xs.size, row_cx)  # pixels in each row
+    cell_base = pick(ys.start, cy) * sw + pick(xs.start, cx)  # flat pixel of each cell's corner
+    row_base = pick(cell_base, k) + y * sw  # and of each row's column 0
+    rising = last >= first  # positions count from the low end
     low, rise = torch.minimum(first, last), (last - first).abs()
-    above = first_above(low, rise, n, pick(t_high, row_map))                  # positions [above, n) are inside
-    unsure = first_above(low, rise, n, pick(t_low, row_map))                  # [unsure, above): evaluate
+    above = first_above(low, rise, n, pick(t_high, row_map))  # positions [above, n) are inside
+    unsure = first_above(low, rise, n, pick(t_low, row_map))  # [unsure, above): evaluate
     run_start = row_base + above * rising
 
     # 3. the uncertain pixels, evaluated with the formula: runs of one pixel
-    if not bool((above > unsure).any()):                                       # the usual case
+    if not bool((above > unsure).any()):  # the usual case
         return row_map, run_start, n - above
     (r,) = nonzero(above > unsure)
     col, r = expand_runs(torch.where(rising, unsure, n - above)[r], (above - unsure)[r], r)
     kr, cxr, yr = k[r], row_cx[r], y[r]
-    values = bilinear_at(c00[kr], c01[kr], c10[kr], c11[kr], xs.w[cxr, col], xs.w1[cxr, col],
-                         wy[kr, yr], wy1[kr, yr])
+    values = bilinear_at(c00[kr], c01[kr], c10[kr], c11[kr], xs.w[cxr, col], xs.w1[cxr, col], wy[kr, yr], wy1[kr, yr])
     inside = values > t[row_map[r]]
     r, col = r[inside], col[inside]
-    return (torch.cat([row_map, row_map[r]]), torch.cat([run_start, row_base[r] + col]),
-            torch.cat([n - above, torch.ones_like(r)]))
+    return (
+        torch.cat([row_map, row_map[r]]),
+        torch.cat([run_start, row_base[r] + col]),
+        torch.cat([n - above, torch.ones_like(r)]),
+    )
 
 
-def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_pixels(maps: torch.Tensor, thresholds: torch.Tensor, sh: int, sw: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixels of the masks ``bilinear(maps[a]) > thresholds[a]`` at sh×sw, as (map number, flat
     pixel), from :func:`mask_runs`."""
     run_map, start, length = mask_runs(maps, thresholds, sh, sw)
@@ -332,10 +361,17 @@ def count_pairs(rows: torch.Tensor, width: int, columns: torch.Tensor, bins: int
     return torch.bincount(keys.reshape(-1), minlength=bins)
 
 
-def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tensor, layers: torch.Tensor,
-                image_labels: torch.Tensor, primary: torch.Tensor, num_categories: int, union: str = "paper",
-                presence: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tally_batch(
+    acts: torch.Tensor,
+    imgmax: torch.Tensor,
+    thresholds: torch.Tensor,
+    layers: torch.Tensor,
+    image_labels: torch.Tensor,
+    primary: torch.Tensor,
+    num_categories: int,
+    union: str = "paper",
+    presence: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Counts of spec §4 for one batch of images of one segmentation size.
 
     Args:
@@ -358,7 +394,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     num_labels = primary.shape[0]
     k, sh, sw = layers.shape[1:]
     pixels_per_image = sh * sw
-    cat1 = primary + 1                                       # category + 1; 0 = none
+    cat1 = primary + 1  # category + 1; 0 = none
     pixels, member = presence if presence is not None else label_presence(layers, image_labels, num_labels)
     area = pixels.sum(0) + member.sum(0) * pixels_per_image
     area[0] = 0
@@ -378,8 +414,9 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     # labels sit pixels_per_image apart); index_add_ costs the same for any number of units x labels
     key_dtype = torch.int32 if units * num_labels < 2**31 else torch.int64
     tags = [pick((unit_idx * num_labels).to(key_dtype), run_pair)] + ([run_pair] if union == "lite" else [])
-    at, unit_key, *pixel_pair = expand_runs(pick(img_idx, run_pair) * (k * pixels_per_image) + run_start,
-                                            run_length, *tags)
+    at, unit_key, *pixel_pair = expand_runs(
+        pick(img_idx, run_pair) * (k * pixels_per_image) + run_start, run_length, *tags
+    )
     ones = torch.ones(1, dtype=torch.int64, device=device).expand(at.numel())
     flat_layers = layers.reshape(-1)
     if union == "lite":
@@ -389,7 +426,7 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
     for j in range(k):
         labels_j = flat_layers.take(at + j * pixels_per_image)
         inter.index_add_(0, unit_key + labels_j.to(key_dtype), ones)
-        if union == "lite":                                                    # categories each mask touches
+        if union == "lite":  # categories each mask touches
             pair_cat.index_add_(0, pair_key + pick(cat1_of, labels_j), ones)
     # image-level labels: |M| for each (unit, label of the image)
     if image_labels.shape[1]:
@@ -400,10 +437,10 @@ def tally_batch(acts: torch.Tensor, imgmax: torch.Tensor, thresholds: torch.Tens
 
     # category-restricted activation
     if union == "paper":
-        present = (pixels > 0) | (member > 0)                                  # (B, L)
+        present = (pixels > 0) | (member > 0)  # (B, L)
         has = torch.zeros((b, num_categories + 1), dtype=torch.int64, device=device)
         has.index_add_(1, cat1, present.to(torch.int64))
-        hit = pick(has, img_idx)[:, 1:] > 0                                    # (A, K)
+        hit = pick(has, img_idx)[:, 1:] > 0  # (A, K)
     else:
         hit = pair_cat.reshape(-1, num_categories + 1)[:, 1:] > 0
         img_cat = torch.zeros((b, num_categories + 1), dtype=torch.int64, device=device)
@@ -424,8 +461,17 @@ class ShardBatches(torch.utils.data.Dataset):
     ``{layer}.act.npy`` whose row 0 is dataset row ``start``, ``imgmax`` its (stop - start, U) maxima.
     """
 
-    def __init__(self, labels: Any, num_labels: int, act_path: str | Path, imgmax: np.ndarray, start: int,
-                 stop: int, batch_size: int, counter: "BatchCounter | None" = None):
+    def __init__(
+        self,
+        labels: Any,
+        num_labels: int,
+        act_path: str | Path,
+        imgmax: np.ndarray,
+        start: int,
+        stop: int,
+        batch_size: int,
+        counter: BatchCounter | None = None,
+    ):
         self.labels, self.num_labels, self.act_path, self.imgmax = labels, num_labels, act_path, imgmax
         self.start, self.stop, self.batch_size, self.counter = start, stop, batch_size, counter
 
@@ -437,17 +483,21 @@ class ShardBatches(torch.utils.data.Dataset):
 
         local = np.arange(j * self.batch_size, min((j + 1) * self.batch_size, self.stop - self.start))
         items = [self.labels[self.start + int(r)] for r in local]
-        batch = {"rows": len(local), "groups": label_groups(items, self.num_labels),
-                 "acts": torch.from_numpy(read_npy_rows(self.act_path, local).astype(np.float32, copy=False)),
-                 "imgmax": torch.from_numpy(self.imgmax[local])}
+        batch = {
+            "rows": len(local),
+            "groups": label_groups(items, self.num_labels),
+            "acts": torch.from_numpy(read_npy_rows(self.act_path, local).astype(np.float32, copy=False)),
+            "imgmax": torch.from_numpy(self.imgmax[local]),
+        }
         return self.counter(batch) if self.counter is not None else batch
 
 
 class BatchCounter:
     """Counts G, I, C of one :class:`ShardBatches` batch, summed over its label groups, on ``device``."""
 
-    def __init__(self, thresholds: np.ndarray, primary: np.ndarray, num_categories: int, union: str,
-                 device: str = "cpu"):
+    def __init__(
+        self, thresholds: np.ndarray, primary: np.ndarray, num_categories: int, union: str, device: str = "cpu"
+    ):
         self.thresholds = torch.from_numpy(np.asarray(thresholds, dtype=np.float64)).to(device)
         self.primary = torch.as_tensor(np.asarray(primary, dtype=np.int64), device=device)
         self.num_categories, self.union, self.device = num_categories, union, device
@@ -456,17 +506,39 @@ class BatchCounter:
         on = lambda x: x.to(self.device, non_blocking=True)
         acts, maxima = on(batch["acts"]), on(batch["imgmax"])
         totals = None
-        for sel, layers, image_labels, pixels, member in batch["groups"]:    # one group per label shape
+        for sel, layers, image_labels, pixels, member in batch["groups"]:  # one group per label shape
             rows = torch.tensor(sel, device=self.device)
-            counts = tally_batch(acts[rows], maxima[rows], self.thresholds, on(layers), on(image_labels),
-                                 self.primary, self.num_categories, self.union, presence=(on(pixels), on(member)))
+            counts = tally_batch(
+                acts[rows],
+                maxima[rows],
+                self.thresholds,
+                on(layers),
+                on(image_labels),
+                self.primary,
+                self.num_categories,
+                self.union,
+                presence=(on(pixels), on(member)),
+            )
             totals = counts if totals is None else [t + c for t, c in zip(totals, counts)]
         return {"rows": batch["rows"], **dict(zip("GIC", totals))}
 
 
-def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: np.ndarray, start: int, stop: int,
-                *, union: str = "paper", batch_size: int = 50, workers: int = 0, device: str = "cpu",
-                progress: bool = True, layer: str = "", labels: Any = None) -> dict[str, np.ndarray]:
+def tally_shard(
+    ds: Any,
+    act_path: str | Path,
+    imgmax: np.ndarray,
+    thresholds: np.ndarray,
+    start: int,
+    stop: int,
+    *,
+    union: str = "paper",
+    batch_size: int = 50,
+    workers: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    layer: str = "",
+    labels: Any = None,
+) -> dict[str, np.ndarray]:
     """Counts G, I, C of rows [start, stop) of ``ds`` (a BrodenDataset, for its tables).
 
     The labels come from ``labels`` (packed labels, :class:`netdissect.broden.pack.PackedLabels`) if
@@ -485,19 +557,31 @@ def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: n
         raise NetDissectError(f"--union {union}: expected one of {', '.join(UNIONS)}")
     units = imgmax.shape[1]
     if thresholds.shape != (units,):
-        raise NetDissectError(f"layer {layer}: {thresholds.shape[0]} thresholds for {units} units; use the "
-                              f"thresholds.npy of this model and layer")
+        raise NetDissectError(
+            f"layer {layer}: {thresholds.shape[0]} thresholds for {units} units; use the "
+            f"thresholds.npy of this model and layer"
+        )
     if batch_size < 1 or workers < 0:
         raise NetDissectError(f"--batch-size {batch_size} / --workers {workers}: expected >= 1 and >= 0")
     keep_freed_memory()
     num_labels, num_categories = ds.num_labels, len(ds.categories)
     counter = BatchCounter(thresholds, ds.primary, num_categories, union, device)
     on_cpu = torch.device(device).type == "cpu"
-    batches = ShardBatches(ds if labels is None else labels, num_labels, act_path, imgmax, start, stop, batch_size,
-                           counter if on_cpu else None)
-    zeros = lambda: {"G": torch.zeros(num_labels, dtype=torch.int64),
-                     "I": torch.zeros((units, num_labels), dtype=torch.int64),
-                     "C": torch.zeros((units, num_categories), dtype=torch.int64)}
+    batches = ShardBatches(
+        ds if labels is None else labels,
+        num_labels,
+        act_path,
+        imgmax,
+        start,
+        stop,
+        batch_size,
+        counter if on_cpu else None,
+    )
+    zeros = lambda: {
+        "G": torch.zeros(num_labels, dtype=torch.int64),
+        "I": torch.zeros((units, num_labels), dtype=torch.int64),
+        "C": torch.zeros((units, num_categories), dtype=torch.int64),
+    }
     bar = tqdm(total=stop - start, desc=f"tally {layer}", unit="img", disable=not progress)
     lock = threading.Lock()
 
@@ -508,8 +592,8 @@ def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: n
             bar.update(counts["rows"])
 
     if on_cpu:
-        next_batch = itertools.count()                       # shared by the threads (atomic under the GIL)
-        failed = threading.Event()                           # one thread's error stops the others
+        next_batch = itertools.count()  # shared by the threads (atomic under the GIL)
+        failed = threading.Event()  # one thread's error stops the others
 
         def count_batches() -> dict[str, torch.Tensor]:
             totals = zeros()
@@ -525,7 +609,7 @@ def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: n
             parts = [count_batches()]
         else:
             threads = torch.get_num_threads()
-            torch.set_num_threads(1)                         # one core per thread
+            torch.set_num_threads(1)  # one core per thread
             try:
                 with ThreadPoolExecutor(workers, thread_name_prefix="tally") as pool:
                     parts = [f.result() for f in [pool.submit(count_batches) for _ in range(workers)]]
@@ -534,9 +618,13 @@ def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: n
     else:
         from netdissect.extract import iterate_batches
 
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
-                                             worker_init_fn=_worker_init if workers else None,
-                                             prefetch_factor=2 if workers else None)
+        loader = torch.utils.data.DataLoader(
+            batches,
+            batch_size=None,
+            num_workers=workers,
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=2 if workers else None,
+        )
         parts = [zeros()]
         for batch in iterate_batches(loader):
             add(parts[0], counter(batch))
@@ -544,14 +632,29 @@ def tally_shard(ds: Any, act_path: str | Path, imgmax: np.ndarray, thresholds: n
     return {key: sum(part[key] for part in parts).numpy() for key in parts[0]}
 
 
-def save_counts(path: str | Path, counts: dict[str, np.ndarray], thresholds: np.ndarray, imgmax: np.ndarray,
-                start: int, stop: int, settings: dict[str, Any]) -> None:
+def save_counts(
+    path: str | Path,
+    counts: dict[str, np.ndarray],
+    thresholds: np.ndarray,
+    imgmax: np.ndarray,
+    start: int,
+    stop: int,
+    settings: dict[str, Any],
+) -> None:
     """Write a counts file (format in the module docstring), atomically."""
-    save_npz(path, format_version=np.int64(COUNTS_VERSION), G=counts["G"].astype(np.int64),
-             I=counts["I"].astype(np.int64), C=counts["C"].astype(np.int64),
-             thresholds=np.asarray(thresholds, np.float64), imgmax=np.asarray(imgmax, np.float32),
-             start=np.int64(start), stop=np.int64(stop), num_images=np.int64(stop - start),
-             settings=np.array(json.dumps(settings, sort_keys=True)))
+    save_npz(
+        path,
+        format_version=np.int64(COUNTS_VERSION),
+        G=counts["G"].astype(np.int64),
+        I=counts["I"].astype(np.int64),
+        C=counts["C"].astype(np.int64),
+        thresholds=np.asarray(thresholds, np.float64),
+        imgmax=np.asarray(imgmax, np.float32),
+        start=np.int64(start),
+        stop=np.int64(stop),
+        num_images=np.int64(stop - start),
+        settings=np.array(json.dumps(settings, sort_keys=True)),
+    )
 
 
 def load_counts(path: str | Path) -> dict[str, Any]:
@@ -564,8 +667,10 @@ def load_counts(path: str | Path) -> dict[str, Any]:
     except Exception as err:
         raise NetDissectError(f"{path}: not a counts file ({err})") from None
     if int(data.get("format_version", -1)) != COUNTS_VERSION:
-        raise NetDissectError(f"{path}: counts format version {data.get('format_version')} (expected "
-                              f"{COUNTS_VERSION}); re-run `netdissect tally`")
+        raise NetDissectError(
+            f"{path}: counts format version {data.get('format_version')} (expected "
+            f"{COUNTS_VERSION}); re-run `netdissect tally`"
+        )
     data["settings"] = json.loads(str(data["settings"]))
     for key in ("start", "stop", "num_images", "format_version"):
         data[key] = int(data[key])
@@ -582,23 +687,38 @@ def merge_counts(parts: Sequence[dict[str, Any]], names: Sequence[str] | None = 
     for k in order:
         p = parts[k]
         if p["settings"] != first["settings"]:
-            diff = sorted(key for key in set(p["settings"]) | set(first["settings"])
-                          if p["settings"].get(key) != first["settings"].get(key))
-            raise NetDissectError(f"merge: {names[k]} was counted with other settings than {names[order[0]]} "
-                                  f"(differs in: {', '.join(diff)}); re-run its tally with the same options")
+            diff = sorted(
+                key
+                for key in set(p["settings"]) | set(first["settings"])
+                if p["settings"].get(key) != first["settings"].get(key)
+            )
+            raise NetDissectError(
+                f"merge: {names[k]} was counted with other settings than {names[order[0]]} "
+                f"(differs in: {', '.join(diff)}); re-run its tally with the same options"
+            )
         if not np.array_equal(p["thresholds"], first["thresholds"]) or p["I"].shape != first["I"].shape:
-            raise NetDissectError(f"merge: {names[k]} used other thresholds or shapes than {names[order[0]]}; "
-                                  f"every shard must be tallied with the same thresholds.npy")
+            raise NetDissectError(
+                f"merge: {names[k]} used other thresholds or shapes than {names[order[0]]}; "
+                f"every shard must be tallied with the same thresholds.npy"
+            )
     expected = 0
     for k in order:
         if parts[k]["start"] != expected:
-            raise NetDissectError(f"merge: {names[k]} covers rows [{parts[k]['start']}, {parts[k]['stop']}) but "
-                                  f"rows must continue at {expected}; a shard is missing or given twice")
+            raise NetDissectError(
+                f"merge: {names[k]} covers rows [{parts[k]['start']}, {parts[k]['stop']}) but "
+                f"rows must continue at {expected}; a shard is missing or given twice"
+            )
         expected = parts[k]["stop"]
     total = first["settings"].get("dataset_images")
     if total is not None and expected != total:
         raise NetDissectError(f"merge: the inputs cover rows [0, {expected}) of {total}; shards are missing")
-    return {"G": sum(p["G"] for p in parts), "I": sum(p["I"] for p in parts), "C": sum(p["C"] for p in parts),
-            "thresholds": first["thresholds"],
-            "imgmax": np.concatenate([parts[k]["imgmax"] for k in order], axis=0),
-            "start": 0, "stop": expected, "settings": first["settings"]}
+    return {
+        "G": sum(p["G"] for p in parts),
+        "I": sum(p["I"] for p in parts),
+        "C": sum(p["C"] for p in parts),
+        "thresholds": first["thresholds"],
+        "imgmax": np.concatenate([parts[k]["imgmax"] for k in order], axis=0),
+        "start": 0,
+        "stop": expected,
+        "settings": first["settings"],
+    }

@@ -6,21 +6,21 @@ rule synth_dataset:
     """A synthetic Broden-format dataset (offline, deterministic)."""
     output:
         "datasets/{dataset}/index.csv",
+    log:
+        "logs/datasets/{dataset}.synth.log",
     wildcard_constraints:
         dataset=datasets_with_source("synth"),
+    conda:
+        "../envs/netdissect.yaml"
+    threads: res("dataset", "threads")
+    resources:
+        mem_mb=res("dataset", "mem_mb"),
+        runtime=res("dataset", "runtime"),
     params:
         out=lambda wc: f"datasets/{wc.dataset}",
         images=lambda wc: synth_entry(wc)["images"],
         size=lambda wc: synth_entry(wc)["size"],
         seed=lambda wc: synth_entry(wc)["seed"],
-    log:
-        "logs/datasets/{dataset}.synth.log",
-    threads: res("dataset", "threads")
-    resources:
-        mem_mb=res("dataset", "mem_mb"),
-        runtime=res("dataset", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
     shell:
         "netdissect synth {params.out} --images {params.images} --size {params.size} --seed {params.seed}"
         " > {log} 2>&1"
@@ -30,20 +30,21 @@ rule download_dataset:
     """A released Broden zip (e.g. broden1_224.zip), fetched, checked and unpacked into datasets/."""
     output:
         "datasets/{dataset}/index.csv",
-    wildcard_constraints:
-        dataset=datasets_with_source("download"),
-    params:
-        url=lambda wc: config["datasets"][wc.dataset]["url"],
-        sha256=lambda wc: (f"--sha256 {config['datasets'][wc.dataset]['sha256']}"
-                           if config["datasets"][wc.dataset]["sha256"] else ""),
     log:
         "logs/datasets/{dataset}.fetch.log",
+    wildcard_constraints:
+        dataset=datasets_with_source("download"),
+    conda:
+        "../envs/netdissect.yaml"
     threads: 1
     resources:
         mem_mb=res("dataset", "mem_mb"),
         runtime=res("dataset", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        url=lambda wc: config["datasets"][wc.dataset]["url"],
+        sha256=lambda wc: (
+            f"--sha256 {config['datasets'][wc.dataset]['sha256']}" if config["datasets"][wc.dataset]["sha256"] else ""
+        ),
     shell:
         "netdissect fetch {params.url} --out datasets/{wildcards.dataset}.zip {params.sha256} --no-progress"
         " --extract datasets/{wildcards.dataset} --strip 1"
@@ -56,16 +57,16 @@ rule check_dataset:
         dataset_index,
     output:
         "results/checks/{dataset}.broden.ok",
-    params:
-        root=dataset_option,
     log:
         "logs/checks/{dataset}.broden.log",
+    conda:
+        "../envs/netdissect.yaml"
     threads: 1
     resources:
         mem_mb=res("dataset", "mem_mb"),
         runtime=res("dataset", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        root=dataset_option,
     shell:
         "netdissect broden check {params.root} > {output} 2> {log}"
 
@@ -76,15 +77,15 @@ rule pack_labels:
         dataset_index,
     output:
         directory("results/{dataset}/labels"),
-    params:
-        root=dataset_option,
     log:
         "logs/{dataset}/pack_labels.log",
+    conda:
+        "../envs/netdissect.yaml"
     threads: res("dataset", "threads")
     resources:
         mem_mb=res("dataset", "mem_mb"),
         runtime=res("dataset", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        root=dataset_option,
     shell:
         "netdissect broden pack-labels {params.root} --out {output} --workers {threads} --no-progress > {log} 2>&1"

@@ -21,20 +21,28 @@ def _check_names():
     """Fail at startup, naming the config key, when a run refers to an undefined dataset or model."""
     for i, run in enumerate(config["runs"]):
         if run["dataset"] not in config["datasets"]:
-            raise ValueError(f"config runs[{i}].dataset: {run['dataset']!r} is not a key of `datasets` "
-                             f"(defined: {', '.join(config['datasets'])})")
+            raise ValueError(
+                f"config runs[{i}].dataset: {run['dataset']!r} is not a key of `datasets` "
+                f"(defined: {', '.join(config['datasets'])})"
+            )
         for model in run["models"]:
             if model not in config["models"]:
-                raise ValueError(f"config runs[{i}].models: {model!r} is not a key of `models` "
-                                 f"(defined: {', '.join(config['models'])})")
+                raise ValueError(
+                    f"config runs[{i}].models: {model!r} is not a key of `models` "
+                    f"(defined: {', '.join(config['models'])})"
+                )
     for name, model in config["models"].items():
         if name == "labels":
-            raise ValueError("config models.labels: the model name 'labels' is reserved (results/<dataset>/labels "
-                             "holds the packed labels); rename the model")
+            raise ValueError(
+                "config models.labels: the model name 'labels' is reserved (results/<dataset>/labels "
+                "holds the packed labels); rename the model"
+            )
         weights = model["weights"]
         if weights["source"] == "train" and weights["dataset"] not in config["datasets"]:
-            raise ValueError(f"config models.{name}.weights.dataset: {weights['dataset']!r} is not a key of "
-                             f"`datasets` (defined: {', '.join(config['datasets'])})")
+            raise ValueError(
+                f"config models.{name}.weights.dataset: {weights['dataset']!r} is not a key of "
+                f"`datasets` (defined: {', '.join(config['datasets'])})"
+            )
 
 
 _check_names()
@@ -174,8 +182,12 @@ SOURCES = config.get("sources", {})
 
 def _downloads(extract):
     """(source, path) -> download entry, for the entries that are (or are not) archives to unpack."""
-    return {(s, d["path"]): d for s, entry in SOURCES.items() for d in entry.get("downloads", [])
-            if d.get("extract", True) == extract}
+    return {
+        (s, d["path"]): d
+        for s, entry in SOURCES.items()
+        for d in entry.get("downloads", [])
+        if d.get("extract", True) == extract
+    }
 
 
 def _path_pattern(extract):
@@ -212,8 +224,10 @@ def regen_inputs(wc):
     paths = []
     for source in regen_entry(wc)["sources"]:
         if source not in SOURCES:
-            raise ValueError(f"config datasets.{wc.dataset}.sources: {source!r} has no entry under `sources` "
-                             f"(defined: {', '.join(SOURCES) or 'none'})")
+            raise ValueError(
+                f"config datasets.{wc.dataset}.sources: {source!r} has no entry under `sources` "
+                f"(defined: {', '.join(SOURCES) or 'none'})"
+            )
         paths += [f"datasets/sources/{source}/{d['path']}" for d in SOURCES[source].get("downloads", [])]
     return paths
 

@@ -10,6 +10,15 @@ rule extract:
         layers=ancient(layers_ok),
     output:
         directory("results/{dataset}/{model}/shards/{k}"),
+    log:
+        "logs/{dataset}/{model}/extract.{k}.log",
+    conda:
+        "../envs/netdissect.yaml"
+    threads: res("extract", "threads")
+    resources:
+        mem_mb=res("extract", "mem_mb"),
+        runtime=res("extract", "runtime"),
+        gpu=res("extract", "gpu"),
     params:
         dataset=dataset_option,
         spec=lambda wc: model_entry(wc)["spec"],
@@ -22,15 +31,6 @@ rule extract:
         device=DISSECT["device"],
         dtype=DISSECT["dtype"],
         quantile=DISSECT["quantile"],
-    log:
-        "logs/{dataset}/{model}/extract.{k}.log",
-    threads: res("extract", "threads")
-    resources:
-        mem_mb=res("extract", "mem_mb"),
-        runtime=res("extract", "runtime"),
-        gpu=res("extract", "gpu"),
-    conda:
-        "../envs/netdissect.yaml"
     shell:
         "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
         " --layers {params.layers} --shard {wildcards.k} --shards {params.shards} --out {output}"
@@ -46,17 +46,17 @@ rule quantile:
     output:
         thresholds="results/{dataset}/{model}/{layer}/thresholds.npy",
         imgmax="results/{dataset}/{model}/{layer}/imgmax.npy",
-    params:
-        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
-        level=quantile_option,
     log:
         "logs/{dataset}/{model}/{layer}/quantile.log",
+    conda:
+        "../envs/netdissect.yaml"
     threads: res("quantile", "threads")
     resources:
         mem_mb=res("quantile", "mem_mb"),
         runtime=res("quantile", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        level=quantile_option,
     shell:
         "netdissect quantile --shards {input.shards} --layer {wildcards.layer} {params.level}"
         " --out {params.out} > {log} 2>&1"
@@ -71,6 +71,15 @@ rule tally:
         labels="results/{dataset}/labels",
     output:
         "results/{dataset}/{model}/{layer}/tally/{k}.npz",
+    log:
+        "logs/{dataset}/{model}/{layer}/tally.{k}.log",
+    conda:
+        "../envs/netdissect.yaml"
+    threads: res("tally", "threads")
+    resources:
+        mem_mb=res("tally", "mem_mb"),
+        runtime=res("tally", "runtime"),
+        gpu=res("tally", "gpu"),
     params:
         dataset=dataset_option,
         union=DISSECT["union"],
@@ -78,15 +87,6 @@ rule tally:
         device=DISSECT["device"],
         batch_size=DISSECT["batch_size"],
         workers=tally_workers,
-    log:
-        "logs/{dataset}/{model}/{layer}/tally.{k}.log",
-    threads: res("tally", "threads")
-    resources:
-        mem_mb=res("tally", "mem_mb"),
-        runtime=res("tally", "runtime"),
-        gpu=res("tally", "gpu"),
-    conda:
-        "../envs/netdissect.yaml"
     shell:
         "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {wildcards.layer}"
         " --thresholds {input.thresholds} --labels {input.labels} --out {output}"
@@ -103,12 +103,12 @@ rule merge:
         "results/{dataset}/{model}/{layer}/counts.npz",
     log:
         "logs/{dataset}/{model}/{layer}/merge.log",
+    conda:
+        "../envs/netdissect.yaml"
     threads: res("light", "threads")
     resources:
         mem_mb=res("light", "mem_mb"),
         runtime=res("light", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
     shell:
         "netdissect merge --inputs {input.tallies} --out {output} > {log} 2>&1"
 
@@ -121,18 +121,18 @@ rule score:
     output:
         result="results/{dataset}/{model}/{layer}/result.csv",
         summary="results/{dataset}/{model}/{layer}/summary.json",
-    params:
-        dataset=dataset_option,
-        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
-        iou=DISSECT["iou_threshold"],
     log:
         "logs/{dataset}/{model}/{layer}/score.log",
+    conda:
+        "../envs/netdissect.yaml"
     threads: res("light", "threads")
     resources:
         mem_mb=res("light", "mem_mb"),
         runtime=res("light", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        dataset=dataset_option,
+        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        iou=DISSECT["iou_threshold"],
     shell:
         "netdissect score --counts {input.counts} --dataset {params.dataset} --out {params.out}"
         " --iou-threshold {params.iou} > {log} 2>&1"

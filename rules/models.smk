@@ -6,18 +6,18 @@ rule check_layers:
     engine's message. Needs no weights, so it runs at the very start."""
     output:
         "results/checks/{model}.layers.ok",
-    params:
-        spec=lambda wc: model_entry(wc)["spec"],
-        layers=layers_option,
     log:
         "logs/checks/{model}.layers.log",
     priority: 100
+    conda:
+        "../envs/netdissect.yaml"
     threads: res("light", "threads")
     resources:
         mem_mb=res("light", "mem_mb"),
         runtime=res("light", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        spec=lambda wc: model_entry(wc)["spec"],
+        layers=layers_option,
     shell:
         "netdissect layers --model {params.spec} --check {params.layers} > {output} 2> {log}"
 
@@ -29,21 +29,21 @@ rule train_demo:
         layers=ancient(layers_ok),
     output:
         "models/{model}.pt",
-    wildcard_constraints:
-        model=models_with_weights("train"),
-    params:
-        dataset=lambda wc: dataset_dir(weights_entry(wc)["dataset"]),
-        epochs=lambda wc: weights_entry(wc)["epochs"],
-        seed=lambda wc: weights_entry(wc)["seed"],
     log:
         "logs/models/{model}.train.log",
+    wildcard_constraints:
+        model=models_with_weights("train"),
+    conda:
+        "../envs/netdissect.yaml"
     threads: res("train", "threads")
     resources:
         mem_mb=res("train", "mem_mb"),
         runtime=res("train", "runtime"),
         gpu=res("train", "gpu"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        dataset=lambda wc: dataset_dir(weights_entry(wc)["dataset"]),
+        epochs=lambda wc: weights_entry(wc)["epochs"],
+        seed=lambda wc: weights_entry(wc)["seed"],
     shell:
         "netdissect train-demo --dataset {params.dataset} --out {output} --epochs {params.epochs}"
         " --seed {params.seed} > {log} 2>&1"
@@ -55,19 +55,19 @@ rule random_weights:
         layers=ancient(layers_ok),
     output:
         "models/{model}.pt",
-    wildcard_constraints:
-        model=models_with_weights("random"),
-    params:
-        spec=lambda wc: model_entry(wc)["spec"],
-        seed=lambda wc: weights_entry(wc)["seed"],
     log:
         "logs/models/{model}.random.log",
+    wildcard_constraints:
+        model=models_with_weights("random"),
+    conda:
+        "../envs/netdissect.yaml"
     threads: res("light", "threads")
     resources:
         mem_mb=res("light", "mem_mb"),
         runtime=res("light", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        spec=lambda wc: model_entry(wc)["spec"],
+        seed=lambda wc: weights_entry(wc)["seed"],
     shell:
         "netdissect random-weights --model {params.spec} --seed {params.seed} --out {output} > {log} 2>&1"
 
@@ -78,18 +78,18 @@ rule download_weights:
         layers=ancient(layers_ok),
     output:
         "models/{model}.pth",
-    wildcard_constraints:
-        model=models_with_weights("download"),
-    params:
-        url=lambda wc: weights_entry(wc)["url"],
-        sha256=lambda wc: f"--sha256 {weights_entry(wc)['sha256']}" if weights_entry(wc)["sha256"] else "",
     log:
         "logs/models/{model}.fetch.log",
+    wildcard_constraints:
+        model=models_with_weights("download"),
+    conda:
+        "../envs/netdissect.yaml"
     threads: 1
     resources:
         mem_mb=res("light", "mem_mb"),
         runtime=res("dataset", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        url=lambda wc: weights_entry(wc)["url"],
+        sha256=lambda wc: f"--sha256 {weights_entry(wc)['sha256']}" if weights_entry(wc)["sha256"] else "",
     shell:
         "netdissect fetch {params.url} --out {output} {params.sha256} --no-progress > {log} 2>&1"

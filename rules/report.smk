@@ -12,19 +12,19 @@ rule report_layer:
         shards=all_shard_dirs,
     output:
         "results/{dataset}/{model}/{layer}/report/index.html",
+    log:
+        "logs/{dataset}/{model}/{layer}/report.log",
+    conda:
+        "../envs/netdissect.yaml"
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
     params:
         dataset=dataset_option,
         layer_dir=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
         out=lambda wc: f"{layer_dir(wc.dataset, wc.model, wc.layer)}/report",
         topk=DISSECT["topk"],
-    log:
-        "logs/{dataset}/{model}/{layer}/report.log",
-    threads: res("report", "threads")
-    resources:
-        mem_mb=res("report", "mem_mb"),
-        runtime=res("report", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
     shell:
         "netdissect report --dataset {params.dataset} --layer-dir {params.layer_dir} --layer {wildcards.layer}"
         " --shards {input.shards} --out {params.out} --topk {params.topk} > {log} 2>&1"
@@ -38,15 +38,15 @@ rule report_summary:
         reports=all_layer_reports(),
     output:
         "results/report/index.html",
-    params:
-        layer_dirs=all_layer_dirs(),
     log:
         "logs/report_all.log",
+    conda:
+        "../envs/netdissect.yaml"
     threads: res("report", "threads")
     resources:
         mem_mb=res("report", "mem_mb"),
         runtime=res("report", "runtime"),
-    conda:
-        "../envs/netdissect.yaml"
+    params:
+        layer_dirs=all_layer_dirs(),
     shell:
         "netdissect report-all --layer-dirs {params.layer_dirs} --out results/report > {log} 2>&1"

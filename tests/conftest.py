@@ -129,6 +129,7 @@ def worked_image(i: int) -> np.ndarray:
 
 def write_worked_example(root: Path) -> Path:
     """Write the §11 example into ``root`` exactly as printed, with CRLF line ends."""
+
     def crlf(name: str, text: str) -> None:
         (root / name).write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
 

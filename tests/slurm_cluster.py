@@ -71,41 +71,43 @@ class SlurmCluster:
         self.node_name = node[0].split("=", 1)[1]
         node = [f"CPUs={self.cpus}" if item.startswith("CPUs=") else item for item in node]
         node = [item for item in node if item.split("=")[0] in ("NodeName", "CPUs", "RealMemory")]
-        self.conf_text = "\n".join([
-            "ClusterName=ndtest",
-            f"SlurmctldHost={self.node_name}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
-            "SlurmUser=root",
-            "SlurmdUser=root",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            f"AuthInfo=socket={self.munge_socket}",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core_Memory",
-            "SlurmdParameters=config_overrides",
-            "MpiDefault=none",
-            "ReturnToService=2",
-            "MinJobAge=86400",
-            "SchedulerType=sched/builtin",
-            "InactiveLimit=0",
-            "KillWait=5",
-            f"StateSaveLocation={r / 'state'}",
-            f"SlurmdSpoolDir={r / 'spool'}",
-            f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / 'slurmd.pid'}",
-            f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
-            "SlurmctldDebug=info",
-            "SlurmdDebug=info",
-            " ".join(node) + " State=UNKNOWN",
-            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
-            "",
-        ])
+        self.conf_text = "\n".join(
+            [
+                "ClusterName=ndtest",
+                f"SlurmctldHost={self.node_name}(127.0.0.1)",
+                f"SlurmctldPort={_free_port()}",
+                f"SlurmdPort={_free_port()}",
+                "SlurmUser=root",
+                "SlurmdUser=root",
+                "AuthType=auth/munge",
+                "CredType=cred/munge",
+                f"AuthInfo=socket={self.munge_socket}",
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "JobAcctGatherType=jobacct_gather/none",
+                "AccountingStorageType=accounting_storage/none",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_Core_Memory",
+                "SlurmdParameters=config_overrides",
+                "MpiDefault=none",
+                "ReturnToService=2",
+                "MinJobAge=86400",
+                "SchedulerType=sched/builtin",
+                "InactiveLimit=0",
+                "KillWait=5",
+                f"StateSaveLocation={r / 'state'}",
+                f"SlurmdSpoolDir={r / 'spool'}",
+                f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+                f"SlurmdPidFile={r / 'slurmd.pid'}",
+                f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
+                f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+                "SlurmctldDebug=info",
+                "SlurmdDebug=info",
+                " ".join(node) + " State=UNKNOWN",
+                "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                "",
+            ]
+        )
         (r / "slurm.conf").write_text(self.conf_text)
         if SYSTEM_CONF.exists():
             self._saved_conf = SYSTEM_CONF.read_bytes()
@@ -116,17 +118,28 @@ class SlurmCluster:
     # -- daemons -------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         log.close()
 
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         """Write the files, start the three daemons and wait until the node accepts jobs."""
         self._write_files()
         m = self.root / "munge"
-        self._spawn("munged", ["munged", "--foreground", "--force", f"--socket={self.munge_socket}",
-                               f"--key-file={m / 'munge.key'}", f"--pid-file={m / 'munged.pid'}",
-                               f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={m / 'munge.key'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--log-file={m / 'munged.log'}",
+                f"--seed-file={m / 'munged.seed'}",
+            ],
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout, "munged did not create its socket")
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(SYSTEM_CONF)])
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(SYSTEM_CONF)])
@@ -134,8 +147,9 @@ class SlurmCluster:
         return self
 
     def _node_idle(self) -> bool:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True,
-                             env=self.env).stdout.strip()
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, env=self.env
+        ).stdout.strip()
         return out.startswith("idle") or out.startswith("mix")
 
     def _wait(self, ready, timeout: float, what: str) -> None:

@@ -30,8 +30,9 @@ def assert_same_items(expected: BrodenDataset, packed: PackedLabels) -> None:
             assert got[key].shape == want[key].shape, (i, key)
             assert torch.equal(got[key], want[key]), (i, key)
         labels, counts = got["label_pixels"]
-        expected_counts = [(int(label), int((layer == label).sum())) for layer in want["pixel_labels"]
-                           for label in torch.unique(layer)]
+        expected_counts = [
+            (int(label), int((layer == label).sum())) for layer in want["pixel_labels"] for label in torch.unique(layer)
+        ]
         assert sorted(zip(labels.tolist(), counts.tolist())) == sorted(expected_counts), i
 
 
@@ -46,8 +47,7 @@ def synth_pack(synth_dataset: Path, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("categories", [None, ["scene", "texture"], ["color", "part", "scene"],
-                                        ["material", "part"]])
+@pytest.mark.parametrize("categories", [None, ["scene", "texture"], ["color", "part", "scene"], ["material", "part"]])
 def test_packed_items_equal_the_readers(synth_dataset: Path, synth_pack: Path, categories: list[str] | None):
     expected = BrodenDataset(synth_dataset, categories, load_images=False)
     if categories == ["scene", "texture"]:
@@ -65,7 +65,7 @@ def test_pack_index_describes_the_pixels(synth_dataset: Path, synth_pack: Path):
         row = 7
         k, sh, sw = z["shape"][row]
         start = z["offset"][row]
-        stack = pixels[start:start + k * sh * sw].reshape(k, sh, sw)
+        stack = pixels[start : start + k * sh * sw].reshape(k, sh, sw)
         assert np.array_equal(stack, ds[row]["pixel_labels"].numpy())
         assert z["layer_start"][-1] == len(z["layer_category"]) == z["shape"][:, 0].sum()
 
@@ -74,13 +74,15 @@ def test_worked_example_with_constant_layers_and_zero_items(broden_example: Path
     """Int items in a pixel category (a constant layer; 0 dropped), several layers of one category,
     several image-level labels: every subset, including ones that keep non-adjacent layers."""
     index = broden_example / "index.csv"
-    text = index.read_bytes().replace(b"8;10,,\r\n", b"8;10,,0;12\r\n", 1)   # dtd row: material "0;12"
+    text = index.read_bytes().replace(b"8;10,,\r\n", b"8;10,,0;12\r\n", 1)  # dtd row: material "0;12"
     text = text.replace(b"pascal/2008_000002_part.png,,,", b"pascal/2008_000002_part.png;0;7,,,", 1)
     index.write_bytes(text)
     pack_labels(broden_example, tmp_path / "labels", workers=0, progress=False)
     for categories in (None, ["material"], ["color", "part"], ["object", "scene", "texture"], ["part", "texture"]):
-        assert_same_items(BrodenDataset(broden_example, categories, load_images=False),
-                          packed(tmp_path / "labels", broden_example, categories))
+        assert_same_items(
+            BrodenDataset(broden_example, categories, load_images=False),
+            packed(tmp_path / "labels", broden_example, categories),
+        )
     dtd = packed(tmp_path / "labels", broden_example, ["material"])[0]["pixel_labels"]
     assert dtd.shape == (1, 4, 4) and bool((dtd == 12).all())
 
@@ -88,7 +90,7 @@ def test_worked_example_with_constant_layers_and_zero_items(broden_example: Path
 def test_dataloader_workers_give_the_same_items(synth_dataset: Path, synth_pack: Path):
     expected = BrodenDataset(synth_dataset, ["color", "object", "scene"], load_images=False)
     labels = packed(synth_pack, synth_dataset, ["color", "object", "scene"])
-    labels[0]                                            # mapped here: must not travel to the workers
+    labels[0]  # mapped here: must not travel to the workers
     seen = 0
     for batch in labels.loader(batch_size=8, workers=2, start=3, stop=29):
         for i, pixel, image in zip(batch["i"].tolist(), batch["pixel_labels"], batch["image_labels"]):
@@ -116,12 +118,12 @@ def test_refusals_name_the_pack_and_the_fix(broden_example: Path, tmp_path: Path
 
     assert "missing" in refusal(broden_example, tmp_path / "nowhere")
 
-    other = _copy(broden_example, tmp_path, "renamed")                  # same rows, another label table
+    other = _copy(broden_example, tmp_path, "renamed")  # same rows, another label table
     label_csv = other / "label.csv"
     label_csv.write_bytes(label_csv.read_bytes().replace(b"22,tree,", b"22,shrub,"))
     assert "another dataset" in refusal(other)
 
-    shorter = _copy(broden_example, tmp_path, "shorter")                # one row fewer
+    shorter = _copy(broden_example, tmp_path, "shorter")  # one row fewer
     lines = (shorter / "index.csv").read_bytes().split(b"\r\n")
     (shorter / "index.csv").write_bytes(b"\r\n".join(lines[:-2] + [b""]))
     assert "holds 4 rows" in refusal(shorter) and "has 3" in refusal(shorter)
@@ -155,10 +157,10 @@ def test_interrupted_pack_leaves_the_old_one(synth_dataset: Path, tmp_path: Path
     monkeypatch.setattr(pack_module, "_reraised", fail_after_one_batch)
     with pytest.raises(RuntimeError):
         pack_labels(synth_dataset, pack, workers=0, progress=False)
-    assert not pack.exists() and list(tmp_path.iterdir()) == []           # nothing half-written is left
+    assert not pack.exists() and list(tmp_path.iterdir()) == []  # nothing half-written is left
 
     monkeypatch.setattr(pack_module, "_reraised", original)
-    small = _copy(synth_dataset, tmp_path, "small")                     # pack of another dataset first
+    small = _copy(synth_dataset, tmp_path, "small")  # pack of another dataset first
     lines = (small / "index.csv").read_bytes().split(b"\r\n")
     (small / "index.csv").write_bytes(b"\r\n".join(lines[:11] + [b""]))
     pack_labels(small, pack, workers=0, progress=False)
@@ -166,20 +168,21 @@ def test_interrupted_pack_leaves_the_old_one(synth_dataset: Path, tmp_path: Path
 
     monkeypatch.setattr(pack_module, "_reraised", fail_after_one_batch)
     with pytest.raises(RuntimeError):
-        pack_labels(synth_dataset, pack, workers=0, progress=False)      # over it: fails, old pack stays
+        pack_labels(synth_dataset, pack, workers=0, progress=False)  # over it: fails, old pack stays
     assert (pack / "pixels.npy").read_bytes() == before
     assert len(packed(pack, small)) == 10
 
     monkeypatch.setattr(pack_module, "_reraised", original)
-    pack_labels(synth_dataset, pack, workers=0, progress=False)          # over it: succeeds, replaced
+    pack_labels(synth_dataset, pack, workers=0, progress=False)  # over it: succeeds, replaced
     assert_same_items(BrodenDataset(synth_dataset, load_images=False), packed(pack, synth_dataset))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "small"]
 
 
 def test_cli_packs_and_reports(broden_example: Path, tmp_path: Path, capsys):
     out = tmp_path / "labels"
-    assert main(["broden", "pack-labels", str(broden_example), "--out", str(out), "--workers", "0",
-                 "--no-progress"]) == 0
+    assert (
+        main(["broden", "pack-labels", str(broden_example), "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "wrote 4 images, 10 label layers" in printed and "images/s" in printed
     assert_same_items(BrodenDataset(broden_example, load_images=False), packed(out, broden_example))
@@ -190,8 +193,21 @@ def test_cli_keeps_the_readers_message_for_a_bad_png(broden_example: Path, tmp_p
     png = broden_example / "images" / "opensurfaces" / "100_material.png"
     png.write_bytes(b"not a png")
     out = tmp_path / "labels"
-    assert main(["broden", "pack-labels", str(broden_example), "--out", str(out), "--workers", str(workers),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "broden",
+                "pack-labels",
+                str(broden_example),
+                "--out",
+                str(out),
+                "--workers",
+                str(workers),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"{png} (index.csv row 4): cannot read the label PNG" in err and "Traceback" not in err
     assert not out.exists()
@@ -212,11 +228,36 @@ def test_tally_reads_the_pack_and_refuses_a_foreign_one(broden_example: Path, tm
     """`netdissect tally --labels PACK` counts exactly what the PNGs give; a pack of another dataset
     makes the CLI exit 2 naming the pack."""
     shard, layer_dir = tmp_path / "shard", tmp_path / "layer"
-    assert main(["extract", "--dataset", str(broden_example), "--model", "tests.test_broden_pack:make_model",
-                 "--layers", "0", "--out", str(shard), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--dataset",
+                str(broden_example),
+                "--model",
+                "tests.test_broden_pack:make_model",
+                "--layers",
+                "0",
+                "--out",
+                str(shard),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["quantile", "--shards", str(shard), "--layer", "0", "--out", str(layer_dir)]) == 0
-    tally = ["tally", "--dataset", str(broden_example), "--shard", str(shard), "--layer", "0", "--thresholds",
-             str(layer_dir / "thresholds.npy"), "--no-progress"]
+    tally = [
+        "tally",
+        "--dataset",
+        str(broden_example),
+        "--shard",
+        str(shard),
+        "--layer",
+        "0",
+        "--thresholds",
+        str(layer_dir / "thresholds.npy"),
+        "--no-progress",
+    ]
     pack = tmp_path / "labels"
     pack_labels(broden_example, pack, workers=0, progress=False)
     assert main(tally + ["--out", str(tmp_path / "png.npz")]) == 0

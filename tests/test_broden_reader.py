@@ -26,14 +26,25 @@ def test_tables_of_worked_example(broden_example: Path) -> None:
     assert ds.label_categories[7] == {"object": 1, "part": 1}
     assert ds.labels[1].coverage == pytest.approx(1.0625)
     assert ds.pixel_categories == ["color", "object", "part", "material"]
-    expected = {**{n: "color" for n in (1, 2, 3, 4, 5, 20)}, **{n: "object" for n in (6, 11, 13, 14, 17, 22)},
-                **{n: "part" for n in (7, 15, 16, 19, 21)}, 8: "texture", 10: "texture", 9: "scene",
-                12: "material", 18: "material"}
+    expected = {
+        **{n: "color" for n in (1, 2, 3, 4, 5, 20)},
+        **{n: "object" for n in (6, 11, 13, 14, 17, 22)},
+        **{n: "part" for n in (7, 15, 16, 19, 21)},
+        8: "texture",
+        10: "texture",
+        9: "scene",
+        12: "material",
+        18: "material",
+    }
     assert ds.primary.dtype == np.int64
     assert ds.primary[0] == -1
     assert {n: ds.categories[ds.primary[n]] for n in range(1, 23)} == expected
-    assert list(ds.index["image"]) == ["dtd/banded_0002.jpg", "pascal/2008_000002.jpg", "opensurfaces/100.jpg",
-                                       "ade20k/ADE_train_00000001.jpg"]
+    assert list(ds.index["image"]) == [
+        "dtd/banded_0002.jpg",
+        "pascal/2008_000002.jpg",
+        "opensurfaces/100.jpg",
+        "ade20k/ADE_train_00000001.jpg",
+    ]
     assert list(ds.index["split"]) == ["train", "train", "val", "val"]
 
 
@@ -65,11 +76,11 @@ def test_load_flags_and_subset(broden_example: Path) -> None:
     images_only = BrodenDataset(broden_example, load_labels=False)
     assert set(images_only[3]) == {"i", "image"}
     sub = BrodenDataset(broden_example, categories=["scene", "part"])
-    assert sub.categories == ["part", "scene"]                      # category.csv order is kept
+    assert sub.categories == ["part", "scene"]  # category.csv order is kept
     assert sub[3]["pixel_labels"].shape == (2, 4, 4)
     assert sub[3]["image_labels"].tolist() == [9]
-    assert sub.primary[7] == 0                                      # window: part, the only candidate
-    assert sub.primary[1] == -1                                     # black-c: colour not selected
+    assert sub.primary[7] == 0  # window: part, the only candidate
+    assert sub.primary[1] == -1  # black-c: colour not selected
 
 
 def test_loader_with_workers_keeps_row_order(broden_example: Path) -> None:
@@ -92,7 +103,7 @@ def test_tolerances_lf_gaps_zero_items_constant_layers_exponent(broden_example: 
     for path in broden_example.glob("*.csv"):
         path.write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
     label = (broden_example / "label.csv").read_text().splitlines()
-    label = [line for line in label if not line.startswith("21,")]        # 21 (pane) has no row: a gap
+    label = [line for line in label if not line.startswith("21,")]  # 21 (pane) has no row: a gap
     label[0] += ",video_frequency"
     label[1:] = [line + ",0" for line in label[1:]]
     label[1] = label[1].replace("1,black-c,", '1,"black-c",')
@@ -107,18 +118,25 @@ def test_tolerances_lf_gaps_zero_items_constant_layers_exponent(broden_example: 
     assert ds.categories[ds.primary[21]] == "part"
     assert ds.categories[ds.primary[20]] == "color"
     assert ds[0]["image_labels"].tolist() == [8, 10]
-    layers = ds[2]["pixel_labels"]                                       # an int in a pixel category:
-    assert layers.shape == (3, 4, 4) and bool((layers[1] == 3).all())   # a constant object layer
+    layers = ds[2]["pixel_labels"]  # an int in a pixel category:
+    assert layers.shape == (3, 4, 4) and bool((layers[1] == 3).all())  # a constant object layer
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda root: (root / "c_part.csv").unlink(), ["c_part.csv", "missing"]),
-    (lambda root: _replace(root / "index.csv", ",train,8,8,4,4,dtd", ",train,8,x,4,4,dtd"), ["row 2", "'iw'"]),
-    (lambda root: _replace(root / "label.csv", "6,wall,object(2),2,", "6,wall,object(2),two,"),
-     ["label.csv", "row 7", "'frequency'"]),
-    (lambda root: _replace(root / "index.csv", "dtd/banded_0002.jpg,train", "../banded_0002.jpg,train"),
-     ["row 2", "'image'", "relative path"]),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda root: (root / "c_part.csv").unlink(), ["c_part.csv", "missing"]),
+        (lambda root: _replace(root / "index.csv", ",train,8,8,4,4,dtd", ",train,8,x,4,4,dtd"), ["row 2", "'iw'"]),
+        (
+            lambda root: _replace(root / "label.csv", "6,wall,object(2),2,", "6,wall,object(2),two,"),
+            ["label.csv", "row 7", "'frequency'"],
+        ),
+        (
+            lambda root: _replace(root / "index.csv", "dtd/banded_0002.jpg,train", "../banded_0002.jpg,train"),
+            ["row 2", "'image'", "relative path"],
+        ),
+    ],
+)
 def test_bad_tables_raise_with_place(broden_example: Path, edit, words: list[str]) -> None:
     edit(broden_example)
     with pytest.raises(NetDissectError) as err:
@@ -133,7 +151,7 @@ def test_bad_png_raises_when_read(broden_example: Path) -> None:
     with pytest.raises(NetDissectError, match=r"100_material.png.*row 4.*5x4.*sh=4"):
         ds[2]
     rgb = np.zeros((4, 4, 3), np.uint8)
-    rgb[0, 0] = (44, 1, 0)                                                  # 300 > the last label, 22
+    rgb[0, 0] = (44, 1, 0)  # 300 > the last label, 22
     Image.fromarray(rgb).save(broden_example / "images/opensurfaces/100_material.png")
     with pytest.raises(NetDissectError, match="label number 300"):
         ds[2]

@@ -11,33 +11,84 @@ import pytest
 from netdissect.broden import BrodenDataset
 from netdissect.broden.format import format_short_float, split_hash, split_of
 from netdissect.broden.writer import (
-    BrodenImage, compute_tables, image_statistics, index_text, tables_text, write_broden)
-from tests.conftest import WORKED_CATEGORY, WORKED_CODES, WORKED_INDEX, WORKED_LABEL, WORKED_MAPS, worked_image, worked_map
+    BrodenImage,
+    compute_tables,
+    image_statistics,
+    index_text,
+    tables_text,
+    write_broden,
+)
+from tests.conftest import (
+    WORKED_CATEGORY,
+    WORKED_CODES,
+    WORKED_INDEX,
+    WORKED_LABEL,
+    WORKED_MAPS,
+    worked_image,
+    worked_map,
+)
 
 CRLF = lambda text: text.replace("\n", "\r\n")  # noqa: E731
 
-NAMES = {1: "black-c", 2: "white-c", 3: "grey-c", 4: "brown-c", 5: "blue-c", 6: "wall", 7: "window", 8: "banded",
-         9: "street-s", 10: "striped", 11: "sky", 12: "wood", 13: "person", 14: "building", 15: "torso", 16: "door",
-         17: "floor", 18: "glass", 19: "head", 20: "green-c", 21: "pane", 22: "tree"}
+NAMES = {
+    1: "black-c",
+    2: "white-c",
+    3: "grey-c",
+    4: "brown-c",
+    5: "blue-c",
+    6: "wall",
+    7: "window",
+    8: "banded",
+    9: "street-s",
+    10: "striped",
+    11: "sky",
+    12: "wood",
+    13: "person",
+    14: "building",
+    15: "torso",
+    16: "door",
+    17: "floor",
+    18: "glass",
+    19: "head",
+    20: "green-c",
+    21: "pane",
+    22: "tree",
+}
 
 
 def worked_images() -> list[BrodenImage]:
     """The worked example's four images as the writer takes them (category -> map, stack or ints)."""
     m = {name: worked_map(text) for name, text in WORKED_MAPS.items()}
     return [
-        BrodenImage("dtd/banded_0002.jpg", worked_image(0),
-                    {"color": m["dtd/banded_0002_color.png"], "texture": [8, 10]}),
-        BrodenImage("pascal/2008_000002.jpg", worked_image(1),
-                    {"color": m["pascal/2008_000002_color.png"], "object": m["pascal/2008_000002_object.png"],
-                     "part": m["pascal/2008_000002_part.png"]}),
-        BrodenImage("opensurfaces/100.jpg", worked_image(2),
-                    {"color": m["opensurfaces/100_color.png"], "material": m["opensurfaces/100_material.png"]}),
-        BrodenImage("ade20k/ADE_train_00000001.jpg", worked_image(3),
-                    {"color": m["ade20k/ADE_train_00000001_color.png"],
-                     "object": m["ade20k/ADE_train_00000001_object.png"],
-                     "part": np.stack([m["ade20k/ADE_train_00000001_part_1.png"],
-                                       m["ade20k/ADE_train_00000001_part_2.png"]]),
-                     "scene": [9]}),
+        BrodenImage(
+            "dtd/banded_0002.jpg", worked_image(0), {"color": m["dtd/banded_0002_color.png"], "texture": [8, 10]}
+        ),
+        BrodenImage(
+            "pascal/2008_000002.jpg",
+            worked_image(1),
+            {
+                "color": m["pascal/2008_000002_color.png"],
+                "object": m["pascal/2008_000002_object.png"],
+                "part": m["pascal/2008_000002_part.png"],
+            },
+        ),
+        BrodenImage(
+            "opensurfaces/100.jpg",
+            worked_image(2),
+            {"color": m["opensurfaces/100_color.png"], "material": m["opensurfaces/100_material.png"]},
+        ),
+        BrodenImage(
+            "ade20k/ADE_train_00000001.jpg",
+            worked_image(3),
+            {
+                "color": m["ade20k/ADE_train_00000001_color.png"],
+                "object": m["ade20k/ADE_train_00000001_object.png"],
+                "part": np.stack(
+                    [m["ade20k/ADE_train_00000001_part_1.png"], m["ade20k/ADE_train_00000001_part_2.png"]]
+                ),
+                "scene": [9],
+            },
+        ),
     ]
 
 
@@ -63,18 +114,33 @@ def test_tables_of_worked_example_byte_for_byte() -> None:
 
 
 def test_filter_drops_rare_names_and_dash() -> None:
-    stats = {("a", "object"): (10, 0.4), ("a", "part"): (1, 0.2), ("b", "object"): (9, 5.0),
-             ("c", "object"): (12, 0.49), ("-", "object"): (50, 9.0)}
+    stats = {
+        ("a", "object"): (10, 0.4),
+        ("a", "part"): (1, 0.2),
+        ("b", "object"): (9, 5.0),
+        ("c", "object"): (12, 0.49),
+        ("-", "object"): (50, 9.0),
+    }
     tables = compute_tables(stats, min_frequency=10, min_coverage=0.5, syns={"a": ["a", "alpha"]})
-    assert tables.numbers == {"a": 1}                          # F = 11 and C = 0.6 when summed over categories
+    assert tables.numbers == {"a": 1}  # F = 11 and C = 0.6 when summed over categories
     assert tables.label_rows[0].categories == {"object": 10, "part": 1}
     assert tables.label_rows[0].syns == ["alpha"]
     assert tables_text(tables)["label.csv"].splitlines()[1] == "1,a,object(10);part(1),11,0.600000,alpha"
 
 
-@pytest.mark.parametrize("value, text", [
-    (0.910724454131, "0.910724454131"), (0.5625, "0.5625"), (1840.0, "1840.0"), (123.0, "123.0"),
-    (5.3e-05, "0.000053"), (1e-10, "0.0000000001"), (2 / 3, "0.666666666667"), (1e20, "100000000000000000000.0")])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (0.910724454131, "0.910724454131"),
+        (0.5625, "0.5625"),
+        (1840.0, "1840.0"),
+        (123.0, "123.0"),
+        (5.3e-05, "0.000053"),
+        (1e-10, "0.0000000001"),
+        (2 / 3, "0.666666666667"),
+        (1e20, "100000000000000000000.0"),
+    ],
+)
 def test_short_float_never_uses_exponent(value: float, text: str) -> None:
     assert format_short_float(value) == text
     assert float(format_short_float(value)) == pytest.approx(value, rel=1e-11)
@@ -119,6 +185,7 @@ def test_round_trip_large_numbers_and_crlf(tmp_path: Path) -> None:
 def test_index_rejects_duplicate_images() -> None:
     from netdissect.broden.writer import IndexRow
     from netdissect.errors import NetDissectError
+
     rows = [IndexRow("a/x.jpg", 2, 2, 1, 1), IndexRow("a/x.jpg", 2, 2, 1, 1)]
     with pytest.raises(NetDissectError, match="twice"):
         index_text(rows, ["color"])

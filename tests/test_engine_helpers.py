@@ -16,19 +16,36 @@ from PIL import Image
 # 8 "window" is listed in object and part with equal coverage: primary = the later category (part).
 CATEGORIES = ["color", "object", "part", "scene", "texture"]
 COLOR, OBJECT, PART, SCENE, TEXTURE = [1, 2, 3, 4], [5, 6, 7, 8, 9], [8, 10, 11, 12], [13, 14, 15], [16, 17, 18]
-NAMES = {1: "red-c", 2: "green-c", 3: "blue-c", 4: "black-c", 5: "car", 6: "sky", 7: "tree", 8: "window",
-         9: "dog", 10: "wheel", 11: "door", 12: "head", 13: "street-s", 14: "beach-s", 15: "office-s",
-         16: "striped", 17: "dotted", 18: "banded"}
+NAMES = {
+    1: "red-c",
+    2: "green-c",
+    3: "blue-c",
+    4: "black-c",
+    5: "car",
+    6: "sky",
+    7: "tree",
+    8: "window",
+    9: "dog",
+    10: "wheel",
+    11: "door",
+    12: "head",
+    13: "street-s",
+    14: "beach-s",
+    15: "office-s",
+    16: "striped",
+    17: "dotted",
+    18: "banded",
+}
 MEMBERS = {"color": COLOR, "object": OBJECT, "part": PART, "scene": SCENE, "texture": TEXTURE}
-PRIMARY = {l: CATEGORIES.index(c) for c in CATEGORIES for l in MEMBERS[c]}   # later category wins the tie of 8
+PRIMARY = {l: CATEGORIES.index(c) for c in CATEGORIES for l in MEMBERS[c]}  # later category wins the tie of 8
 
 
 @dataclass
 class TinyBroden:
     root: Path
-    images: np.ndarray                       # (N, ih, iw, 3) uint8 exactly as stored
-    layers: list[np.ndarray]                 # per image (K_i, sh, sw) int64 pixel layers
-    image_labels: list[list[int]]            # per image: image-level labels (nonzero, unique)
+    images: np.ndarray  # (N, ih, iw, 3) uint8 exactly as stored
+    layers: list[np.ndarray]  # per image (K_i, sh, sw) int64 pixel layers
+    image_labels: list[list[int]]  # per image: image-level labels (nonzero, unique)
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
     num_labels: int = 19
 
@@ -51,8 +68,9 @@ def _label_png(path: Path, labels: np.ndarray) -> None:
     Image.fromarray(rgb).save(path, format="PNG")
 
 
-def write_tiny_broden(root: Path, n_images: int = 12, seg: int = 8, scale: int = 2, seed: int = 0,
-                      images: np.ndarray | None = None) -> TinyBroden:
+def write_tiny_broden(
+    root: Path, n_images: int = 12, seg: int = 8, scale: int = 2, seed: int = 0, images: np.ndarray | None = None
+) -> TinyBroden:
     """A random Broden folder: color, object (pixel), part (0-2 layers), scene (int, sometimes 0 or
     empty), texture (1-2 ints). Images are stored losslessly (PNG bytes under .jpg names; Pillow reads
     by content) so tests can plant exact values in them. ``images`` overrides the random pixels."""
@@ -69,7 +87,7 @@ def write_tiny_broden(root: Path, n_images: int = 12, seg: int = 8, scale: int =
         blocks = lambda vals, p0: np.where(rng.random((seg, seg)) < p0, 0, rng.choice(vals, size=(seg, seg)))
         color = rng.choice(COLOR, size=(seg, seg))
         obj = blocks(OBJECT, 0.3)
-        obj[: seg // 2, : seg // 2] = rng.choice(OBJECT)                     # some spatial structure
+        obj[: seg // 2, : seg // 2] = rng.choice(OBJECT)  # some spatial structure
         n_parts = i % 3
         parts = [blocks(PART, 0.6) for _ in range(n_parts)]
         cells = {"color": f"src/{stem}_color.png", "object": f"src/{stem}_object.png"}
@@ -85,8 +103,11 @@ def write_tiny_broden(root: Path, n_images: int = 12, seg: int = 8, scale: int =
         cells["scene"] = ";".join(map(str, scene))
         texture = sorted({int(t) for t in rng.choice(TEXTURE, size=1 + i % 2)}) if i % 3 != 1 else []
         cells["texture"] = ";".join(map(str, texture))
-        rows.append(",".join([f"src/{stem}.jpg", "train", str(size), str(size), str(seg), str(seg)]
-                             + [cells[c] for c in CATEGORIES]))
+        rows.append(
+            ",".join(
+                [f"src/{stem}.jpg", "train", str(size), str(size), str(seg), str(seg)] + [cells[c] for c in CATEGORIES]
+            )
+        )
         all_layers.append(np.stack([color, obj, *parts]).astype(np.int64))
         all_image_labels.append(sorted({l for l in scene + texture if l}))
     _crlf(root / "index.csv", [",".join(["image", "split", "ih", "iw", "sh", "sw"] + CATEGORIES)] + rows)
@@ -101,8 +122,11 @@ def write_tiny_broden(root: Path, n_images: int = 12, seg: int = 8, scale: int =
         label_lines.append(f"{l},{NAMES[l]},{';'.join(f'{c}(1)' for c in cats)},{len(cats)},1.000000,")
     _crlf(root / "label.csv", label_lines)
     for c in CATEGORIES:
-        _crlf(root / f"c_{c}.csv", ["code,number,name,frequency,coverage"]
-              + [f"{k + 1},{l},{NAMES[l]},1,1.0" for k, l in enumerate(MEMBERS[c])])
+        _crlf(
+            root / f"c_{c}.csv",
+            ["code,number,name,frequency,coverage"]
+            + [f"{k + 1},{l},{NAMES[l]},1,1.0" for k, l in enumerate(MEMBERS[c])],
+        )
     return TinyBroden(root, images, all_layers, all_image_labels)
 
 
@@ -127,8 +151,14 @@ def bilinear(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return out
 
 
-def reference(acts: np.ndarray, data: TinyBroden, q: float = 0.005, union: str = "paper",
-              rows: range | None = None, thresholds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def reference(
+    acts: np.ndarray,
+    data: TinyBroden,
+    q: float = 0.005,
+    union: str = "paper",
+    rows: range | None = None,
+    thresholds: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Thresholds and counts of spec §2-4, plainly. ``acts``: (N, U, H, W) activations of all images."""
     n, units = acts.shape[:2]
     if thresholds is None:
@@ -147,8 +177,9 @@ def reference(acts: np.ndarray, data: TinyBroden, q: float = 0.005, union: str =
                     G[l] += int((layer == l).sum())
         for l in image_labels:
             G[l] += sh * sw
-        image_cats = {primary[l] for layer in layers for l in np.unique(layer) if l} | \
-                     {primary[l] for l in image_labels}
+        image_cats = {primary[l] for layer in layers for l in np.unique(layer) if l} | {
+            primary[l] for l in image_labels
+        }
         for u in range(units):
             mask = bilinear(acts[i, u].astype(np.float64), sh, sw) > thresholds[u]
             size = int(mask.sum())
@@ -161,8 +192,9 @@ def reference(acts: np.ndarray, data: TinyBroden, q: float = 0.005, union: str =
             if union == "paper":
                 cats = image_cats
             else:
-                cats = {primary[l] for layer in layers for l in np.unique(layer[mask]) if l} | \
-                       {primary[l] for l in image_labels}
+                cats = {primary[l] for layer in layers for l in np.unique(layer[mask]) if l} | {
+                    primary[l] for l in image_labels
+                }
             for c in cats:
                 if c >= 0:
                     C[u, c] += size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -33,7 +32,7 @@ def test_one_pass_serves_all_layers_and_stops_after_the_deepest():
     with capture(model, ["2", "0"]) as run:
         for _ in range(4):
             out = run(x)
-    assert CALLS["after"] == 1            # only the first pass (which measures the call counts) ran on
+    assert CALLS["after"] == 1  # only the first pass (which measures the call counts) ran on
     with torch.no_grad():
         assert torch.equal(out["0"], model.module[0](x))
         assert torch.equal(out["2"], model.module[:3](x))
@@ -61,8 +60,9 @@ def test_layer_shapes_and_cli(capsys):
 def test_weights_state_dict_checkpoint_and_module_prefix(tmp_path):
     torch.manual_seed(3)
     source = torchvision.models.squeezenet1_0()
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}},
-               tmp_path / "ckpt.pth")
+    torch.save(
+        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "ckpt.pth"
+    )
     model = load_model("squeezenet1_0", tmp_path / "ckpt.pth")
     assert torch.equal(model.module.features[0].weight, source.features[0].weight)
     assert model.weights_sha256 and len(model.weights_sha256) == 64
@@ -141,14 +141,14 @@ def test_random_init_is_the_same_in_every_process():
     torch.manual_seed(123)
     a, b = load_model("resnet18"), load_model("resnet18")
     assert torch.equal(a.module.conv1.weight, b.module.conv1.weight)
-    assert torch.equal(torch.rand(1), expected)        # the caller's random state is untouched
+    assert torch.equal(torch.rand(1), expected)  # the caller's random state is untouched
 
 
 def test_factory_models_get_the_same_random_initialisation_in_every_load():
     """Each shard is extracted by its own process: an unweighted model must be the same network in each."""
     a = load_model("netdissect.demo:DemoNet").module.state_dict()
-    torch.manual_seed(123)                      # the caller's random state does not matter ...
+    torch.manual_seed(123)  # the caller's random state does not matter ...
     b = load_model("netdissect.demo:DemoNet").module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    c = load_model("netdissect.demo:DemoNet", seed=1).module.state_dict()   # ... the seed does
+    c = load_model("netdissect.demo:DemoNet", seed=1).module.state_dict()  # ... the seed does
     assert not torch.equal(a["conv1.0.weight"], c["conv1.0.weight"])

@@ -25,7 +25,7 @@ class Detect(nn.Module):
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         values = torch.round((x * std + mean) * 255)
         maps = [(values[:, ch] == label).float() for ch, label, _ in PLANTED]
-        return torch.stack(maps + [torch.zeros_like(maps[0])], dim=1)         # the last unit never fires
+        return torch.stack(maps + [torch.zeros_like(maps[0])], dim=1)  # the last unit never fires
 
 
 class PlantedNet(nn.Module):
@@ -43,16 +43,24 @@ def test_planted_units_get_their_concepts(tmp_path, union):
     data = write_tiny_broden(tmp_path / "labels", n_images=16, seg=16, scale=1, seed=5)
     images = np.zeros((16, 16, 16, 3), np.uint8)
     for i, layers in enumerate(data.layers):
-        images[i, ..., 0] = layers[1]                                   # object layer
-        images[i, ..., 1] = next((l for l in data.image_labels[i] if 13 <= l <= 15), 0)   # scene
-        images[i, ..., 2] = layers[0]                                   # color layer
+        images[i, ..., 0] = layers[1]  # object layer
+        images[i, ..., 1] = next((l for l in data.image_labels[i] if 13 <= l <= 15), 0)  # scene
+        images[i, ..., 2] = layers[0]  # color layer
     planted = write_tiny_broden(tmp_path / "broden", n_images=16, seg=16, scale=1, seed=5, images=images)
     assert all(np.array_equal(a, b) for a, b in zip(planted.layers, data.layers))
     out = tmp_path / "out"
     # q = 0.5: every planted concept covers well under half of its unit's pixels, so the threshold is 0
     # and the mask is exactly the indicator map
-    pipeline.dissect(planted.root, "tests.test_engine_planted:PlantedNet", ["detect"], out, q=0.5, union=union,
-                     batch_size=5, progress=False)
+    pipeline.dissect(
+        planted.root,
+        "tests.test_engine_planted:PlantedNet",
+        ["detect"],
+        out,
+        q=0.5,
+        union=union,
+        batch_size=5,
+        progress=False,
+    )
     assert np.array_equal(np.load(out / "detect" / "thresholds.npy"), np.zeros(len(PLANTED) + 1))
     rows = {int(r.split(",")[0]): r.split(",") for r in (out / "detect" / "result.csv").read_text().splitlines()[1:]}
     for unit, (_, _, name) in enumerate(PLANTED, start=1):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +15,20 @@ from netdissect.tally import load_counts
 from tests.test_engine_helpers import CATEGORIES, NAMES, reference, write_tiny_broden
 
 SPEC = "tests.test_engine_reference:make_model"
-LAYERS = ["0", "2", "4"]          # 16x16 (downsampled to the 8x8 labels), 8x8, 4x4 after a ReLU (ties at 0)
+LAYERS = ["0", "2", "4"]  # 16x16 (downsampled to the 8x8 labels), 8x8, 4x4 after a ReLU (ties at 0)
 
 
 def make_model() -> nn.Module:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, stride=2, padding=1),
-                         nn.ReLU(), nn.Conv2d(5, 6, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(5, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 2, 1),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,9 @@ def direct_forward(images: np.ndarray, layer: str) -> np.ndarray:
     """The layer's output computed without the engine (ImageNet normalisation)."""
     model = make_model().eval()
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         return model[: int(layer) + 1](x).numpy()
 
@@ -70,7 +78,7 @@ def test_dissect_equals_brute_force(tiny, tmp_path, union):
         assert np.array_equal(np.load(out / layer / "thresholds.npy"), ref["thresholds"])
         for key in ("G", "I", "C"):
             assert np.array_equal(counts[key], ref[key]), (layer, key)
-        if layer != "0":              # (layer 0's isolated peaks average out when shrunk to 8x8)
+        if layer != "0":  # (layer 0's isolated peaks average out when shrunk to 8x8)
             assert counts["I"].sum() > 0 and counts["C"].sum() > 0
         assert np.array_equal(counts["imgmax"], acts.max(axis=(2, 3)))
         assert counts["settings"]["union"] == union
@@ -113,8 +121,9 @@ def test_shards_merge_to_the_whole(tiny, tmp_path):
     tallies = []
     for k, d in enumerate(shard_dirs):
         tallies.append(tmp_path / "tally" / f"{k}.npz")
-        pipeline.tally(tiny.root, d, "2", tmp_path / "layer" / "thresholds.npy", tallies[-1], batch_size=2,
-                       progress=False)
+        pipeline.tally(
+            tiny.root, d, "2", tmp_path / "layer" / "thresholds.npy", tallies[-1], batch_size=2, progress=False
+        )
         part = load_counts(tallies[-1])
         ref = reference(acts, tiny, thresholds=thresholds, rows=range(part["start"], part["stop"]))
         assert np.array_equal(part["I"], ref["I"]) and np.array_equal(part["C"], ref["C"])
@@ -143,8 +152,9 @@ def test_category_subset(tiny, tmp_path):
     out = tmp_path / "out"
     pipeline.dissect(tiny.root, SPEC, ["2"], out, q=0.05, categories=["object", "part"], progress=False)
     header = (out / "2" / "result.csv").read_text().splitlines()[0].split(",")
-    assert header[4:] == [f"{c}-{k}" for c in ("object", "part")
-                          for k in ("label", "truth", "activation", "intersect", "iou")]
+    assert header[4:] == [
+        f"{c}-{k}" for c in ("object", "part") for k in ("label", "truth", "activation", "intersect", "iou")
+    ]
     counts = load_counts(out / "2" / "counts.npz")
     ds = BrodenDataset(tiny.root, categories=["object", "part"], load_images=False)
     assert counts["C"].shape == (5, 2) and counts["settings"]["categories"] == ds.categories
@@ -167,9 +177,19 @@ def test_tally_in_worker_processes_equals_reference(tiny, tmp_path):
     pack_labels(tiny.root, tmp_path / "labels", workers=0, progress=False)
     for union in ("paper", "lite"):
         ref = reference(acts, tiny, thresholds=thresholds, union=union)
-        for labels in (None, tmp_path / "labels"):                     # PNGs, packed labels
-            counts = pipeline.tally(tiny.root, d, "2", tmp_path / "layer" / "thresholds.npy", tmp_path / "t.npz",
-                                    union=union, batch_size=5, workers=2, progress=False, labels=labels)
+        for labels in (None, tmp_path / "labels"):  # PNGs, packed labels
+            counts = pipeline.tally(
+                tiny.root,
+                d,
+                "2",
+                tmp_path / "layer" / "thresholds.npy",
+                tmp_path / "t.npz",
+                union=union,
+                batch_size=5,
+                workers=2,
+                progress=False,
+                labels=labels,
+            )
             for key in ("G", "I", "C"):
                 assert np.array_equal(counts[key], ref[key]), (union, labels, key)
     ds = BrodenDataset(tiny.root, load_images=False)

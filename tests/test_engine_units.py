@@ -17,8 +17,8 @@ from netdissect.tally import pad_labels, tally_batch
 def test_thresholds_from_streamed_candidates_equal_numpy(n, q):
     rng = np.random.default_rng(n)
     values = rng.standard_normal((3, n)).astype(np.float32)
-    values[1, : n // 2] = values[1, 0]                      # many ties
-    values[2] = np.round(values[2])                         # few distinct values
+    values[1, : n // 2] = values[1, 0]  # many ties
+    values[2] = np.round(values[2])  # few distinct values
     k = candidate_count(n, q)
     # stream in uneven blocks, split over two "shards", merge
     shards = []
@@ -57,9 +57,11 @@ def test_paper_and_lite_differ_by_hand():
     IoU(car) = 2 / (4 + 5 - 2) = 2/7 under paper, 2 / (3 + 5 - 2) = 1/3 under lite.
     """
     acts = torch.tensor([[[5.0, 0], [0, 0]], [[5.0, 5], [0, 0]], [[5.0, 0], [0, 0]]])[:, None]
-    pixel_labels = [torch.tensor([[[1, 1], [0, 0]], [[0, 0], [2, 2]]], dtype=torch.int32),
-                    torch.tensor([[[1, 0], [0, 0]]], dtype=torch.int32),
-                    torch.tensor([[[0, 0], [1, 1]]], dtype=torch.int32)]
+    pixel_labels = [
+        torch.tensor([[[1, 1], [0, 0]], [[0, 0], [2, 2]]], dtype=torch.int32),
+        torch.tensor([[[1, 0], [0, 0]]], dtype=torch.int32),
+        torch.tensor([[[0, 0], [1, 1]]], dtype=torch.int32),
+    ]
     layers, image_labels = pad_labels(pixel_labels, [torch.zeros(0, dtype=torch.int64)] * 3)
     primary = torch.tensor([-1, 0, 1])
     threshold = torch.tensor([1.0], dtype=torch.float64)
@@ -75,11 +77,12 @@ def test_paper_and_lite_differ_by_hand():
 
 def test_image_level_labels_count_the_whole_mask():
     acts = torch.tensor([[[2.0, 0], [0, 0]], [[2.0, 2], [2, 0]]])[:, None]
-    layers, image_labels = pad_labels([torch.zeros((0, 2, 2), dtype=torch.int32)] * 2,
-                                      [torch.tensor([3, 3]), torch.tensor([3, 0, 4])])
+    layers, image_labels = pad_labels(
+        [torch.zeros((0, 2, 2), dtype=torch.int32)] * 2, [torch.tensor([3, 3]), torch.tensor([3, 0, 4])]
+    )
     primary = torch.tensor([-1, -1, -1, 0, 0])
     G, I, C = tally_batch(acts, acts.amax(dim=(2, 3)), torch.tensor([1.0]), layers, image_labels, primary, 1)
-    assert G.tolist() == [0, 0, 0, 8, 4]            # duplicates count once, label 0 never
+    assert G.tolist() == [0, 0, 0, 8, 4]  # duplicates count once, label 0 never
     assert I.tolist() == [[0, 0, 0, 1 + 3, 3]] and C.tolist() == [[4]]
 
 
@@ -88,9 +91,13 @@ def test_score_rules_ties_and_unique_counts():
     primary = np.array([-1, 0, 0, 1, 1])
     G = np.array([0, 10, 10, 10, 10])
     C = np.array([[10, 10], [10, 10], [10, 10]])
-    I = np.array([[0, 5, 5, 0, 0],        # tie in category 0 -> label 1 (lowest number)
-                  [0, 0, 0, 5, 2],        # category 1 wins, label 3
-                  [0, 0, 0, 0, 0]])       # nothing: empty label, not a detector
+    I = np.array(
+        [
+            [0, 5, 5, 0, 0],  # tie in category 0 -> label 1 (lowest number)
+            [0, 0, 0, 5, 2],  # category 1 wins, label 3
+            [0, 0, 0, 0, 0],
+        ]
+    )  # nothing: empty label, not a detector
     s = score_units(G, I, C, primary, iou_threshold=0.04)
     assert s.label.tolist() == [1, 3, 0] and s.category.tolist() == [0, 1, 0]
     assert s.detector.tolist() == [True, True, False]
@@ -99,8 +106,9 @@ def test_score_rules_ties_and_unique_counts():
     assert s.score[0] == 5 / (10 + 10 - 5 + 1e-10)
 
 
-@pytest.mark.parametrize("h,w,sh,sw", [(7, 7, 112, 112), (7, 7, 113, 113), (3, 5, 12, 7), (16, 16, 8, 8),
-                                       (1, 1, 4, 4), (4, 4, 4, 4)])
+@pytest.mark.parametrize(
+    "h,w,sh,sw", [(7, 7, 112, 112), (7, 7, 113, 113), (3, 5, 12, 7), (16, 16, 8, 8), (1, 1, 4, 4), (4, 4, 4, 4)]
+)
 def test_masked_pixels_equal_bilinear_everywhere(h, w, sh, sw):
     """Cell-by-cell masks equal the masks of the fully upsampled maps, thresholds at corner values too."""
     from netdissect.tally import masked_pixels
@@ -108,19 +116,25 @@ def test_masked_pixels_equal_bilinear_everywhere(h, w, sh, sw):
 
     rng = np.random.default_rng(h * 100 + sh)
     maps = rng.standard_normal((12, h, w)).astype(np.float32)
-    maps[:3] = np.round(maps[:3])                                  # plateaus: equal corners
+    maps[:3] = np.round(maps[:3])  # plateaus: equal corners
     thresholds = np.quantile(maps.reshape(12, -1).astype(np.float64), 0.8, axis=1)
-    thresholds[3:6] = maps[3:6, 0, 0]                              # a threshold equal to a corner value
-    thresholds[6] = -10.0                                          # everything inside
-    thresholds[7] = 10.0                                           # nothing inside
+    thresholds[3:6] = maps[3:6, 0, 0]  # a threshold equal to a corner value
+    thresholds[6] = -10.0  # everything inside
+    thresholds[7] = 10.0  # nothing inside
     pair, pix = masked_pixels(torch.from_numpy(maps), torch.from_numpy(thresholds), sh, sw)
     got = np.zeros((12, sh * sw), bool)
     got[pair.numpy(), pix.numpy()] = True
-    assert pair.numel() == got.sum()                               # no pixel listed twice
+    assert pair.numel() == got.sum()  # no pixel listed twice
     expected = np.stack([(bilinear(m.astype(np.float64), sh, sw) > t).ravel() for m, t in zip(maps, thresholds)])
     assert np.array_equal(got, expected)
     # and they agree with torch's float32 F.interpolate except where a value ties the threshold
-    up = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(sh, sw), mode="bilinear",
-                                         align_corners=False).reshape(12, -1).double().numpy()
+    up = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(maps)[:, None], size=(sh, sw), mode="bilinear", align_corners=False
+        )
+        .reshape(12, -1)
+        .double()
+        .numpy()
+    )
     close = np.abs(up - thresholds[:, None]) <= 1e-6 * np.maximum(1, np.abs(up))
     assert np.array_equal((up > thresholds[:, None])[~close], expected[~close])

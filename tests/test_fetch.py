@@ -18,7 +18,7 @@ from netdissect.cli import main
 from netdissect.errors import NetDissectError
 from netdissect.fetch import extract, fetch
 
-PAYLOAD = bytes(range(256)) * 4096 + b"tail"          # ~1 MiB, not a multiple of the chunk size
+PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB, not a multiple of the chunk size
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
@@ -36,7 +36,7 @@ class Server:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:   # keep test output quiet
+            def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
             def do_GET(self) -> None:
@@ -146,7 +146,7 @@ def test_404_is_a_clear_error(server, tmp_path):
     with pytest.raises(NetDissectError, match="HTTP 404"):
         fetch(server.url("missing"), out, progress=False)
     assert list(tmp_path.iterdir()) == []
-    assert len(server.requests) == 1          # a 404 is not retried
+    assert len(server.requests) == 1  # a 404 is not retried
 
 
 def test_server_error_is_retried(server, tmp_path):
@@ -169,7 +169,7 @@ def test_stalled_server_times_out(server, tmp_path):
     assert time.monotonic() - t0 < 5
     assert not out.exists()
     assert len(server.requests) == 2
-    assert server.requests[1]["range"] == "bytes=1000-"   # the retry resumed
+    assert server.requests[1]["range"] == "bytes=1000-"  # the retry resumed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,8 +198,11 @@ def _link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
 
 
 def test_tar_gz_extracts_with_strip(tmp_path):
-    arc = _tar(tmp_path / "a.tar.gz", [_file("top/x/a.txt"), _file("top/b.txt"), _link("top/x/l", "../b.txt")],
-               {"top/x/a.txt": b"A", "top/b.txt": b"B"})
+    arc = _tar(
+        tmp_path / "a.tar.gz",
+        [_file("top/x/a.txt"), _file("top/b.txt"), _link("top/x/l", "../b.txt")],
+        {"top/x/a.txt": b"A", "top/b.txt": b"B"},
+    )
     dest = extract(arc, tmp_path / "out", strip=1)
     assert (dest / "x" / "a.txt").read_bytes() == b"A"
     assert (dest / "b.txt").read_bytes() == b"B"
@@ -207,13 +210,16 @@ def test_tar_gz_extracts_with_strip(tmp_path):
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("bad, match", [
-    (_file("../evil.txt"), r"'\.\.'"),
-    (_file("/tmp/evil_abs.txt"), "absolute"),
-    (_link("ok/link", "../../evil"), "outside"),
-    (_link("ok/link", "/etc/passwd"), "absolute"),
-    (_link("ok/hard", "../evil", tarfile.LNKTYPE), "outside"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (_file("../evil.txt"), r"'\.\.'"),
+        (_file("/tmp/evil_abs.txt"), "absolute"),
+        (_link("ok/link", "../../evil"), "outside"),
+        (_link("ok/link", "/etc/passwd"), "absolute"),
+        (_link("ok/hard", "../evil", tarfile.LNKTYPE), "outside"),
+    ],
+)
 def test_tar_refuses_members_pointing_out(tmp_path, bad, match):
     work = tmp_path / "work"
     work.mkdir()
@@ -222,7 +228,7 @@ def test_tar_refuses_members_pointing_out(tmp_path, bad, match):
     before = sorted(p for p in tmp_path.rglob("*"))
     with pytest.raises(NetDissectError, match=match):
         extract(arc, work / "out")
-    assert sorted(p for p in tmp_path.rglob("*")) == before     # nothing written anywhere
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
     assert not Path("/tmp/evil_abs.txt").exists()
 
 
@@ -231,17 +237,20 @@ def _zip_with(path: Path, name: str, data: bytes, symlink: bool = False) -> Path
         zf.writestr("ok/good.txt", b"G")
         info = zipfile.ZipInfo(name)
         if symlink:
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
         zf.writestr(info, data)
     return path
 
 
-@pytest.mark.parametrize("name, data, symlink, match", [
-    ("../evil.txt", b"E", False, r"'\.\.'"),
-    ("ok/../../evil.txt", b"E", False, r"'\.\.'"),
-    ("/abs_evil.txt", b"E", False, "absolute"),
-    ("ok/link", b"../../outside", True, "outside"),
-])
+@pytest.mark.parametrize(
+    "name, data, symlink, match",
+    [
+        ("../evil.txt", b"E", False, r"'\.\.'"),
+        ("ok/../../evil.txt", b"E", False, r"'\.\.'"),
+        ("/abs_evil.txt", b"E", False, "absolute"),
+        ("ok/link", b"../../outside", True, "outside"),
+    ],
+)
 def test_zip_refuses_members_pointing_out(tmp_path, name, data, symlink, match):
     work = tmp_path / "work"
     work.mkdir()
@@ -254,7 +263,7 @@ def test_zip_refuses_members_pointing_out(tmp_path, name, data, symlink, match):
 
 def test_extract_into_existing_folder(tmp_path):
     arc = _zip_with(tmp_path / "a.zip", "ok/sub/c.txt", b"C")
-    (tmp_path / "empty").mkdir()                      # e.g. made by Snakemake for an output inside it
+    (tmp_path / "empty").mkdir()  # e.g. made by Snakemake for an output inside it
     assert (extract(arc, tmp_path / "empty", strip=1) / "sub" / "c.txt").read_bytes() == b"C"
     with pytest.raises(NetDissectError, match="not empty"):
         extract(arc, tmp_path / "empty")
@@ -294,8 +303,21 @@ def test_cli_fetch_and_extract(server, tmp_path):
     saved, PAYLOAD = PAYLOAD, buf.getvalue()
     try:
         out, dest = tmp_path / "a.zip", tmp_path / "x"
-        code = main(["fetch", server.url("ok"), "--out", str(out), "--extract", str(dest), "--strip", "1",
-                     "--sha256", hashlib.sha256(PAYLOAD).hexdigest(), "--no-progress"])
+        code = main(
+            [
+                "fetch",
+                server.url("ok"),
+                "--out",
+                str(out),
+                "--extract",
+                str(dest),
+                "--strip",
+                "1",
+                "--sha256",
+                hashlib.sha256(PAYLOAD).hexdigest(),
+                "--no-progress",
+            ]
+        )
         assert code == 0
         assert (dest / "inner.txt").read_bytes() == b"hello"
     finally:

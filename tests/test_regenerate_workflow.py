@@ -53,31 +53,65 @@ def test_snakemake_fetches_and_regenerates(served, tmp_path):
     rgb[:, 8:] = (250, 10, 10)
     objects = np.ones((12, 16), int)
     objects[:, 8:] = 2
-    write_ade20k(build / "ade", [AdeImage("ADE_train_00000001.jpg", "training/s/street", "street", rgb, objects),
-                                 AdeImage("ADE_train_00000002.jpg", "training/s/street", "street", rgb, objects)],
-                 ["wall", "car, auto"])
+    write_ade20k(
+        build / "ade",
+        [
+            AdeImage("ADE_train_00000001.jpg", "training/s/street", "street", rgb, objects),
+            AdeImage("ADE_train_00000002.jpg", "training/s/street", "street", rgb, objects),
+        ],
+        ["wall", "car, auto"],
+    )
     shutil.make_archive(str(www / "ADE20K_2016_07_26"), "zip", build / "ade", "ADE20K_2016_07_26")
     write_dtd(build / "dtd", [("banded/banded_0002.jpg", rgb, ["banded"]), ("banded/banded_0003.jpg", rgb, ["banded"])])
     with tarfile.open(www / "dtd-r1.0.1.tar.gz", "w:gz") as tar:
         tar.add(build / "dtd" / "dtd-r1.0.1", arcname="dtd")
     zip_sha = hashlib.sha256((www / "ADE20K_2016_07_26.zip").read_bytes()).hexdigest()
     config = {
-        "datasets": {"broden_regen_224": {"source": "regenerate", "size": 224, "sources": ["ade20k", "dtd"],
-                                         "min_frequency": 2, "min_coverage": 0.5, "color_table": None}},
+        "datasets": {
+            "broden_regen_224": {
+                "source": "regenerate",
+                "size": 224,
+                "sources": ["ade20k", "dtd"],
+                "min_frequency": 2,
+                "min_coverage": 0.5,
+                "color_table": None,
+            }
+        },
         "sources": {
-            "ade20k": {"root": ".", "downloads": [{"url": f"{base}/ADE20K_2016_07_26.zip", "sha256": zip_sha,
-                                                   "path": "ADE20K_2016_07_26", "strip": 1}]},
-            "dtd": {"root": "dtd-r1.0.1", "downloads": [{"url": f"{base}/dtd-r1.0.1.tar.gz", "sha256": None,
-                                                         "path": "dtd-r1.0.1", "strip": 1}]},
+            "ade20k": {
+                "root": ".",
+                "downloads": [
+                    {"url": f"{base}/ADE20K_2016_07_26.zip", "sha256": zip_sha, "path": "ADE20K_2016_07_26", "strip": 1}
+                ],
+            },
+            "dtd": {
+                "root": "dtd-r1.0.1",
+                "downloads": [{"url": f"{base}/dtd-r1.0.1.tar.gz", "sha256": None, "path": "dtd-r1.0.1", "strip": 1}],
+            },
         },
     }
     work = tmp_path / "work"
     work.mkdir()
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2",
-         "datasets/broden_regen_224/index.csv", "--configfile", str(work / "config.yaml")],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--cores",
+            "2",
+            "datasets/broden_regen_224/index.csv",
+            "--configfile",
+            str(work / "config.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     logs = "\n".join(p.read_text() for p in (work / "logs").rglob("*.log")) if (work / "logs").exists() else ""
     assert result.returncode == 0, result.stderr[-3000:] + logs
     assert (work / "datasets/sources/ade20k/ADE20K_2016_07_26/index_ade20k.mat").is_file()
@@ -92,4 +126,4 @@ def test_snakemake_fetches_and_regenerates(served, tmp_path):
     item = ds[ds.index["image"].tolist().index("ade20k/ADE_train_00000001.jpg")]
     layers = item["pixel_labels"].numpy()
     expected = objects[np.ix_(nearest_indices(12, 112), nearest_indices(16, 112))] == 2
-    assert ((layers == car).any(axis=0) == expected).all()     # car exactly where the source had it
+    assert ((layers == car).any(axis=0) == expected).all()  # car exactly where the source had it

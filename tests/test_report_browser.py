@@ -32,8 +32,14 @@ pytestmark = pytest.mark.browser
 
 
 def _require_browser() -> None:
-    missing = [what for what, ok in (("chromium", Path(CHROMIUM).exists() or shutil.which("chromium")),
-                                     ("playwright", importlib.util.find_spec("playwright"))) if not ok]
+    missing = [
+        what
+        for what, ok in (
+            ("chromium", Path(CHROMIUM).exists() or shutil.which("chromium")),
+            ("playwright", importlib.util.find_spec("playwright")),
+        )
+        if not ok
+    ]
     if missing:
         message = f"{' and '.join(missing)} not installed (apt-get install chromium; pip install playwright)"
         if os.environ.get("CI") == "true":
@@ -55,9 +61,17 @@ def site(tmp_path_factory):
         layer_dir = root / "synth" / "demo" / layer_name
         layer = make_layer(layer_dir, units=UNITS + 8 * i, images=30, size=48, map_size=4, seed=20 + i)
         result, categories = read_result_csv(layer.result_csv)
-        index = render_layer_report(layer_dir / "report", result, categories,
-                                    {"model": "demo", "layer": layer_name, "dataset": "synth"},
-                                    layer.thresholds, layer.imgmax, layer.maps_for_rows, layer.load_image, topk=6)
+        index = render_layer_report(
+            layer_dir / "report",
+            result,
+            categories,
+            {"model": "demo", "layer": layer_name, "dataset": "synth"},
+            layer.thresholds,
+            layer.imgmax,
+            layer.maps_for_rows,
+            layer.load_image,
+            topk=6,
+        )
         entries.append(LayerEntry("synth", "demo", layer_name, count_detectors(result, categories, 0.04), index))
         if i == 0:
             first = (result, categories)
@@ -65,8 +79,12 @@ def site(tmp_path_factory):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield {"root": root, "base": f"http://127.0.0.1:{server.server_address[1]}", "result": first[0],
-           "categories": first[1]}
+    yield {
+        "root": root,
+        "base": f"http://127.0.0.1:{server.server_address[1]}",
+        "result": first[0],
+        "categories": first[1],
+    }
     server.shutdown()
     thread.join()
 
@@ -75,6 +93,7 @@ def site(tmp_path_factory):
 def browser():
     _require_browser()
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         yield browser
@@ -105,7 +124,8 @@ class Visit:
     def shown_units(self) -> list[int]:
         return self.page.evaluate(
             "Array.from(document.querySelectorAll('#units article.unit')).filter(a => !a.hidden)"
-            ".map(a => Number(a.dataset.unit))")
+            ".map(a => Number(a.dataset.unit))"
+        )
 
 
 def screenshot_dir(tmp_path: Path) -> Path:
@@ -127,7 +147,7 @@ def test_layer_page_loads_offline_and_escapes_labels(site, browser, tmp_path) ->
     widths = visit.load_all_images()
     assert len(widths) == UNITS and all(w > 0 for w in widths)
     outside = [url for url in visit.requests if not url.startswith(folder)]
-    assert outside == [] and len(visit.requests) >= UNITS + 3       # page, css, js, every strip
+    assert outside == [] and len(visit.requests) >= UNITS + 3  # page, css, js, every strip
     assert visit.errors == []
     assert visit.dialogs == []
     label = visit.page.locator("article.unit .label", has_text=XSS_LABEL).first
@@ -150,15 +170,16 @@ def test_sorting_and_filtering(site, browser) -> None:
     default = result["unit"].to_numpy()[unit_order(result, categories, 0.04)].tolist()
     assert visit.shown_units() == default
     detector_cats = [rows[u]["category"] for u in default if rows[u]["score"] >= 0.04 and rows[u]["label"]]
-    assert detector_cats == sorted(detector_cats, key=categories.index)   # grouped in category order
+    assert detector_cats == sorted(detector_cats, key=categories.index)  # grouped in category order
 
     page.select_option("#sort", "unit")
     assert visit.shown_units() == list(range(1, UNITS + 1))
     page.select_option("#sort", "score")
     assert visit.shown_units() == sorted(rows, key=lambda u: (-rows[u]["score"], u))
     page.select_option("#sort", "label")
-    assert visit.shown_units() == sorted(rows, key=lambda u: (rows[u]["label"] == "", rows[u]["label"],
-                                                              -rows[u]["score"], u))
+    assert visit.shown_units() == sorted(
+        rows, key=lambda u: (rows[u]["label"] == "", rows[u]["label"], -rows[u]["score"], u)
+    )
 
     page.select_option("#category", "part")
     expected = [u for u in visit.shown_units() if rows[u]["category"] == "part" and rows[u]["label"]]
@@ -167,15 +188,18 @@ def test_sorting_and_filtering(site, browser) -> None:
     assert page.inner_text("#shown") == f"{len(shown)} of {UNITS} units"
     page.select_option("#category", "")
     page.check("#detectors-only")
-    assert visit.shown_units() == [u for u in sorted(rows, key=lambda u: (rows[u]["label"] == "", rows[u]["label"],
-                                                                          -rows[u]["score"], u))
-                                   if rows[u]["score"] >= 0.04 and rows[u]["label"]]
+    assert visit.shown_units() == [
+        u
+        for u in sorted(rows, key=lambda u: (rows[u]["label"] == "", rows[u]["label"], -rows[u]["score"], u))
+        if rows[u]["score"] >= 0.04 and rows[u]["label"]
+    ]
     page.uncheck("#detectors-only")
     page.fill("#search", "7")
     assert visit.shown_units() == [7]
     page.fill("#search", "ScRiPt")
-    assert visit.shown_units() == [u for u in sorted(rows, key=lambda u: (rows[u]["label"], -rows[u]["score"], u))
-                                   if "script" in rows[u]["label"]]
+    assert visit.shown_units() == [
+        u for u in sorted(rows, key=lambda u: (rows[u]["label"], -rows[u]["score"], u)) if "script" in rows[u]["label"]
+    ]
     page.fill("#search", "car")
     substring = visit.shown_units()
     page.fill("#search", '"car"')

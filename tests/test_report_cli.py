@@ -20,16 +20,47 @@ from netdissect.report.strips import TILE_GAP
 def dissected(broden_example: Path, tmp_path: Path) -> Path:
     """results/worked/demo/{conv1,conv2} and the shard, made by `netdissect dissect`."""
     run = tmp_path / "results" / "worked" / "demo"
-    assert main(["dissect", "--dataset", str(broden_example), "--model", "netdissect.demo:DemoNet",
-                 "--layers", "conv1,conv2", "--out", str(run), "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "dissect",
+                "--dataset",
+                str(broden_example),
+                "--model",
+                "netdissect.demo:DemoNet",
+                "--layers",
+                "conv1,conv2",
+                "--out",
+                str(run),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     return run
 
 
 def test_reports_of_a_dissection(broden_example: Path, dissected: Path, tmp_path: Path) -> None:
     for layer in ("conv1", "conv2"):
-        assert main(["report", "--dataset", str(broden_example), "--layer-dir", str(dissected / layer),
-                     "--shards", str(dissected / "shards" / "0"), "--out", str(dissected / layer / "report"),
-                     "--workers", "1"]) == 0
+        assert (
+            main(
+                [
+                    "report",
+                    "--dataset",
+                    str(broden_example),
+                    "--layer-dir",
+                    str(dissected / layer),
+                    "--shards",
+                    str(dissected / "shards" / "0"),
+                    "--out",
+                    str(dissected / layer / "report"),
+                    "--workers",
+                    "1",
+                ]
+            )
+            == 0
+        )
         units = json.loads((dissected / layer / "summary.json").read_text())["units"]
         strips = sorted((dissected / layer / "report" / "strips").iterdir())
         assert len(strips) == units
@@ -37,16 +68,21 @@ def test_reports_of_a_dissection(broden_example: Path, dissected: Path, tmp_path
         assert Image.open(strips[0]).size == (4 * 8 + 3 * TILE_GAP, 8)
         html = (dissected / layer / "report" / "index.html").read_text()
         summary = json.loads((dissected / layer / "summary.json").read_text())
-        assert f"{summary['detectors']} of {summary['units']} units are detectors, covering " \
-               f"{summary['unique_top']} concept" in html
+        assert (
+            f"{summary['detectors']} of {summary['units']} units are detectors, covering "
+            f"{summary['unique_top']} concept" in html
+        )
 
     out = tmp_path / "results" / "report"
-    assert main(["report-all", "--layer-dirs", str(dissected / "conv1"), str(dissected / "conv2"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["report-all", "--layer-dirs", str(dissected / "conv1"), str(dissected / "conv2"), "--out", str(out)]) == 0
+    )
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["dataset"], r["model"], r["layer"]) for r in rows] == [("worked", "demo", "conv1"),
-                                                                     ("worked", "demo", "conv2")]
+    assert [(r["dataset"], r["model"], r["layer"]) for r in rows] == [
+        ("worked", "demo", "conv1"),
+        ("worked", "demo", "conv2"),
+    ]
     for row in rows:
         summary = json.loads((dissected / row["layer"] / "summary.json").read_text())
         for key in ("units", "detectors", "unique_top", "unique_by_category"):
@@ -61,8 +97,19 @@ def test_reports_of_a_dissection(broden_example: Path, dissected: Path, tmp_path
 def test_report_errors_name_the_file(broden_example: Path, dissected: Path, tmp_path: Path, capsys) -> None:
     layer_dir = tmp_path / "copy"
     shutil.copytree(dissected / "conv1", layer_dir)
-    args = ["report", "--dataset", str(broden_example), "--layer-dir", str(layer_dir),
-            "--shards", str(dissected / "shards" / "0"), "--out", str(tmp_path / "report"), "--layer", "conv1"]
+    args = [
+        "report",
+        "--dataset",
+        str(broden_example),
+        "--layer-dir",
+        str(layer_dir),
+        "--shards",
+        str(dissected / "shards" / "0"),
+        "--out",
+        str(tmp_path / "report"),
+        "--layer",
+        "conv1",
+    ]
     (layer_dir / "thresholds.npy").unlink()
     assert main(args) == 2
     assert f"{layer_dir / 'thresholds.npy'}: no such file" in capsys.readouterr().err

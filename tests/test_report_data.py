@@ -32,9 +32,9 @@ LABELS = {
 @dataclass
 class SyntheticLayer:
     result_csv: Path
-    acts: np.ndarray          # (N, U, H, W) float32
-    imgmax: np.ndarray        # (N, U) float32
-    thresholds: np.ndarray    # (U,) float64
+    acts: np.ndarray  # (N, U, H, W) float32
+    imgmax: np.ndarray  # (N, U) float32
+    thresholds: np.ndarray  # (U,) float64
     images: list[torch.Tensor]  # N x uint8 (3, size, size)
 
     def maps_for_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -58,9 +58,15 @@ def result_rows(rng: np.random.Generator, units: int, categories=CATEGORIES, lab
             if unit == 1:
                 label, iou = (XSS_LABEL, 0.5) if cat == "object" else ("", 0.0)
             activation = int(rng.integers(10, 500))
-            row.update({f"{cat}-label": label, f"{cat}-truth": int(rng.integers(100, 900)) if label else 0,
-                        f"{cat}-activation": activation,
-                        f"{cat}-intersect": int(rng.integers(1, 50)) if label else 0, f"{cat}-iou": iou})
+            row.update(
+                {
+                    f"{cat}-label": label,
+                    f"{cat}-truth": int(rng.integers(100, 900)) if label else 0,
+                    f"{cat}-activation": activation,
+                    f"{cat}-intersect": int(rng.integers(1, 50)) if label else 0,
+                    f"{cat}-iou": iou,
+                }
+            )
             if iou > best[2]:
                 best = (cat, label, iou)
         row.update(category=best[0], label=best[1], score=best[2])
@@ -84,8 +90,9 @@ def smooth_image(rng: np.random.Generator, size: int) -> torch.Tensor:
     return fine[0].clamp(0, 255).round().to(torch.uint8)
 
 
-def make_layer(folder: Path, units: int = 24, images: int = 30, size: int = 32, map_size: int = 4,
-               seed: int = 0) -> SyntheticLayer:
+def make_layer(
+    folder: Path, units: int = 24, images: int = 30, size: int = 32, map_size: int = 4, seed: int = 0
+) -> SyntheticLayer:
     """A synthetic layer in ``folder`` (result.csv written there); thresholds at the top 10%."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,6 +111,6 @@ def test_written_result_reads_back(tmp_path: Path) -> None:
     assert categories == CATEGORIES
     assert table["unit"].tolist() == [r["unit"] for r in rows]
     assert table["label"].tolist() == [r["label"] for r in rows]
-    assert np.array_equal(table["score"].to_numpy(), np.array([r["score"] for r in rows]))   # full precision
+    assert np.array_equal(table["score"].to_numpy(), np.array([r["score"] for r in rows]))  # full precision
     assert table["part-label"].tolist() == [r["part-label"] for r in rows]
     assert pd.api.types.is_integer_dtype(table["object-truth"])

@@ -9,8 +9,16 @@ from PIL import Image
 
 from netdissect.broden.sources.ade20k import ADE20K
 from netdissect.broden.sources.dtd import DTD
-from netdissect.broden.sources.fixtures import (MINI_PART2IND, AdeImage, PascalImage, PascalObject, write_ade20k,
-                                                write_dtd, write_opensurfaces, write_pascal)
+from netdissect.broden.sources.fixtures import (
+    MINI_PART2IND,
+    AdeImage,
+    PascalImage,
+    PascalObject,
+    write_ade20k,
+    write_dtd,
+    write_opensurfaces,
+    write_pascal,
+)
 from netdissect.broden.sources.opensurfaces import OpenSurfaces, material_names
 from netdissect.broden.sources.pascal import Pascal, parse_part2ind, part_codes, readable
 from netdissect.errors import NetDissectError
@@ -22,7 +30,7 @@ def ade_fixture(root):
     a = np.zeros((6, 10), int)
     a[:, :5] = 1
     a[:, 5:] = 2
-    a[0, 0] = 4                      # a door pixel at the corner
+    a[0, 0] = 4  # a door pixel at the corner
     parts1 = np.zeros((6, 10), int)
     parts1[2:4, 6:8] = 3
     parts2 = np.zeros((6, 10), int)
@@ -30,8 +38,10 @@ def ade_fixture(root):
     b = np.full((8, 8), 3)
     rgb_a = np.full((6, 10, 3), 200, np.uint8)
     rgb_b = np.full((8, 8, 3), 20, np.uint8)
-    images = [AdeImage("ADE_train_00000001.jpg", "training/s/street", "street", rgb_a, a, [parts1, parts2]),
-              AdeImage("ADE_val_00000001.jpg", "validation/b/bedroom", "bedroom", rgb_b, b)]
+    images = [
+        AdeImage("ADE_train_00000001.jpg", "training/s/street", "street", rgb_a, a, [parts1, parts2]),
+        AdeImage("ADE_val_00000001.jpg", "validation/b/bedroom", "bedroom", rgb_b, b),
+    ]
     return write_ade20k(root, images, OBJECTNAMES), (a, parts1, parts2, b)
 
 
@@ -59,13 +69,15 @@ def test_ade20k_reads_objects_parts_scenes(tmp_path):
 def test_ade20k_class_numbers_above_255(tmp_path):
     names = [f"c{k}" for k in range(1, 701)]
     objects = np.array([[300, 699], [1, 0]])
-    images = [AdeImage("ADE_train_00000001.jpg", "training/a/x", "a/b", np.zeros((2, 2, 3), np.uint8), objects),
-              AdeImage("ADE_train_00000002.jpg", "training/a/x", "~odd", np.zeros((2, 2, 3), np.uint8), objects)]
-    ade = ADE20K(write_ade20k(tmp_path, images, names) / "ADE20K_2016_07_26")   # the version folder works too
+    images = [
+        AdeImage("ADE_train_00000001.jpg", "training/a/x", "a/b", np.zeros((2, 2, 3), np.uint8), objects),
+        AdeImage("ADE_train_00000002.jpg", "training/a/x", "~odd", np.zeros((2, 2, 3), np.uint8), objects),
+    ]
+    ade = ADE20K(write_ade20k(tmp_path, images, names) / "ADE20K_2016_07_26")  # the version folder works too
     np.testing.assert_array_equal(ade.labels(ade.images()[0])["object"], objects)
     assert ade.names("object", 699) == ["c699"]
     assert ade.names("scene", ade.labels(ade.images()[0])["scene"]) == ["a-b-s"]
-    assert ade.labels(ade.images()[1])["scene"] == 0            # "~..." scenes are unlabeled
+    assert ade.labels(ade.images()[1])["scene"] == 0  # "~..." scenes are unlabeled
 
 
 def test_ade20k_errors_name_the_file(tmp_path):
@@ -83,7 +95,7 @@ def test_ade20k_errors_name_the_file(tmp_path):
     seg.write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
     with pytest.raises(NetDissectError, match="ADE_val_00000001_seg.png.*corrupt"):
         ade.labels(ade.images()[1])
-    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(seg)      # class 9*256+90: no such name
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(seg)  # class 9*256+90: no such name
     with pytest.raises(NetDissectError, match="no name"):
         ade.labels(ade.images()[1])
     mat = root / "ADE20K_2016_07_26/index_ade20k.mat"
@@ -94,14 +106,23 @@ def test_ade20k_errors_name_the_file(tmp_path):
 
 def test_part2ind_mini_file_parses_as_the_spec_says():
     objects = parse_part2ind(MINI_PART2IND)
-    assert objects[8] == ("cat", {"head": "head", "leye": "eye", "whisker_1": "whisker", "whisker_2": "whisker",
-                                  "whisker_3": "whisker", "whisker_4": "whisker"})
+    assert objects[8] == (
+        "cat",
+        {
+            "head": "head",
+            "leye": "eye",
+            "whisker_1": "whisker",
+            "whisker_2": "whisker",
+            "whisker_3": "whisker",
+            "whisker_4": "whisker",
+        },
+    )
     name, dog = objects[12]
     assert name == "dog"
-    assert sorted(set(dog.values())) == ["eye", "head", "muzzle", "whisker"]      # remove() not applied
+    assert sorted(set(dog.values())) == ["eye", "head", "muzzle", "whisker"]  # remove() not applied
     codes, names = part_codes(objects)
     assert names[codes[(8, "head")]] == "head" and names[codes[(12, "head")]] == "head"
-    assert codes[(8, "head")] != codes[(12, "head")]                                # separate keys per object
+    assert codes[(8, "head")] != codes[(12, "head")]  # separate keys per object
     assert codes[(8, "whisker_1")] == codes[(8, "whisker_4")]
 
 
@@ -124,19 +145,25 @@ end
     objects = parse_part2ind(text)
     assert objects[1] == ("airplane", {"lwing": "wing", "engine_1": "engine", "engine_2": "engine"})
     assert objects[2] == ("boat", {"silhouette": "silhouette"})
-    assert objects[7][1] == {"frontside": "", "fliplate": "license plate", "leftmirror": "mirror",
-                             "door_1": "door", "door_2": "door", "door_3": "door"}
+    assert objects[7][1] == {
+        "frontside": "",
+        "fliplate": "license plate",
+        "leftmirror": "mirror",
+        "door_1": "door",
+        "door_2": "door",
+        "door_3": "door",
+    }
     codes, _ = part_codes(objects)
-    assert codes[(7, "frontside")] == 0                                            # empty name = unlabeled
+    assert codes[(7, "frontside")] == 0  # empty name = unlabeled
     assert readable("lfho") == "hoof" and readable("bwheel") == "wheel"
 
 
 def pascal_fixture(root):
     h, w = 5, 7
     context = np.zeros((h, w), np.uint16)
-    context[:, :3] = 1          # cat
-    context[:, 3:] = 3          # wall
-    context[0, 0] = 4           # unknown
+    context[:, :3] = 1  # cat
+    context[:, 3:] = 3  # wall
+    context[0, 0] = 4  # unknown
     cat = np.zeros((h, w), np.uint8)
     cat[:, :3] = 1
     head = np.zeros((h, w), np.uint8)
@@ -145,8 +172,12 @@ def pascal_fixture(root):
     eye[0, 1] = 1
     dog = np.zeros((h, w), np.uint8)
     dog[4, 4] = 1
-    first = PascalImage("2008_000002", np.full((h, w, 3), 128, np.uint8), context,
-                        [PascalObject("cat", 8, cat, [("head", head), ("leye", eye)]), PascalObject("dog", 12, dog)])
+    first = PascalImage(
+        "2008_000002",
+        np.full((h, w, 3), 128, np.uint8),
+        context,
+        [PascalObject("cat", 8, cat, [("head", head), ("leye", eye)]), PascalObject("dog", 12, dog)],
+    )
     second = PascalImage("2008_000003", np.full((4, 4, 3), 60, np.uint8), np.full((4, 4), 2, np.uint16), [])
     labels = {1: "cat", 2: "dog", 3: "wall", 4: "unknown"}
     return write_pascal(root, [second, first], labels, MINI_PART2IND), head, eye
@@ -156,17 +187,17 @@ def test_pascal_context_objects_and_part_map(tmp_path):
     root, head, eye = pascal_fixture(tmp_path / "pascal")
     pascal = Pascal(root)
     images = pascal.images()
-    assert [im.stem for im in images] == ["2008_000002", "2008_000003"]            # sorted annotation names
+    assert [im.stem for im in images] == ["2008_000002", "2008_000003"]  # sorted annotation names
     first = pascal.labels(images[0])
     assert first["object"][0, 0] == 4 and first["object"][2, 5] == 3
     assert pascal.names("object", 4) == ["-"] and pascal.names("object", 1) == ["cat"]
     part = first["part"]
     codes = pascal.codes
     assert part[1, 0] == codes[(8, "head")]
-    assert part[0, 1] == codes[(8, "leye")]                                        # later part overwrites
+    assert part[0, 1] == codes[(8, "leye")]  # later part overwrites
     assert pascal.names("part", int(part[0, 1])) == ["eye"]
-    assert (part[2:, :] == 0).all()                                                # dog has no parts
-    assert pascal.labels(images[1])["part"] == []                                  # objects of shape (1,0)
+    assert (part[2:, :] == 0).all()  # dog has no parts
+    assert pascal.labels(images[1])["part"] == []  # objects of shape (1,0)
 
 
 def test_pascal_errors(tmp_path):
@@ -190,16 +221,18 @@ def test_pascal_errors(tmp_path):
 
 def test_opensurfaces_material_from_red_channel(tmp_path):
     label = np.zeros((20, 30, 3), np.uint8)
-    label[..., 2] = 5                              # scene in B
-    label[:10, :, 0] = 2                           # Fabric/cloth
+    label[..., 2] = 5  # scene in B
+    label[:10, :, 0] = 2  # Fabric/cloth
     label[:10, :, 1] = 1
     black = np.zeros((12, 12, 3), np.uint8)
-    root = write_opensurfaces(tmp_path / "os", [(17, np.zeros((40, 60, 3), np.uint8), label),
-                                                (3, np.zeros((24, 24, 3), np.uint8), black)],
-                              [(1, "Wood", 1), (2, "Fabric/cloth", 2), (3, "Plastic - clear", 3)])
+    root = write_opensurfaces(
+        tmp_path / "os",
+        [(17, np.zeros((40, 60, 3), np.uint8), label), (3, np.zeros((24, 24, 3), np.uint8), black)],
+        [(1, "Wood", 1), (2, "Fabric/cloth", 2), (3, "Plastic - clear", 3)],
+    )
     src = OpenSurfaces(root)
     images = src.images()
-    assert [im.stem for im in images] == ["17", "3"]                               # photos.csv order
+    assert [im.stem for im in images] == ["17", "3"]  # photos.csv order
     material = src.labels(images[0])["material"]
     assert material.shape == (20, 30) and (material[:10] == 2).all() and (material[10:] == 0).all()
     assert (src.labels(images[1])["material"] == 0).all()
@@ -212,8 +245,13 @@ def test_opensurfaces_material_from_red_channel(tmp_path):
 
 
 def test_dtd_multi_label(tmp_path):
-    root = write_dtd(tmp_path / "dtd", [("banded/banded_0002.jpg", np.zeros((9, 9, 3), np.uint8), ["banded", "striped"]),
-                                        ("striped/striped_0001.jpg", np.zeros((5, 7, 3), np.uint8), ["striped"])])
+    root = write_dtd(
+        tmp_path / "dtd",
+        [
+            ("banded/banded_0002.jpg", np.zeros((9, 9, 3), np.uint8), ["banded", "striped"]),
+            ("striped/striped_0001.jpg", np.zeros((5, 7, 3), np.uint8), ["striped"]),
+        ],
+    )
     dtd = DTD(root)
     images = dtd.images()
     assert [im.stem for im in images] == ["banded_0002", "striped_0001"]

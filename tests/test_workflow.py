@@ -15,8 +15,13 @@ from tests.workflow_run import REPO, SNAKEFILE, job_counts, read_csv, snakemake,
 
 
 def test_lint_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--lint"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--lint"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr
 
@@ -29,25 +34,46 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
     models = default["runs"][0]["models"]
     layers = sum(len(default["models"][m]["layers"]) for m in models)
     assert job_counts(proc.stdout) == {
-        "check_layers": len(models), "synth_dataset": 1, "pack_labels": 1, "train_demo": 1, "random_weights": 1,
-        "extract": len(models) * shards, "quantile": layers, "tally": layers * shards, "merge": layers,
-        "score": layers, "report_layer": layers, "report_summary": 1, "report_all": 1,
+        "check_layers": len(models),
+        "synth_dataset": 1,
+        "pack_labels": 1,
+        "train_demo": 1,
+        "random_weights": 1,
+        "extract": len(models) * shards,
+        "quantile": layers,
+        "tally": layers * shards,
+        "merge": layers,
+        "score": layers,
+        "report_layer": layers,
+        "report_summary": 1,
+        "report_all": 1,
     }
-    for path in ("datasets/synth/index.csv", "models/demo.pt", "models/resnet18_random.pt",
-                 "results/synth/demo/shards/0", "results/synth/resnet18_random/layer4/tally/3.npz",
-                 "results/synth/demo/conv4/result.csv", "results/report/index.html"):
+    for path in (
+        "datasets/synth/index.csv",
+        "models/demo.pt",
+        "models/resnet18_random.pt",
+        "results/synth/demo/shards/0",
+        "results/synth/resnet18_random/layer4/tally/3.npz",
+        "results/synth/demo/conv4/result.csv",
+        "results/report/index.html",
+    ):
         assert path in proc.stdout, path
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"dissect": {"shards": 0}}, ["shards", "minimum"]),
-    ({"dissect": {"shard": 4}}, ["'shard' was unexpected"]),
-    ({"dissect": {"union": "maybe"}}, ["union", "maybe"]),
-    ({"models": {"bad": {"spec": "resnet18"}}}, ["layers", "required"]),
-    ({"runs": [{"dataset": "synth", "models": ["nosuchmodel"]}]}, ["runs[0].models", "nosuchmodel"]),
-    ({"models": {"labels": {"spec": "resnet18", "layers": ["layer4"], "weights": {"source": "random"}}}},
-     ["models.labels", "reserved"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"dissect": {"shards": 0}}, ["shards", "minimum"]),
+        ({"dissect": {"shard": 4}}, ["'shard' was unexpected"]),
+        ({"dissect": {"union": "maybe"}}, ["union", "maybe"]),
+        ({"models": {"bad": {"spec": "resnet18"}}}, ["layers", "required"]),
+        ({"runs": [{"dataset": "synth", "models": ["nosuchmodel"]}]}, ["runs[0].models", "nosuchmodel"]),
+        (
+            {"models": {"labels": {"spec": "resnet18", "layers": ["layer4"], "weights": {"source": "random"}}}},
+            ["models.labels", "reserved"],
+        ),
+    ],
+)
 def test_config_that_breaks_the_schema_names_the_key(tmp_path: Path, change: dict, words: list[str]):
     proc = snakemake(tmp_path, "--dry-run", "report_all", config=change)
     assert proc.returncode != 0
@@ -66,8 +92,8 @@ def test_bad_layer_fails_before_any_long_job(tmp_path: Path, broden_example: Pat
     log = (tmp_path / "logs" / "checks" / "r18.layers.log").read_text()
     assert "has no layer 'layer9'" in log and "Closest: layer4" in log
     assert "rule check_layers" in proc.stdout + proc.stderr
-    assert not (tmp_path / "models").exists()                 # weights were never made
-    assert not (tmp_path / "results" / "worked" / "r18").exists()   # nor any extraction started (labels may be packed)
+    assert not (tmp_path / "models").exists()  # weights were never made
+    assert not (tmp_path / "results" / "worked" / "r18").exists()  # nor any extraction started (labels may be packed)
     assert not (tmp_path / "results" / "checks" / "r18.layers.ok").exists()
 
 
@@ -95,9 +121,27 @@ def test_tiny_run_produces_every_target(tiny_run: Path):
 def test_tiny_run_equals_the_one_process_dissection(tiny_run: Path, tmp_path: Path):
     out = tmp_path / "oneshot"
     proc = subprocess.run(
-        ["netdissect", "dissect", "--dataset", str(tiny_run / "datasets" / "tiny"), "--model", "resnet18",
-         "--weights", str(tiny_run / "models" / "r18.pt"), "--layers", "layer3", "--out", str(out),
-         "--batch-size", "5", "--no-progress"], capture_output=True, text=True, timeout=300)
+        [
+            "netdissect",
+            "dissect",
+            "--dataset",
+            str(tiny_run / "datasets" / "tiny"),
+            "--model",
+            "resnet18",
+            "--weights",
+            str(tiny_run / "models" / "r18.pt"),
+            "--layers",
+            "layer3",
+            "--out",
+            str(out),
+            "--batch-size",
+            "5",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert read_csv(out / "layer3" / "result.csv") == read_csv(tiny_run / "results/tiny/r18/layer3/result.csv")
 
@@ -110,9 +154,24 @@ def test_second_run_does_nothing(tiny_run: Path):
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "config" / "examples").glob("*.yaml")))
 def test_example_configs_validate_and_plan(tmp_path: Path, example: str):
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path),
-                           "--dry-run", "report_all", "--configfile", str(REPO / "config" / "examples" / example)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(SNAKEFILE),
+            "--directory",
+            str(tmp_path),
+            "--dry-run",
+            "report_all",
+            "--configfile",
+            str(REPO / "config" / "examples" / example),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     counts = job_counts(proc.stdout)
     assert counts["extract"] >= 1 and counts["report_summary"] == 1

@@ -25,8 +25,7 @@ def _threads():
 def test_demonet_layers_halve_the_resolution():
     model = load_model(DEMO_SPEC)
     shapes = layer_shapes(model, ["conv1", "conv2", "conv3", "conv4"], size=224)
-    assert shapes == {"conv1": (32, 112, 112), "conv2": (64, 56, 56), "conv3": (128, 28, 28),
-                      "conv4": (256, 14, 14)}
+    assert shapes == {"conv1": (32, 112, 112), "conv2": (64, 56, 56), "conv3": (128, 28, 28), "conv4": (256, 14, 14)}
 
 
 def test_target_labels_leave_out_color():
@@ -39,10 +38,10 @@ def test_target_labels_leave_out_color():
 
 def test_coverage_targets_match_brute_force():
     rng = np.random.default_rng(0)
-    pixel = rng.integers(0, 6, size=(2, 8, 12)).astype(np.int32)        # two layers, labels 0..5
-    lookup = torch.tensor([-1, -1, 0, 1, -1, 2, 3])                       # 2->0, 3->1, 5->2, 6->3
-    image_labels = torch.tensor([6, 1])                                   # 6 is a target, 1 is not
-    empty = torch.zeros(0, 8, 12, dtype=torch.int32)                     # a second image without pixel layers
+    pixel = rng.integers(0, 6, size=(2, 8, 12)).astype(np.int32)  # two layers, labels 0..5
+    lookup = torch.tensor([-1, -1, 0, 1, -1, 2, 3])  # 2->0, 3->1, 5->2, 6->3
+    image_labels = torch.tensor([6, 1])  # 6 is a target, 1 is not
+    empty = torch.zeros(0, 8, 12, dtype=torch.int32)  # a second image without pixel layers
     got = coverage_targets([torch.from_numpy(pixel), empty], [image_labels, torch.tensor([3])], lookup, (2, 3))
     assert got.shape == (2, 4, 2, 3)
     assert got[1].tolist() == [[[0.0] * 3] * 2, [[1.0] * 3] * 2, [[0.0] * 3] * 2, [[0.0] * 3] * 2]
@@ -51,15 +50,16 @@ def test_coverage_targets_match_brute_force():
     for t, label in ((0, 2), (1, 3), (2, 5)):
         for y in range(2):
             for x in range(3):
-                cell = pixel[:, y * 4:(y + 1) * 4, x * 4:(x + 1) * 4]
+                cell = pixel[:, y * 4 : (y + 1) * 4, x * 4 : (x + 1) * 4]
                 want[t, y, x] = min(1.0, (cell == label).sum() / 16)
     want[3] = 1.0
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
 def test_coverage_targets_without_pixel_layers():
-    got = coverage_targets([torch.zeros(0, 4, 4, dtype=torch.int32)], [torch.tensor([2])],
-                           torch.tensor([-1, 0, 1]), (1, 1))
+    got = coverage_targets(
+        [torch.zeros(0, 4, 4, dtype=torch.int32)], [torch.tensor([2])], torch.tensor([-1, 0, 1]), (1, 1)
+    )
     assert got.tolist() == [[[[0.0]], [[1.0]]]]
 
 
@@ -71,8 +71,8 @@ def _toy_problem(n: int = 48, size: int = 64) -> tuple[torch.Tensor, torch.Tenso
     half, cells = size // 2, size // 32
     for i in range(n):
         qy, qx = divmod(i % 4, 2)
-        images[i, 0, qy * half:(qy + 1) * half, qx * half:(qx + 1) * half] = 250
-        targets[i, 0, qy * cells:(qy + 1) * cells, qx * cells:(qx + 1) * cells] = 1.0
+        images[i, 0, qy * half : (qy + 1) * half, qx * half : (qx + 1) * half] = 250
+        targets[i, 0, qy * cells : (qy + 1) * cells, qx * cells : (qx + 1) * cells] = 1.0
     return images, targets
 
 
@@ -98,7 +98,7 @@ def test_train_demo_command_writes_weights_the_engine_loads(broden_example: Path
     model = load_model(DEMO_SPEC, weights=out)
     for name, value in model.module.state_dict().items():
         assert torch.equal(value, checkpoint["state_dict"][name]), name
-    assert list(out.parent.iterdir()) == [out]          # no temporary file left behind
+    assert list(out.parent.iterdir()) == [out]  # no temporary file left behind
 
 
 def test_train_demo_rejects_a_folder_without_index(tmp_path: Path, capsys):
@@ -119,4 +119,4 @@ def test_random_weights_are_seeded(tmp_path: Path, spec: str, first: str):
     if spec != DEMO_SPEC:
         return
     fresh = DemoNet()
-    fresh.load_state_dict(a)          # fits the architecture exactly
+    fresh.load_state_dict(a)  # fits the architecture exactly

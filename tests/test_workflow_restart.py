@@ -29,8 +29,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, brod
     shards = 4
     config = {
         "datasets": {"worked": {"source": "path", "path": str(broden_example)}},
-        "models": {"r18": {"spec": "resnet18", "weights": {"source": "random", "seed": 2},
-                           "layers": ["layer3"]}},
+        "models": {"r18": {"spec": "resnet18", "weights": {"source": "random", "seed": 2}, "layers": ["layer3"]}},
         "runs": [{"dataset": "worked", "models": ["r18"]}],
         "dissect": {"shards": shards, "batch_size": 1, "dtype": "float32"},
     }
@@ -39,8 +38,13 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, brod
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # One core: shards are extracted one after the other. Stop (Ctrl-C = SIGINT to the process group)
     # once two shards are written, while the third is in flight.
-    run = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1", "results"), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    run = subprocess.Popen(
+        snakemake_command(tmp_path, "--cores", "1", "results"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 300
         while len(list(shard_root.glob("*/meta.json"))) < 2:
@@ -55,15 +59,18 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, brod
             run.wait()
 
     incomplete = _incomplete(tmp_path)
-    finished = [k for k in range(shards) if (shard_root / str(k) / "meta.json").exists()
-                and f"results/worked/r18/shards/{k}" not in incomplete]
+    finished = [
+        k
+        for k in range(shards)
+        if (shard_root / str(k) / "meta.json").exists() and f"results/worked/r18/shards/{k}" not in incomplete
+    ]
     assert finished, "no shard had finished when the run was stopped"
     assert len(finished) < shards, "every shard had finished: the run was stopped too late to test anything"
     before = {k: _snapshot(shard_root / str(k)) for k in finished}
 
     rerun = snakemake(tmp_path, "--cores", "2", "results", env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    log = rerun.stdout + rerun.stderr            # Snakemake reports jobs on stderr
+    log = rerun.stdout + rerun.stderr  # Snakemake reports jobs on stderr
     for k in finished:
         assert _snapshot(shard_root / str(k)) == before[k], f"shard {k} was rewritten"
         assert f"output: results/worked/r18/shards/{k}\n" not in log
@@ -71,9 +78,26 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, brod
     assert sorted(finished + redone) == list(range(shards))
 
     oneshot = tmp_path / "oneshot"
-    proc = subprocess.run(["netdissect", "dissect", "--dataset", str(broden_example), "--model", "resnet18",
-                           "--weights", str(tmp_path / "models" / "r18.pt"), "--layers", "layer3",
-                           "--out", str(oneshot), "--no-progress"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            "netdissect",
+            "dissect",
+            "--dataset",
+            str(broden_example),
+            "--model",
+            "resnet18",
+            "--weights",
+            str(tmp_path / "models" / "r18.pt"),
+            "--layers",
+            "layer3",
+            "--out",
+            str(oneshot),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     workflow_rows = read_csv(tmp_path / "results" / "worked" / "r18" / "layer3" / "result.csv")
     assert workflow_rows == read_csv(oneshot / "layer3" / "result.csv")

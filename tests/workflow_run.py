@@ -21,22 +21,25 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 
 
-def tiny_config(images: int = 12, shards: int = 2, layers: tuple[str, ...] = ("layer3",),
-                demo: bool = True) -> dict:
+def tiny_config(images: int = 12, shards: int = 2, layers: tuple[str, ...] = ("layer3",), demo: bool = True) -> dict:
     """A configuration that runs the whole DAG in about a minute: a few 224-pixel synthetic images,
     resnet18 with seeded random weights and (optionally) the demo CNN trained for one epoch."""
     models = {"r18": {"spec": "resnet18", "weights": {"source": "random", "seed": 0}, "layers": list(layers)}}
     if demo:
-        models["tinydemo"] = {"spec": "netdissect.demo:DemoNet",
-                              "weights": {"source": "train", "dataset": "tiny", "epochs": 1, "seed": 0},
-                              "layers": ["conv4"]}
+        models["tinydemo"] = {
+            "spec": "netdissect.demo:DemoNet",
+            "weights": {"source": "train", "dataset": "tiny", "epochs": 1, "seed": 0},
+            "layers": ["conv4"],
+        }
     return {
         "datasets": {"tiny": {"source": "synth", "images": images, "size": 224, "seed": 1}},
         "models": models,
         "runs": [{"dataset": "tiny", "models": list(models)}],
         "dissect": {"shards": shards, "batch_size": 4, "dtype": "float32", "topk": 3},
-        "resources": {stage: {"threads": 1, "mem_mb": 1000, "runtime": 10}
-                      for stage in ("light", "dataset", "train", "extract", "quantile", "tally", "report")},
+        "resources": {
+            stage: {"threads": 1, "mem_mb": 1000, "runtime": 10}
+            for stage in ("light", "dataset", "train", "extract", "quantile", "tally", "report")
+        },
     }
 
 
@@ -51,8 +54,9 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: float = 600,
-              env: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, config: dict | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run snakemake on the repository's Snakefile in ``workdir``; output captured as text.
 
     ``config`` is written to ``workdir/config.yaml`` first; without it the run uses the config already
@@ -61,8 +65,9 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: fl
         write_config(workdir, config)
     environment = dict(env if env is not None else os.environ)
     environment.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run(snakemake_command(workdir, *args), capture_output=True, text=True, timeout=timeout,
-                          env=environment)
+    return subprocess.run(
+        snakemake_command(workdir, *args), capture_output=True, text=True, timeout=timeout, env=environment
+    )
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -70,7 +75,7 @@ def job_counts(output: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     lines = output.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Job stats:"))
-    for line in lines[start + 3:]:
+    for line in lines[start + 3 :]:
         match = re.fullmatch(r"(\S+)\s+(\d+)", line.strip())
         if not match:
             break

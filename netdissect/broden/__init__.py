@@ -12,8 +12,16 @@ Format: ``spec/broden-format.md``. Public API (docs/interfaces.md):
 from typing import TYPE_CHECKING, Any
 
 from netdissect.broden.writer import (
-    BrodenImage, BrodenTables, IndexRow, compute_tables, image_statistics, write_broden, write_image, write_index,
-    write_tables)
+    BrodenImage,
+    BrodenTables,
+    IndexRow,
+    compute_tables,
+    image_statistics,
+    write_broden,
+    write_image,
+    write_index,
+    write_tables,
+)
 
 if TYPE_CHECKING:
     from netdissect.broden.check import check_broden
@@ -25,12 +33,25 @@ def __getattr__(name: str) -> Any:
     # writer-only users (regeneration workers) start fast.
     if name == "BrodenDataset":
         from netdissect.broden.dataset import BrodenDataset
+
         return BrodenDataset
     if name == "check_broden":
         from netdissect.broden.check import check_broden
+
         return check_broden
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BrodenDataset", "check_broden", "BrodenImage", "BrodenTables", "IndexRow", "compute_tables",
-           "image_statistics", "write_broden", "write_image", "write_index", "write_tables"]
+__all__ = [
+    "BrodenDataset",
+    "check_broden",
+    "BrodenImage",
+    "BrodenTables",
+    "IndexRow",
+    "compute_tables",
+    "image_statistics",
+    "write_broden",
+    "write_image",
+    "write_index",
+    "write_tables",
+]

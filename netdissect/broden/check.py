@@ -50,8 +50,10 @@ def check_broden(root: str | Path, workers: int | None = None, limit: int | None
         listed[category][[r.number for r in rows]] = True
     _check_index(root, index, categories, known, listed, problems)
 
-    rows = [_RowFiles(line, image, tuple(int(v) for v in size), tuple(zip(categories, cells)))
-            for line, image, size, cells in zip(index["lines"], index["images"], index["sizes"], index["cells"])]
+    rows = [
+        _RowFiles(line, image, tuple(int(v) for v in size), tuple(zip(categories, cells)))
+        for line, image, size, cells in zip(index["lines"], index["images"], index["sizes"], index["cells"])
+    ]
     rows = rows[:limit] if limit is not None else rows
     context = _FileContext(root, listed)
     workers = max(1, min(workers if workers is not None else len(os.sched_getaffinity(0)), len(rows) // 64 + 1))
@@ -76,8 +78,11 @@ def _check_tables(root: Path, tables: dict, problems: Problems) -> None:
     label_file = root / "label.csv"
     missing = [n for n in range(1, len(labels)) if labels[n] is None]
     if missing:
-        problems.add(label_file, f"label number(s) {_numbers(missing)} have no row; the numbers must run "
-                     f"1..{len(labels) - 1} without gaps (they are used in c_ files or later rows)")
+        problems.add(
+            label_file,
+            f"label number(s) {_numbers(missing)} have no row; the numbers must run "
+            f"1..{len(labels) - 1} without gaps (they are used in c_ files or later rows)",
+        )
     names = Counter(row.name for row in labels if row is not None)
     for row in labels:
         if row is None:
@@ -85,11 +90,19 @@ def _check_tables(root: Path, tables: dict, problems: Problems) -> None:
         if not row.name:
             problems.add(label_file, f"label {row.number} has an empty name", row=row.line, column="name")
         elif names[row.name] > 1:
-            problems.add(label_file, f"name {row.name!r} of label {row.number} is used by several labels",
-                         row=row.line, column="name")
+            problems.add(
+                label_file,
+                f"name {row.name!r} of label {row.number} is used by several labels",
+                row=row.line,
+                column="name",
+            )
         if row.categories and sum(row.categories.values()) != row.frequency:
-            problems.add(label_file, f"label {row.number}: frequency {row.frequency} is not the sum of its "
-                         f"category counts {row.categories}", row=row.line, column="frequency")
+            problems.add(
+                label_file,
+                f"label {row.number}: frequency {row.frequency} is not the sum of its category counts {row.categories}",
+                row=row.line,
+                column="frequency",
+            )
 
     per_label: dict[int, dict[str, int]] = {}
     for category_row in tables["category_rows"]:
@@ -100,28 +113,49 @@ def _check_tables(root: Path, tables: dict, problems: Problems) -> None:
         rows = tables["codes"][category]
         wrong = [r for k, r in enumerate(rows) if r.code != k + 1]
         if wrong:
-            problems.add(code_file, f"codes must run 1..{len(rows)} in order, found {_numbers([r.code for r in rows])}",
-                         row=wrong[0].line, column="code")
+            problems.add(
+                code_file,
+                f"codes must run 1..{len(rows)} in order, found {_numbers([r.code for r in rows])}",
+                row=wrong[0].line,
+                column="code",
+            )
         for r in rows:
             per_label.setdefault(r.number, {})[category] = r.frequency
             label = labels[r.number] if r.number < len(labels) else None
             if label is None:
-                problems.add(code_file, f"label number {r.number} ({r.name!r}) is missing from label.csv; "
-                             "add its row or remove it here", row=r.line, column="number")
+                problems.add(
+                    code_file,
+                    f"label number {r.number} ({r.name!r}) is missing from label.csv; add its row or remove it here",
+                    row=r.line,
+                    column="number",
+                )
             elif label.name != r.name:
-                problems.add(code_file, f"label {r.number} is named {r.name!r} here but {label.name!r} in label.csv",
-                             row=r.line, column="name")
+                problems.add(
+                    code_file,
+                    f"label {r.number} is named {r.name!r} here but {label.name!r} in label.csv",
+                    row=r.line,
+                    column="name",
+                )
         numbers = [r.number for r in rows]
         expected = (min(numbers, default=0), max(numbers, default=0), len(rows), sum(r.frequency for r in rows))
         found = (category_row.first, category_row.last, category_row.count, category_row.frequency)
         for column, want, got in zip(("first", "last", "count", "frequency"), expected, found):
             if want != got:
-                problems.add(root / "category.csv", f"category {category!r}: {column} is {got}, but c_{category}.csv "
-                             f"gives {want}", row=category_row.line, column=column)
+                problems.add(
+                    root / "category.csv",
+                    f"category {category!r}: {column} is {got}, but c_{category}.csv gives {want}",
+                    row=category_row.line,
+                    column=column,
+                )
     for row in labels:
         if row is not None and row.categories and row.categories != per_label.get(row.number, {}):
-            problems.add(label_file, f"label {row.number} ({row.name!r}): category field {row.categories} does not "
-                         f"match the c_ files {per_label.get(row.number, {})}", row=row.line, column="category")
+            problems.add(
+                label_file,
+                f"label {row.number} ({row.name!r}): category field {row.categories} does not "
+                f"match the c_ files {per_label.get(row.number, {})}",
+                row=row.line,
+                column="category",
+            )
 
 
 def _numbers(values: list[int]) -> str:
@@ -133,8 +167,9 @@ def _numbers(values: list[int]) -> str:
 # index.csv cells
 
 
-def _check_index(root: Path, index: dict, categories: list[str], known: np.ndarray,
-                 listed: dict[str, np.ndarray], problems: Problems) -> None:
+def _check_index(
+    root: Path, index: dict, categories: list[str], known: np.ndarray, listed: dict[str, np.ndarray], problems: Problems
+) -> None:
     path = root / "index.csv"
     for column in index["header"]:
         if column not in INDEX_FIXED_COLUMNS and column not in categories:
@@ -153,8 +188,9 @@ def _check_index(root: Path, index: dict, categories: list[str], known: np.ndarr
                 if item >= len(known) or not known[item]:
                     problems.add(path, f"label number {item} is missing from label.csv", row=line, column=category)
                 elif not listed[category][item]:
-                    problems.add(path, f"label number {item} is not listed in c_{category}.csv", row=line,
-                                 column=category)
+                    problems.add(
+                        path, f"label number {item} is not listed in c_{category}.csv", row=line, column=category
+                    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,14 +200,14 @@ def _check_index(root: Path, index: dict, categories: list[str], known: np.ndarr
 @dataclass(frozen=True)
 class _FileContext:
     root: Path
-    listed: dict[str, np.ndarray]        # category -> bool (L,) numbers listed in its c_ file
+    listed: dict[str, np.ndarray]  # category -> bool (L,) numbers listed in its c_ file
 
 
 @dataclass(frozen=True)
 class _RowFiles:
     line: int
     image: str
-    size: tuple[int, ...]                # ih, iw, sh, sw
+    size: tuple[int, ...]  # ih, iw, sh, sw
     cells: tuple[tuple[str, list], ...]  # (category, items)
 
 
@@ -200,24 +236,29 @@ def _check_row_files(row: _RowFiles) -> list[str]:
         with Image.open(jpeg) as img:
             img.load()
             if ih and iw and (img.height, img.width) != (ih, iw):
-                found.add(jpeg, f"image is {img.height}x{img.width} (h x w), index.csv says ih={ih}, iw={iw} "
-                          f"{where}, columns 'ih', 'iw')")
+                found.add(
+                    jpeg,
+                    f"image is {img.height}x{img.width} (h x w), index.csv says ih={ih}, iw={iw} "
+                    f"{where}, columns 'ih', 'iw')",
+                )
     except FileNotFoundError:
         found.add(jpeg, f"image file is missing {where}, column 'image')")
     except (OSError, ValueError) as err:
         found.add(jpeg, f"image cannot be decoded: {err} {where}, column 'image')")
-    except _Skip:                              # an unusable path, already reported with index.csv
+    except _Skip:  # an unusable path, already reported with index.csv
         pass
     for category, items in row.cells:
         for item in items:
             if isinstance(item, str):
-                _check_png(context, context.root / "images" / item, category, (sh, sw), f"{where}, column {category!r})",
-                           found)
+                _check_png(
+                    context, context.root / "images" / item, category, (sh, sw), f"{where}, column {category!r})", found
+                )
     return found.items
 
 
-def _check_png(context: _FileContext, path: Path, category: str, shape: tuple[int, int], where: str,
-               found: Problems) -> None:
+def _check_png(
+    context: _FileContext, path: Path, category: str, shape: tuple[int, int], where: str, found: Problems
+) -> None:
     try:
         with Image.open(path) as img:
             rgb = np.asarray(img.convert("RGB"))
@@ -228,7 +269,9 @@ def _check_png(context: _FileContext, path: Path, category: str, shape: tuple[in
         found.add(path, f"label PNG cannot be decoded: {err} {where}")
         return
     if all(shape) and rgb.shape[:2] != shape:
-        found.add(path, f"label map is {rgb.shape[0]}x{rgb.shape[1]}, index.csv says sh={shape[0]}, sw={shape[1]} {where}")
+        found.add(
+            path, f"label map is {rgb.shape[0]}x{rgb.shape[1]}, index.csv says sh={shape[0]}, sw={shape[1]} {where}"
+        )
     if rgb[..., 2].any():
         found.add(path, f"blue channel must be 0 (labels are R + 256*G), found {int(rgb[..., 2].max())} {where}")
     labels = rgb[..., 0].astype(np.int64) | (rgb[..., 1].astype(np.int64) << 8)
@@ -238,8 +281,11 @@ def _check_png(context: _FileContext, path: Path, category: str, shape: tuple[in
     bad = values[(values >= len(allowed)) | ~allowed[np.minimum(values, len(allowed) - 1)]]
     if bad.size:
         pixels = int(np.isin(labels, bad).sum())
-        found.add(path, f"holds label number(s) {_numbers(bad.tolist())} ({pixels} pixels) not listed in "
-                  f"c_{category}.csv {where}")
+        found.add(
+            path,
+            f"holds label number(s) {_numbers(bad.tolist())} ({pixels} pixels) not listed in c_{category}.csv {where}",
+        )
     if category == "color" and (labels == 0).any():
-        found.add(path, f"colour map has {int((labels == 0).sum())} unlabeled (0) pixels; every pixel needs a colour "
-                  f"{where}")
+        found.add(
+            path, f"colour map has {int((labels == 0).sum())} unlabeled (0) pixels; every pixel needs a colour {where}"
+        )

@@ -45,14 +45,19 @@ def fallback_color_index(rgb: np.ndarray) -> np.ndarray:
     v = high / 255.0
     s = np.divide(delta, high, out=np.zeros_like(high), where=high > 0)
     safe = np.where(delta > 0, delta, 1.0)
-    hue = np.select(
-        [high == r, high == g],
-        [((g - b) / safe) % 6.0, (b - r) / safe + 2.0],
-        (r - g) / safe + 4.0) * 60.0
+    hue = np.select([high == r, high == g], [((g - b) / safe) % 6.0, (b - r) / safe + 2.0], (r - g) / safe + 4.0) * 60.0
     hue = np.where(delta > 0, hue % 360.0, 0.0)
 
-    bands = [(345, 360, "red"), (0, 15, "red"), (15, 40, "orange"), (40, 70, "yellow"), (70, 170, "green"),
-             (170, 260, "blue"), (260, 320, "purple"), (320, 345, "pink")]
+    bands = [
+        (345, 360, "red"),
+        (0, 15, "red"),
+        (15, 40, "orange"),
+        (40, 70, "yellow"),
+        (70, 170, "green"),
+        (170, 260, "blue"),
+        (260, 320, "purple"),
+        (320, 345, "pink"),
+    ]
     out = np.zeros(hue.shape, dtype=np.uint8)
     for start, stop, name in bands:
         out[(hue >= start) & (hue < stop)] = _C[name]
@@ -83,10 +88,11 @@ def load_color_table(path: str | Path) -> np.ndarray:
         table = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise NetDissectError(f"{path}: cannot read a colour table ({err}); expected a .npy file") from err
-    if table.shape != (32, 32, 32) or not np.issubdtype(table.dtype, np.integer) \
-            or table.min() < 0 or table.max() > 10:
-        raise NetDissectError(f"{path}: a colour table is a (32, 32, 32) integer array with values 0..10 indexed "
-                              f"[R>>3, G>>3, B>>3]; found shape {table.shape}, dtype {table.dtype}")
+    if table.shape != (32, 32, 32) or not np.issubdtype(table.dtype, np.integer) or table.min() < 0 or table.max() > 10:
+        raise NetDissectError(
+            f"{path}: a colour table is a (32, 32, 32) integer array with values 0..10 indexed "
+            f"[R>>3, G>>3, B>>3]; found shape {table.shape}, dtype {table.dtype}"
+        )
     return np.ascontiguousarray(table, dtype=np.uint8)
 
 

@@ -9,8 +9,9 @@ once, at construction, and every defect in them is reported at once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,11 +19,22 @@ import torch
 from PIL import Image
 
 from netdissect.broden.format import (
-    INDEX_FIXED_COLUMNS, CategoryRow, CodeRow, LabelRow, Problems, read_csv_rows, decode_label_png, parse_cell,
-    primary_categories, read_category_csv, read_code_csv, read_label_csv)
+    INDEX_FIXED_COLUMNS,
+    CategoryRow,
+    CodeRow,
+    LabelRow,
+    Problems,
+    decode_label_png,
+    parse_cell,
+    primary_categories,
+    read_category_csv,
+    read_code_csv,
+    read_csv_rows,
+    read_label_csv,
+)
 from netdissect.errors import NetDissectError
 
-Item = int | str   # one item of a category cell: an int label or a PNG path relative to images/
+Item = int | str  # one item of a category cell: an int label or a PNG path relative to images/
 
 
 def safe_relative_path(text: str) -> bool:
@@ -48,14 +60,21 @@ class BrodenDataset(torch.utils.data.Dataset):
     image-level labels).
     """
 
-    def __init__(self, root: str | Path, categories: Sequence[str] | None = None,
-                 load_images: bool = True, load_labels: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        categories: Sequence[str] | None = None,
+        load_images: bool = True,
+        load_labels: bool = True,
+    ) -> None:
         self.root = Path(root)
         self.load_images = load_images
         self.load_labels = load_labels
         if not (self.root / "index.csv").is_file():
-            raise NetDissectError(f"{self.root}: no index.csv here; expected a Broden dataset folder "
-                                  f"(make one with `netdissect synth {self.root} --images 100`)")
+            raise NetDissectError(
+                f"{self.root}: no index.csv here; expected a Broden dataset folder "
+                f"(make one with `netdissect synth {self.root} --images 100`)"
+            )
         problems = Problems()
         tables = read_tables(self.root, problems, categories)
         problems.raise_if_any(f"dataset {self.root}")
@@ -73,8 +92,8 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.index: pd.DataFrame = index["frame"]
         self.pixel_categories: list[str] = index["pixel_categories"]
         self._images: list[str] = index["images"]
-        self._sizes: np.ndarray = index["sizes"]            # (N, 4) ih, iw, sh, sw
-        self._layers: list[list[Item]] = index["layers"]    # per row: PNG paths and constant ints
+        self._sizes: np.ndarray = index["sizes"]  # (N, 4) ih, iw, sh, sw
+        self._layers: list[list[Item]] = index["layers"]  # per row: PNG paths and constant ints
         self._image_labels: list[list[int]] = index["image_labels"]
 
     # -- torch Dataset ------------------------------------------------------------------------
@@ -102,11 +121,15 @@ class BrodenDataset(torch.utils.data.Dataset):
             with Image.open(path) as img:
                 rgb = np.array(img.convert("RGB"))
         except (OSError, ValueError) as err:
-            raise NetDissectError(f"{path} (index.csv row {i + 2}, column 'image'): cannot read the image "
-                                  f"({err}); run `netdissect broden check {self.root}`") from err
+            raise NetDissectError(
+                f"{path} (index.csv row {i + 2}, column 'image'): cannot read the image "
+                f"({err}); run `netdissect broden check {self.root}`"
+            ) from err
         if rgb.shape[:2] != (ih, iw):
-            raise NetDissectError(f"{path} (index.csv row {i + 2}): image is {rgb.shape[0]}x{rgb.shape[1]} (h x w), "
-                                  f"index.csv says ih={ih}, iw={iw}; regenerate the dataset or fix the row")
+            raise NetDissectError(
+                f"{path} (index.csv row {i + 2}): image is {rgb.shape[0]}x{rgb.shape[1]} (h x w), "
+                f"index.csv says ih={ih}, iw={iw}; regenerate the dataset or fix the row"
+            )
         return rgb
 
     def _decode_png(self, i: int, relative: str, sh: int, sw: int) -> np.ndarray:
@@ -114,14 +137,20 @@ class BrodenDataset(torch.utils.data.Dataset):
         try:
             labels = decode_label_png(path)
         except (OSError, ValueError) as err:
-            raise NetDissectError(f"{path} (index.csv row {i + 2}): cannot read the label PNG ({err}); "
-                                  f"run `netdissect broden check {self.root}`") from err
+            raise NetDissectError(
+                f"{path} (index.csv row {i + 2}): cannot read the label PNG ({err}); "
+                f"run `netdissect broden check {self.root}`"
+            ) from err
         if labels.shape != (sh, sw):
-            raise NetDissectError(f"{path} (index.csv row {i + 2}): label map is {labels.shape[0]}x{labels.shape[1]}, "
-                                  f"index.csv says sh={sh}, sw={sw}; regenerate the dataset or fix the row")
+            raise NetDissectError(
+                f"{path} (index.csv row {i + 2}): label map is {labels.shape[0]}x{labels.shape[1]}, "
+                f"index.csv says sh={sh}, sw={sw}; regenerate the dataset or fix the row"
+            )
         if labels.max(initial=0) >= self.num_labels:
-            raise NetDissectError(f"{path} (index.csv row {i + 2}): holds label number {int(labels.max())}, "
-                                  f"but label.csv ends at {self.num_labels - 1}; run `netdissect broden check`")
+            raise NetDissectError(
+                f"{path} (index.csv row {i + 2}): holds label number {int(labels.max())}, "
+                f"but label.csv ends at {self.num_labels - 1}; run `netdissect broden check`"
+            )
         return labels
 
     # -- batches ------------------------------------------------------------------------------
@@ -140,19 +169,27 @@ class BrodenDataset(torch.utils.data.Dataset):
                 out[key] = _views_of_one_storage([item[key] for item in batch])
         return out
 
-    def loader(self, batch_size: int, workers: int = 0, start: int = 0,
-               stop: int | None = None) -> torch.utils.data.DataLoader:
+    def loader(
+        self, batch_size: int, workers: int = 0, start: int = 0, stop: int | None = None
+    ) -> torch.utils.data.DataLoader:
         """A DataLoader over rows ``[start, stop)`` in row order, batched with :meth:`collate`."""
         stop = len(self) if stop is None else stop
         if not 0 <= start <= stop <= len(self):
-            raise NetDissectError(f"rows [{start}, {stop}) are outside the dataset's 0..{len(self)} rows of {self.root}")
+            raise NetDissectError(
+                f"rows [{start}, {stop}) are outside the dataset's 0..{len(self)} rows of {self.root}"
+            )
         if batch_size < 1 or workers < 0:
             raise NetDissectError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
         subset = torch.utils.data.Subset(self, range(start, stop))
         return torch.utils.data.DataLoader(
-            subset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=self.collate,
+            subset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=self.collate,
             worker_init_fn=_single_thread_worker if workers else None,
-            prefetch_factor=4 if workers else None)
+            prefetch_factor=4 if workers else None,
+        )
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -168,8 +205,10 @@ class BrodenDataset(torch.utils.data.Dataset):
         return self.root / "images" / self._images[i]
 
     def __repr__(self) -> str:
-        return (f"BrodenDataset({str(self.root)!r}, {len(self)} images, {self.num_labels - 1} labels, "
-                f"categories={self.categories})")
+        return (
+            f"BrodenDataset({str(self.root)!r}, {len(self)} images, {self.num_labels - 1} labels, "
+            f"categories={self.categories})"
+        )
 
 
 def _views_of_one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -178,7 +217,7 @@ def _views_of_one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     flat = torch.cat([t.reshape(-1) for t in tensors])
     views, start = [], 0
     for t in tensors:
-        views.append(flat[start:start + t.numel()].view(t.shape))
+        views.append(flat[start : start + t.numel()].view(t.shape))
         start += t.numel()
     return views
 
@@ -204,8 +243,10 @@ def read_tables(root: Path, problems: Problems, categories: Sequence[str] | None
     else:
         unknown = [c for c in categories if c not in all_names]
         if unknown and all_names:
-            problems.add(root / "category.csv", f"has no category {', '.join(map(repr, unknown))}; "
-                         f"choose among {', '.join(all_names)}")
+            problems.add(
+                root / "category.csv",
+                f"has no category {', '.join(map(repr, unknown))}; choose among {', '.join(all_names)}",
+            )
         selected = [c for c in all_names if c in categories]
     label_rows = read_label_csv(root / "label.csv", problems)
     codes = {c: read_code_csv(root / f"c_{c}.csv", problems) for c in selected}
@@ -234,8 +275,12 @@ def read_index(path: Path, categories: list[str], problems: Problems) -> dict[st
     for line, row in rows:
         image = row["image"]
         if not safe_relative_path(image):
-            problems.add(path, f"expected a relative path under images/ such as ade20k/x.jpg, found {image!r}",
-                         row=line, column="image")
+            problems.add(
+                path,
+                f"expected a relative path under images/ such as ade20k/x.jpg, found {image!r}",
+                row=line,
+                column="image",
+            )
         if row["split"] not in ("train", "val"):
             problems.add(path, f"expected 'train' or 'val', found {row['split']!r}", row=line, column="split")
         for k, column in enumerate(("ih", "iw", "sh", "sw")):
@@ -243,7 +288,7 @@ def read_index(path: Path, categories: list[str], problems: Problems) -> dict[st
             if not text.isdigit() or int(text) < 1:
                 problems.add(path, f"expected a positive integer, found {text!r}", row=line, column=column)
             else:
-                sizes[len(images), k] = int(text)          # 0 stays where the size is unknown
+                sizes[len(images), k] = int(text)  # 0 stays where the size is unknown
         row_cells = []
         for category in categories:
             items = []
@@ -251,9 +296,13 @@ def read_index(path: Path, categories: list[str], problems: Problems) -> dict[st
                 if isinstance(item, str):
                     has_png[category] = True
                     if not safe_relative_path(item) or not item.endswith(".png"):
-                        problems.add(path, f"item {item!r} is neither an integer label nor a relative path "
-                                     f"to a .png under images/", row=line, column=category)
-                        continue                            # a defective item is left out
+                        problems.add(
+                            path,
+                            f"item {item!r} is neither an integer label nor a relative path to a .png under images/",
+                            row=line,
+                            column=category,
+                        )
+                        continue  # a defective item is left out
                 items.append(item)
             row_cells.append(items)
         images.append(image)
@@ -271,6 +320,16 @@ def read_index(path: Path, categories: list[str], problems: Problems) -> dict[st
         layers.append(row_layers)
         image_labels.append(row_image_labels)
     frame = pd.DataFrame([row for _, row in rows], columns=header).astype(
-        {c: "int64" for c in ("ih", "iw", "sh", "sw")} if not len(problems) else {})
-    return {"frame": frame, "header": header, "images": images, "sizes": sizes, "layers": layers,
-            "image_labels": image_labels, "pixel_categories": pixel, "cells": cells, "lines": lines}
+        {c: "int64" for c in ("ih", "iw", "sh", "sw")} if not len(problems) else {}
+    )
+    return {
+        "frame": frame,
+        "header": header,
+        "images": images,
+        "sizes": sizes,
+        "layers": layers,
+        "image_labels": image_labels,
+        "pixel_categories": pixel,
+        "cells": cells,
+        "lines": lines,
+    }

@@ -61,7 +61,8 @@ class Problems:
         more = f"\n  ... and {len(self.items) - 20} more" if len(self.items) > 20 else ""
         raise NetDissectError(
             f"{what}: {len(self.items)} problem(s):\n  {shown}{more}\n"
-            f"Run `netdissect broden check DIR` for the full list; fix the files or regenerate the dataset.")
+            f"Run `netdissect broden check DIR` for the full list; fix the files or regenerate the dataset."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,11 +75,11 @@ class LabelRow:
 
     number: int
     name: str
-    categories: dict[str, int]      # category -> number of images having the label in it
+    categories: dict[str, int]  # category -> number of images having the label in it
     frequency: int
     coverage: float
     syns: list[str]
-    line: int = field(default=0, compare=False)        # line in the file (0: not read from a file)
+    line: int = field(default=0, compare=False)  # line in the file (0: not read from a file)
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,9 @@ class CodeRow:
     line: int = field(default=0, compare=False)
 
 
-def read_csv_rows(path: Path, columns: list[str], problems: Problems,
-               required: list[str] | None = None) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def read_csv_rows(
+    path: Path, columns: list[str], problems: Problems, required: list[str] | None = None
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Read a CSV file (CRLF or LF) into (header, [(line number, row dict)]).
 
     ``columns`` are the expected header names in order; ``required`` (default: all of them) must be
@@ -180,7 +182,9 @@ def read_label_csv(path: Path, problems: Problems) -> list[LabelRow]:
         if number is None or frequency is None or coverage is None:
             continue
         if number in seen:
-            problems.add(path, f"label number {number} already defined in row {seen[number]}", row=line, column="number")
+            problems.add(
+                path, f"label number {number} already defined in row {seen[number]}", row=line, column="number"
+            )
             continue
         seen[number] = line
         syns = [s for s in row.get("syns", "").split(";") if s]
@@ -197,8 +201,9 @@ def read_category_csv(path: Path, problems: Problems) -> list[CategoryRow]:
         values = [_int(row.get(c, "0") or "0", path, line, c, problems) for c in CATEGORY_COLUMNS[1:]]
         name = row["name"]
         if not name or "/" in name or "\\" in name:
-            problems.add(path, f"category name {name!r} must be non-empty and contain no path separator",
-                         row=line, column="name")
+            problems.add(
+                path, f"category name {name!r} must be non-empty and contain no path separator", row=line, column="name"
+            )
             continue
         if name in names:
             problems.add(path, f"category {name!r} is listed twice", row=line, column="name")
@@ -242,7 +247,7 @@ def primary_categories(codes: dict[str, list[CodeRow]], categories: list[str], n
         rows = [r for r in codes.get(category, []) if r.number < num_labels]
         numbers = np.array([r.number for r in rows], dtype=np.int64)
         coverage = np.array([r.coverage for r in rows], dtype=np.float64)
-        later_wins = coverage >= best[numbers]          # ">=": a tie goes to the later category
+        later_wins = coverage >= best[numbers]  # ">=": a tie goes to the later category
         primary[numbers[later_wins]] = index
         best[numbers[later_wins]] = coverage[later_wins]
     primary[0] = -1

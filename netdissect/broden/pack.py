@@ -33,8 +33,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,9 +48,22 @@ from netdissect.io import atomic_dir
 FORMAT_VERSION = 2
 PIXELS = "pixels.npy"
 INDEX = "index.npz"
-INDEX_KEYS = ("format_version", "offset", "shape", "layer_category", "layer_start", "image_labels",
-              "image_label_category", "image_start", "fingerprint", "categories", "num_labels", "hist_label",
-              "hist_count", "hist_start")
+INDEX_KEYS = (
+    "format_version",
+    "offset",
+    "shape",
+    "layer_category",
+    "layer_start",
+    "image_labels",
+    "image_label_category",
+    "image_start",
+    "fingerprint",
+    "categories",
+    "num_labels",
+    "hist_label",
+    "hist_count",
+    "hist_start",
+)
 
 
 def layer_categories(root: Path, categories: list[str]) -> dict[str, np.ndarray]:
@@ -74,18 +88,23 @@ def layer_categories(root: Path, categories: list[str]) -> dict[str, np.ndarray]
             if pixel[c]:
                 layer_category.extend([c] * len(kept))
             else:
-                image_labels.extend(kept)                    # ints only: a PNG makes the category a pixel one
+                image_labels.extend(kept)  # ints only: a PNG makes the category a pixel one
                 image_label_category.extend([c] * len(kept))
         layer_start.append(len(layer_category))
         image_start.append(len(image_labels))
-    as_int64 = lambda values: np.asarray(values, dtype=np.int64)   # noqa: E731
-    return {"layer_category": as_int64(layer_category), "layer_start": as_int64(layer_start),
-            "image_labels": as_int64(image_labels), "image_label_category": as_int64(image_label_category),
-            "image_start": as_int64(image_start)}
+    as_int64 = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
+    return {
+        "layer_category": as_int64(layer_category),
+        "layer_start": as_int64(layer_start),
+        "image_labels": as_int64(image_labels),
+        "image_label_category": as_int64(image_label_category),
+        "image_start": as_int64(image_start),
+    }
 
 
-def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None,
-                progress: bool = True, batch_size: int = 32) -> dict[str, Any]:
+def pack_labels(
+    root: str | Path, out: str | Path, *, workers: int | None = None, progress: bool = True, batch_size: int = 32
+) -> dict[str, Any]:
     """Decode every label PNG of the dataset at ``root`` once and write the pack folder ``out``.
 
     The PNGs are decoded by ``BrodenDataset(root, load_images=False)`` through its DataLoader
@@ -114,18 +133,28 @@ def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None
     hist_count: list[np.ndarray] = []
     with atomic_dir(out, replace=True) as tmp:
         with open(tmp / PIXELS, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<u2")),
-                                                     "fortran_order": False, "shape": (int(offset[-1]),)})
+            np.lib.format.write_array_header_1_0(
+                f,
+                {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype("<u2")),
+                    "fortran_order": False,
+                    "shape": (int(offset[-1]),),
+                },
+            )
             bar = tqdm(total=len(ds), unit="img", desc=f"pack {root.name}", disable=not progress, file=sys.stderr)
             for batch in _reraised(ds.loader(batch_size=batch_size, workers=workers)):
                 for i, layers in zip(batch["i"].tolist(), batch["pixel_labels"]):
                     if tuple(layers.shape) != tuple(shape[i]):
-                        raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: the reader gave layers "
-                                              f"{tuple(layers.shape)}, the index says {tuple(shape[i])}; "
-                                              f"report this bug")
+                        raise NetDissectError(
+                            f"{root / 'index.csv'} row {i + 2}: the reader gave layers "
+                            f"{tuple(layers.shape)}, the index says {tuple(shape[i])}; "
+                            f"report this bug"
+                        )
                     if layers.numel() and int(layers.max()) > np.iinfo(np.uint16).max:
-                        raise NetDissectError(f"{root / 'index.csv'} row {i + 2}: label number {int(layers.max())} "
-                                              f"does not fit 16 bits (R + 256*G); fix the row")
+                        raise NetDissectError(
+                            f"{root / 'index.csv'} row {i + 2}: label number {int(layers.max())} "
+                            f"does not fit 16 bits (R + 256*G); fix the row"
+                        )
                     f.write(layers.numpy().astype("<u2").tobytes())
                     for layer in layers.reshape(len(layers), -1).numpy():
                         counts = np.bincount(layer)
@@ -133,14 +162,26 @@ def pack_labels(root: str | Path, out: str | Path, *, workers: int | None = None
                         hist_count.append(counts[hist_label[-1]])
                 bar.update(len(batch["i"]))
             bar.close()
-        np.savez(tmp / INDEX, format_version=np.int64(FORMAT_VERSION), offset=offset[:-1], shape=shape,
-                 fingerprint=np.str_(fingerprint), categories=np.str_(json.dumps(ds.categories)),
-                 num_labels=np.int64(ds.num_labels), **csr,
-                 hist_label=np.concatenate(hist_label or [np.zeros(0)]).astype(np.int64),
-                 hist_count=np.concatenate(hist_count or [np.zeros(0)]).astype(np.int64),
-                 hist_start=np.concatenate([[0], np.cumsum([len(h) for h in hist_label])]).astype(np.int64))
-    return {"out": out, "images": len(ds), "layers": int(count.sum()), "bytes": int(offset[-1]) * 2,
-            "seconds": time.perf_counter() - start}
+        np.savez(
+            tmp / INDEX,
+            format_version=np.int64(FORMAT_VERSION),
+            offset=offset[:-1],
+            shape=shape,
+            fingerprint=np.str_(fingerprint),
+            categories=np.str_(json.dumps(ds.categories)),
+            num_labels=np.int64(ds.num_labels),
+            **csr,
+            hist_label=np.concatenate(hist_label or [np.zeros(0)]).astype(np.int64),
+            hist_count=np.concatenate(hist_count or [np.zeros(0)]).astype(np.int64),
+            hist_start=np.concatenate([[0], np.cumsum([len(h) for h in hist_label])]).astype(np.int64),
+        )
+    return {
+        "out": out,
+        "images": len(ds),
+        "layers": int(count.sum()),
+        "bytes": int(offset[-1]) * 2,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _reraised(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
@@ -156,8 +197,9 @@ def _reraised(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
 
 
 def _refuse(pack: Path, root: Path, why: str) -> NetDissectError:
-    return NetDissectError(f"label pack {pack}: {why}; rebuild it with "
-                           f"`netdissect broden pack-labels {root} --out {pack}`")
+    return NetDissectError(
+        f"label pack {pack}: {why}; rebuild it with `netdissect broden pack-labels {root} --out {pack}`"
+    )
 
 
 class PackedLabels(torch.utils.data.Dataset):
@@ -182,18 +224,26 @@ class PackedLabels(torch.utils.data.Dataset):
         self.categories = list(ds.categories)
         index = self._read_index()
         if int(index["format_version"]) != FORMAT_VERSION:
-            raise _refuse(self.pack, self.root, f"format_version is {int(index['format_version'])}, this netdissect "
-                                                f"reads version {FORMAT_VERSION}")
+            raise _refuse(
+                self.pack,
+                self.root,
+                f"format_version is {int(index['format_version'])}, this netdissect reads version {FORMAT_VERSION}",
+            )
         n = len(index["offset"])
         if n != len(ds):
             raise _refuse(self.pack, self.root, f"holds {n} rows, the dataset {self.root} has {len(ds)}")
         if str(index["fingerprint"]) != ds.fingerprint():
-            raise _refuse(self.pack, self.root, f"was made from another dataset (fingerprint of index.csv, label.csv, "
-                                                f"category.csv differs from {self.root}'s)")
+            raise _refuse(
+                self.pack,
+                self.root,
+                f"was made from another dataset (fingerprint of index.csv, label.csv, "
+                f"category.csv differs from {self.root}'s)",
+            )
         self._check_pixels(int(index["offset"][-1] + index["shape"][-1].prod()) if n else 0)
         all_categories = json.loads(str(index["categories"]))
-        selected = np.isin(np.arange(len(all_categories)),
-                           [all_categories.index(c) for c in self.categories if c in all_categories])
+        selected = np.isin(
+            np.arange(len(all_categories)), [all_categories.index(c) for c in self.categories if c in all_categories]
+        )
         self._offset: np.ndarray = index["offset"]
         self._shape: np.ndarray = index["shape"]
         # the kept layers of row i (positions in its stack) as CSR; a _contiguous row takes one slice
@@ -204,7 +254,7 @@ class PackedLabels(torch.utils.data.Dataset):
         self._kept_start = np.concatenate([[0], np.cumsum(np.bincount(row_of_layer[keep], minlength=n))])
         kept = np.diff(self._kept_start)
         has = kept > 0
-        self._first = np.zeros(n, dtype=np.int64)       # first kept layer's position in the row's stack
+        self._first = np.zeros(n, dtype=np.int64)  # first kept layer's position in the row's stack
         last = np.full(n, -1, dtype=np.int64)
         self._first[has] = self._kept_layers[self._kept_start[:-1][has]]
         last[has] = self._kept_layers[self._kept_start[1:][has] - 1]
@@ -214,8 +264,9 @@ class PackedLabels(torch.utils.data.Dataset):
         entry_kept = keep[layer_of_entry]
         self._hist_label = index["hist_label"][entry_kept]
         self._hist_count = index["hist_count"][entry_kept]
-        self._hist_start = np.concatenate([[0], np.cumsum(np.bincount(row_of_layer[layer_of_entry[entry_kept]],
-                                                                      minlength=n))])
+        self._hist_start = np.concatenate(
+            [[0], np.cumsum(np.bincount(row_of_layer[layer_of_entry[entry_kept]], minlength=n))]
+        )
         # image-level labels of the selected categories, CSR
         keep = selected[index["image_label_category"]]
         row_of_label = np.repeat(np.arange(n), np.diff(index["image_start"]))
@@ -246,12 +297,16 @@ class PackedLabels(torch.utils.data.Dataset):
         except (OSError, ValueError) as err:
             raise _refuse(self.pack, self.root, f"cannot read {PIXELS} ({err})") from err
         if shape != (total,) or dtype != np.dtype("<u2") or end != path.stat().st_size:
-            raise _refuse(self.pack, self.root, f"{PIXELS} holds {shape} {dtype} ({path.stat().st_size} bytes), "
-                                                f"the index expects ({total},) uint16 (incomplete pack)")
+            raise _refuse(
+                self.pack,
+                self.root,
+                f"{PIXELS} holds {shape} {dtype} ({path.stat().st_size} bytes), "
+                f"the index expects ({total},) uint16 (incomplete pack)",
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_pixels"] = None            # each process maps the file itself
+        state["_pixels"] = None  # each process maps the file itself
         return state
 
     def __len__(self) -> int:
@@ -267,18 +322,21 @@ class PackedLabels(torch.utils.data.Dataset):
         a, b = self._kept_start[i], self._kept_start[i + 1]
         if self._contiguous[i]:
             start = self._offset[i] + self._first[i] * sh * sw
-            stack = self._pixels[start:start + (b - a) * sh * sw].reshape(b - a, sh, sw)
+            stack = self._pixels[start : start + (b - a) * sh * sw].reshape(b - a, sh, sw)
         else:
-            whole = self._pixels[self._offset[i]:self._offset[i] + k * sh * sw].reshape(k, sh, sw)
+            whole = self._pixels[self._offset[i] : self._offset[i] + k * sh * sw].reshape(k, sh, sw)
             stack = whole[self._kept_layers[a:b]]
         c, d = self._image_start[i], self._image_start[i + 1]
         e, f = self._hist_start[i], self._hist_start[i + 1]
-        return {"i": int(i), "pixel_labels": torch.from_numpy(stack.astype(np.int32)),
-                "image_labels": torch.from_numpy(self._image_labels[c:d].copy()),
-                "label_pixels": (torch.from_numpy(self._hist_label[e:f]), torch.from_numpy(self._hist_count[e:f]))}
+        return {
+            "i": int(i),
+            "pixel_labels": torch.from_numpy(stack.astype(np.int32)),
+            "image_labels": torch.from_numpy(self._image_labels[c:d].copy()),
+            "label_pixels": (torch.from_numpy(self._hist_label[e:f]), torch.from_numpy(self._hist_count[e:f])),
+        }
 
     collate = staticmethod(BrodenDataset.collate)
-    loader = BrodenDataset.loader          # rows [start, stop) in order, batched like the dataset's
+    loader = BrodenDataset.loader  # rows [start, stop) in order, batched like the dataset's
 
     def __repr__(self) -> str:
         return f"PackedLabels({str(self.pack)!r}, {len(self)} images, categories={self.categories})"

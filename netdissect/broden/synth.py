@@ -27,21 +27,30 @@ whatever the number of worker processes.
 
 from __future__ import annotations
 
+import io
 import math
 import multiprocessing
-import io
 import os
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from netdissect.broden.colors import COLOR_NAMES, name_colors
 from netdissect.broden.writer import (
-    BrodenTables, IndexRow, compute_tables, resize_labels, write_index, write_jpeg, write_label_layers, write_tables)
+    BrodenTables,
+    IndexRow,
+    compute_tables,
+    resize_labels,
+    write_index,
+    write_jpeg,
+    write_label_layers,
+    write_tables,
+)
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_write_text
 
@@ -59,14 +68,32 @@ TEXTURES = ["striped", "banded", "checkered", "dotted", "grid", "zigzagged", "wa
 SCENES = ["street-s", "village-s", "park-s", "beach-s", "bedroom-s", "dining_room-s"]
 BACKGROUNDS = ["sky", "grass", "road", "water", "sand", "wall", "floor"]
 OBJECTS = ["car", "house", "tree", "person", "table", "bed", "lamp", "boat", "window"]
-PARTS = ["window", "door", "wheel", "hub", "roof", "pane", "trunk", "crown", "head", "torso", "leg", "tabletop",
-         "blanket", "pillow", "shade", "base", "hull", "sail"]
+PARTS = [
+    "window",
+    "door",
+    "wheel",
+    "hub",
+    "roof",
+    "pane",
+    "trunk",
+    "crown",
+    "head",
+    "torso",
+    "leg",
+    "tabletop",
+    "blanket",
+    "pillow",
+    "shade",
+    "base",
+    "hull",
+    "sail",
+]
 COLOR_LABELS = [f"{c}-c" for c in COLOR_NAMES]
 VOCABULARY = list(dict.fromkeys(COLOR_LABELS + BACKGROUNDS + OBJECTS + PARTS + MATERIALS + TEXTURES + SCENES))
 ID = {name: k + 1 for k, name in enumerate(VOCABULARY)}
 COLOR_IDS = np.array([ID[c] for c in COLOR_LABELS], dtype=np.uint8)
 
-KIND_OF_ROW = ["scene"] * 6 + ["material"] * 2 + ["texture"] * 2   # row i has kind KIND_OF_ROW[i % 10]
+KIND_OF_ROW = ["scene"] * 6 + ["material"] * 2 + ["texture"] * 2  # row i has kind KIND_OF_ROW[i % 10]
 
 
 def image_name(i: int) -> str:
@@ -87,13 +114,14 @@ class Shape:
     xs: slice
     mask: np.ndarray
 
-    def __or__(self, other: "Shape") -> "Shape":
+    def __or__(self, other: Shape) -> Shape:
         ys = slice(min(self.ys.start, other.ys.start), max(self.ys.stop, other.ys.stop))
         xs = slice(min(self.xs.start, other.xs.start), max(self.xs.stop, other.xs.stop))
         mask = np.zeros((ys.stop - ys.start, xs.stop - xs.start), dtype=bool)
         for part in (self, other):
-            mask[part.ys.start - ys.start:part.ys.stop - ys.start,
-                 part.xs.start - xs.start:part.xs.stop - xs.start] |= part.mask
+            mask[
+                part.ys.start - ys.start : part.ys.stop - ys.start, part.xs.start - xs.start : part.xs.stop - xs.start
+            ] |= part.mask
         return Shape(ys, xs, mask)
 
     def full(self, size: int) -> np.ndarray:
@@ -111,9 +139,9 @@ class Canvas:
     rng: np.random.Generator
     rgb: np.ndarray = field(init=False)
     object: np.ndarray = field(init=False)
-    parts: np.ndarray = field(init=False)         # (2, S, S): parts, and parts of parts
+    parts: np.ndarray = field(init=False)  # (2, S, S): parts, and parts of parts
     material: np.ndarray = field(init=False)
-    drawn: list[tuple[str, Shape]] = field(default_factory=list)   # objects in drawing order
+    drawn: list[tuple[str, Shape]] = field(default_factory=list)  # objects in drawing order
 
     def __post_init__(self) -> None:
         s = self.size
@@ -139,8 +167,9 @@ class Canvas:
         """Smooth noise in [0, 1) over the canvas: a random cells x cells grid, bilinearly upsampled."""
         if cells not in self._noise:
             small = self.rng.random((cells, cells), dtype=np.float32)
-            self._noise[cells] = np.asarray(Image.fromarray(small, mode="F").resize(
-                (self.size, self.size), Image.BILINEAR))
+            self._noise[cells] = np.asarray(
+                Image.fromarray(small, mode="F").resize((self.size, self.size), Image.BILINEAR)
+            )
         return self._noise[cells]
 
     # -- shapes ---------------------------------------------------------------------------------
@@ -184,7 +213,7 @@ PatternFn = Callable[[Canvas, slice, slice, np.ndarray, np.ndarray, np.ndarray],
 
 
 def _shade(tint: np.ndarray, lum: np.ndarray) -> np.ndarray:
-    return tint * lum[..., None]            # the canvas is clipped to 0..255 once, at the end
+    return tint * lum[..., None]  # the canvas is clipped to 0..255 once, at the end
 
 
 def _wood(c: Canvas, ys, xs, y, x, tint):
@@ -219,7 +248,7 @@ def _fabric(c: Canvas, ys, xs, y, x, tint):
 def _metal(c: Canvas, ys, xs, y, x, tint):
     top, height = ys.start, max(ys.stop - ys.start, 1)
     t = (y - top) / height
-    highlight = np.exp(-((t - 0.3) / 0.08) ** 2) * 0.5
+    highlight = np.exp(-(((t - 0.3) / 0.08) ** 2)) * 0.5
     return _shade(tint, 0.75 + 0.25 * (1 - t) + highlight)
 
 
@@ -274,16 +303,47 @@ def _plain(c: Canvas, ys, xs, y, x, tint):
 
 
 MATERIAL_PATTERNS: dict[str, PatternFn] = {
-    "wood": _wood, "brick": _brick, "tile": _tile, "fabric": _fabric, "metal": _metal, "glass": _glass,
-    "foliage": _foliage, "stone": _stone, "rubber": _rubber,
+    "wood": _wood,
+    "brick": _brick,
+    "tile": _tile,
+    "fabric": _fabric,
+    "metal": _metal,
+    "glass": _glass,
+    "foliage": _foliage,
+    "stone": _stone,
+    "rubber": _rubber,
     # surfaces without a material label
-    "sky": _sky, "grass": _grass, "road": _road, "water": _water, "sand": _sand, "plain": _plain,
+    "sky": _sky,
+    "grass": _grass,
+    "road": _road,
+    "water": _water,
+    "sand": _sand,
+    "plain": _plain,
 }
-MATERIAL_TINT = {"wood": (150, 95, 50), "brick": (165, 62, 45), "tile": (225, 220, 205), "fabric": (90, 110, 190),
-                 "metal": (165, 168, 175), "glass": (160, 205, 230), "foliage": (45, 125, 40), "stone": (128, 124, 118),
-                 "rubber": (38, 38, 40)}
-VIVID = [(215, 40, 35), (40, 80, 200), (235, 205, 40), (40, 150, 60), (240, 130, 30), (130, 50, 160),
-         (240, 150, 190), (245, 245, 240), (30, 30, 30), (120, 75, 40), (140, 140, 140)]
+MATERIAL_TINT = {
+    "wood": (150, 95, 50),
+    "brick": (165, 62, 45),
+    "tile": (225, 220, 205),
+    "fabric": (90, 110, 190),
+    "metal": (165, 168, 175),
+    "glass": (160, 205, 230),
+    "foliage": (45, 125, 40),
+    "stone": (128, 124, 118),
+    "rubber": (38, 38, 40),
+}
+VIVID = [
+    (215, 40, 35),
+    (40, 80, 200),
+    (235, 205, 40),
+    (40, 150, 60),
+    (240, 130, 30),
+    (130, 50, 160),
+    (240, 150, 190),
+    (245, 245, 240),
+    (30, 30, 30),
+    (120, 75, 40),
+    (140, 140, 140),
+]
 
 
 def _jitter(rng: np.random.Generator, tint: tuple[float, ...], amount: float = 0.12) -> tuple[float, ...]:
@@ -300,26 +360,62 @@ class Piece:
     """One painted piece of an object: its shape, material, colour and labels."""
 
     shape: Shape
-    material: str                        # a MATERIALS name, or a surface name (no material label)
+    material: str  # a MATERIALS name, or a surface name (no material label)
     tint: tuple[float, ...]
-    part: str = ""                       # part label (layer 1), "" for none
-    subpart: str = ""                    # part-of-part label (layer 2), "" for none
+    part: str = ""  # part label (layer 1), "" for none
+    subpart: str = ""  # part-of-part label (layer 2), "" for none
 
 
 def _car(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
     body = _jitter(c.rng, VIVID[c.rng.choice([0, 1, 2, 7, 8, 10])], 0.05)
     r = 0.17 * h
-    pieces = [Piece(c.rect(x, y + 0.4 * h, x + w, y + 0.8 * h), "metal", body),
-              Piece(c.polygon([(x + 0.18 * w, y + 0.41 * h), (x + 0.3 * w, y + 0.06 * h),
-                               (x + 0.72 * w, y + 0.06 * h), (x + 0.86 * w, y + 0.41 * h)]), "metal", body),
-              Piece(c.polygon([(x + 0.29 * w, y + 0.38 * h), (x + 0.36 * w, y + 0.13 * h),
-                               (x + 0.5 * w, y + 0.13 * h), (x + 0.5 * w, y + 0.38 * h)]),
-                    "glass", MATERIAL_TINT["glass"], "window"),
-              Piece(c.polygon([(x + 0.53 * w, y + 0.38 * h), (x + 0.53 * w, y + 0.13 * h),
-                               (x + 0.68 * w, y + 0.13 * h), (x + 0.79 * w, y + 0.38 * h)]),
-                    "glass", MATERIAL_TINT["glass"], "window"),
-              Piece(c.rect(x + 0.36 * w, y + 0.43 * h, x + 0.6 * w, y + 0.74 * h), "metal",
-                    tuple(v * 0.72 for v in body), "door")]
+    pieces = [
+        Piece(c.rect(x, y + 0.4 * h, x + w, y + 0.8 * h), "metal", body),
+        Piece(
+            c.polygon(
+                [
+                    (x + 0.18 * w, y + 0.41 * h),
+                    (x + 0.3 * w, y + 0.06 * h),
+                    (x + 0.72 * w, y + 0.06 * h),
+                    (x + 0.86 * w, y + 0.41 * h),
+                ]
+            ),
+            "metal",
+            body,
+        ),
+        Piece(
+            c.polygon(
+                [
+                    (x + 0.29 * w, y + 0.38 * h),
+                    (x + 0.36 * w, y + 0.13 * h),
+                    (x + 0.5 * w, y + 0.13 * h),
+                    (x + 0.5 * w, y + 0.38 * h),
+                ]
+            ),
+            "glass",
+            MATERIAL_TINT["glass"],
+            "window",
+        ),
+        Piece(
+            c.polygon(
+                [
+                    (x + 0.53 * w, y + 0.38 * h),
+                    (x + 0.53 * w, y + 0.13 * h),
+                    (x + 0.68 * w, y + 0.13 * h),
+                    (x + 0.79 * w, y + 0.38 * h),
+                ]
+            ),
+            "glass",
+            MATERIAL_TINT["glass"],
+            "window",
+        ),
+        Piece(
+            c.rect(x + 0.36 * w, y + 0.43 * h, x + 0.6 * w, y + 0.74 * h),
+            "metal",
+            tuple(v * 0.72 for v in body),
+            "door",
+        ),
+    ]
     for cx in (x + 0.22 * w, x + 0.78 * w):
         pieces.append(Piece(c.ellipse(cx, y + h - r, r, r), "rubber", MATERIAL_TINT["rubber"], "wheel"))
         pieces.append(Piece(c.ellipse(cx, y + h - r, 0.45 * r, 0.45 * r), "metal", (200, 200, 205), "wheel", "hub"))
@@ -342,58 +438,92 @@ def _window_pieces(c: Canvas, x0: float, y0: float, x1: float, y1: float, part: 
 
 
 def _house(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
-    pieces = [Piece(c.rect(x + 0.06 * w, y + 0.4 * h, x + 0.94 * w, y + h), "brick", _jitter(c.rng, MATERIAL_TINT["brick"])),
-              Piece(c.polygon([(x, y + 0.42 * h), (x + 0.5 * w, y), (x + w, y + 0.42 * h)]), "tile",
-                    _jitter(c.rng, (120, 45, 35)), "roof"),
-              Piece(c.rect(x + 0.42 * w, y + 0.66 * h, x + 0.58 * w, y + h), "wood", _jitter(c.rng, (110, 70, 40)), "door")]
+    pieces = [
+        Piece(c.rect(x + 0.06 * w, y + 0.4 * h, x + 0.94 * w, y + h), "brick", _jitter(c.rng, MATERIAL_TINT["brick"])),
+        Piece(
+            c.polygon([(x, y + 0.42 * h), (x + 0.5 * w, y), (x + w, y + 0.42 * h)]),
+            "tile",
+            _jitter(c.rng, (120, 45, 35)),
+            "roof",
+        ),
+        Piece(c.rect(x + 0.42 * w, y + 0.66 * h, x + 0.58 * w, y + h), "wood", _jitter(c.rng, (110, 70, 40)), "door"),
+    ]
     for wx in (0.14, 0.64):
         pieces += _window_pieces(c, x + wx * w, y + 0.5 * h, x + (wx + 0.22) * w, y + 0.72 * h, "window", "subpart")
     return pieces
 
 
 def _tree(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
-    return [Piece(c.rect(x + 0.42 * w, y + 0.55 * h, x + 0.58 * w, y + h), "wood", _jitter(c.rng, (95, 62, 35)), "trunk"),
-            Piece(c.ellipse(x + 0.5 * w, y + 0.34 * h, 0.5 * w, 0.34 * h), "foliage",
-                  _jitter(c.rng, MATERIAL_TINT["foliage"]), "crown")]
+    return [
+        Piece(c.rect(x + 0.42 * w, y + 0.55 * h, x + 0.58 * w, y + h), "wood", _jitter(c.rng, (95, 62, 35)), "trunk"),
+        Piece(
+            c.ellipse(x + 0.5 * w, y + 0.34 * h, 0.5 * w, 0.34 * h),
+            "foliage",
+            _jitter(c.rng, MATERIAL_TINT["foliage"]),
+            "crown",
+        ),
+    ]
 
 
 def _person(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
     shirt = VIVID[c.rng.choice([0, 1, 3, 4, 5, 6, 7])]
-    return [Piece(c.rect(x + 0.24 * w, y + 0.55 * h, x + 0.47 * w, y + h), "fabric", (45, 55, 105), "leg"),
-            Piece(c.rect(x + 0.53 * w, y + 0.55 * h, x + 0.76 * w, y + h), "fabric", (45, 55, 105), "leg"),
-            Piece(c.rect(x + 0.15 * w, y + 0.2 * h, x + 0.85 * w, y + 0.57 * h), "fabric", shirt, "torso"),
-            Piece(c.ellipse(x + 0.5 * w, y + 0.1 * h, 0.1 * h, 0.1 * h), "plain", _jitter(c.rng, (225, 180, 140)), "head")]
+    return [
+        Piece(c.rect(x + 0.24 * w, y + 0.55 * h, x + 0.47 * w, y + h), "fabric", (45, 55, 105), "leg"),
+        Piece(c.rect(x + 0.53 * w, y + 0.55 * h, x + 0.76 * w, y + h), "fabric", (45, 55, 105), "leg"),
+        Piece(c.rect(x + 0.15 * w, y + 0.2 * h, x + 0.85 * w, y + 0.57 * h), "fabric", shirt, "torso"),
+        Piece(c.ellipse(x + 0.5 * w, y + 0.1 * h, 0.1 * h, 0.1 * h), "plain", _jitter(c.rng, (225, 180, 140)), "head"),
+    ]
 
 
 def _table(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
     wood = _jitter(c.rng, MATERIAL_TINT["wood"])
-    return [Piece(c.rect(x + 0.05 * w, y + 0.15 * h, x + 0.13 * w, y + h), "wood", wood, "leg"),
-            Piece(c.rect(x + 0.87 * w, y + 0.15 * h, x + 0.95 * w, y + h), "wood", wood, "leg"),
-            Piece(c.rect(x, y, x + w, y + 0.16 * h), "wood", wood, "tabletop")]
+    return [
+        Piece(c.rect(x + 0.05 * w, y + 0.15 * h, x + 0.13 * w, y + h), "wood", wood, "leg"),
+        Piece(c.rect(x + 0.87 * w, y + 0.15 * h, x + 0.95 * w, y + h), "wood", wood, "leg"),
+        Piece(c.rect(x, y, x + w, y + 0.16 * h), "wood", wood, "tabletop"),
+    ]
 
 
 def _bed(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
     wood = _jitter(c.rng, MATERIAL_TINT["wood"])
     cover = VIVID[c.rng.choice([1, 3, 5, 6])]
-    return [Piece(c.rect(x, y, x + 0.08 * w, y + h), "wood", wood),
-            Piece(c.rect(x, y + 0.5 * h, x + w, y + h), "wood", wood),
-            Piece(c.rect(x + 0.3 * w, y + 0.3 * h, x + w, y + 0.78 * h), "fabric", cover, "blanket"),
-            Piece(c.ellipse(x + 0.19 * w, y + 0.38 * h, 0.1 * w, 0.11 * h), "fabric", (240, 240, 235), "pillow")]
+    return [
+        Piece(c.rect(x, y, x + 0.08 * w, y + h), "wood", wood),
+        Piece(c.rect(x, y + 0.5 * h, x + w, y + h), "wood", wood),
+        Piece(c.rect(x + 0.3 * w, y + 0.3 * h, x + w, y + 0.78 * h), "fabric", cover, "blanket"),
+        Piece(c.ellipse(x + 0.19 * w, y + 0.38 * h, 0.1 * w, 0.11 * h), "fabric", (240, 240, 235), "pillow"),
+    ]
 
 
 def _lamp(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
-    return [Piece(c.rect(x + 0.46 * w, y + 0.3 * h, x + 0.54 * w, y + 0.93 * h), "metal", (90, 90, 95)),
-            Piece(c.rect(x + 0.2 * w, y + 0.92 * h, x + 0.8 * w, y + h), "metal", (90, 90, 95), "base"),
-            Piece(c.polygon([(x + 0.12 * w, y + 0.35 * h), (x + 0.3 * w, y), (x + 0.7 * w, y),
-                             (x + 0.88 * w, y + 0.35 * h)]), "fabric", _jitter(c.rng, (245, 225, 140)), "shade")]
+    return [
+        Piece(c.rect(x + 0.46 * w, y + 0.3 * h, x + 0.54 * w, y + 0.93 * h), "metal", (90, 90, 95)),
+        Piece(c.rect(x + 0.2 * w, y + 0.92 * h, x + 0.8 * w, y + h), "metal", (90, 90, 95), "base"),
+        Piece(
+            c.polygon([(x + 0.12 * w, y + 0.35 * h), (x + 0.3 * w, y), (x + 0.7 * w, y), (x + 0.88 * w, y + 0.35 * h)]),
+            "fabric",
+            _jitter(c.rng, (245, 225, 140)),
+            "shade",
+        ),
+    ]
 
 
 def _boat(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
-    return [Piece(c.rect(x + 0.48 * w, y, x + 0.52 * w, y + 0.72 * h), "wood", (110, 75, 45)),
-            Piece(c.polygon([(x + 0.53 * w, y), (x + 0.92 * w, y + 0.64 * h), (x + 0.53 * w, y + 0.64 * h)]),
-                  "fabric", (245, 245, 240), "sail"),
-            Piece(c.polygon([(x, y + 0.7 * h), (x + w, y + 0.7 * h), (x + 0.84 * w, y + h), (x + 0.16 * w, y + h)]),
-                  "wood", _jitter(c.rng, (140, 60, 40)), "hull")]
+    return [
+        Piece(c.rect(x + 0.48 * w, y, x + 0.52 * w, y + 0.72 * h), "wood", (110, 75, 45)),
+        Piece(
+            c.polygon([(x + 0.53 * w, y), (x + 0.92 * w, y + 0.64 * h), (x + 0.53 * w, y + 0.64 * h)]),
+            "fabric",
+            (245, 245, 240),
+            "sail",
+        ),
+        Piece(
+            c.polygon([(x, y + 0.7 * h), (x + w, y + 0.7 * h), (x + 0.84 * w, y + h), (x + 0.16 * w, y + h)]),
+            "wood",
+            _jitter(c.rng, (140, 60, 40)),
+            "hull",
+        ),
+    ]
 
 
 def _window(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
@@ -402,9 +532,15 @@ def _window(c: Canvas, x: float, y: float, w: float, h: float) -> list[Piece]:
 
 # name -> (drawing function, aspect w/h, height range as a fraction of S at the bottom of the image)
 OBJECT_SHAPES: dict[str, tuple[Callable[..., list[Piece]], float, tuple[float, float]]] = {
-    "car": (_car, 2.0, (0.2, 0.3)), "house": (_house, 1.0, (0.32, 0.45)), "tree": (_tree, 0.62, (0.4, 0.6)),
-    "person": (_person, 0.42, (0.3, 0.45)), "table": (_table, 1.7, (0.22, 0.3)), "bed": (_bed, 2.0, (0.25, 0.32)),
-    "lamp": (_lamp, 0.5, (0.35, 0.5)), "boat": (_boat, 1.2, (0.25, 0.35)), "window": (_window, 0.8, (0.25, 0.32)),
+    "car": (_car, 2.0, (0.2, 0.3)),
+    "house": (_house, 1.0, (0.32, 0.45)),
+    "tree": (_tree, 0.62, (0.4, 0.6)),
+    "person": (_person, 0.42, (0.3, 0.45)),
+    "table": (_table, 1.7, (0.22, 0.3)),
+    "bed": (_bed, 2.0, (0.25, 0.32)),
+    "lamp": (_lamp, 0.5, (0.35, 0.5)),
+    "boat": (_boat, 1.2, (0.25, 0.35)),
+    "window": (_window, 0.8, (0.25, 0.32)),
 }
 
 
@@ -432,24 +568,32 @@ def draw_object(c: Canvas, name: str, x: float, y: float, w: float, h: float) ->
 
 @dataclass(frozen=True)
 class SceneKind:
-    top: str                               # background above the horizon
-    bottom: str                            # background below it
-    horizon: tuple[float, float]           # fraction of S
+    top: str  # background above the horizon
+    bottom: str  # background below it
+    horizon: tuple[float, float]  # fraction of S
     objects: tuple[tuple[str, int, int], ...]
-    band: str = ""                         # optional middle band (water on the beach)
+    band: str = ""  # optional middle band (water on the beach)
 
 
 SCENE_KINDS = {
-    "street-s": SceneKind("sky", "road", (0.42, 0.52), (("house", 0, 1), ("tree", 0, 1), ("car", 1, 2), ("person", 0, 2))),
+    "street-s": SceneKind(
+        "sky", "road", (0.42, 0.52), (("house", 0, 1), ("tree", 0, 1), ("car", 1, 2), ("person", 0, 2))
+    ),
     "village-s": SceneKind("sky", "grass", (0.38, 0.5), (("house", 1, 3), ("tree", 0, 2), ("person", 0, 1))),
     "park-s": SceneKind("sky", "grass", (0.35, 0.48), (("tree", 2, 3), ("person", 0, 2))),
     "beach-s": SceneKind("sky", "sand", (0.3, 0.4), (("boat", 1, 2), ("person", 0, 2)), band="water"),
     "bedroom-s": SceneKind("wall", "floor", (0.55, 0.65), (("window", 0, 1), ("bed", 1, 1), ("lamp", 0, 1))),
-    "dining_room-s": SceneKind("wall", "floor", (0.55, 0.65),
-                               (("window", 0, 1), ("table", 1, 1), ("lamp", 0, 1), ("person", 0, 2))),
+    "dining_room-s": SceneKind(
+        "wall", "floor", (0.55, 0.65), (("window", 0, 1), ("table", 1, 1), ("lamp", 0, 1), ("person", 0, 2))
+    ),
 }
-SURFACE_TINT = {"sky": (110, 160, 225), "grass": (70, 150, 55), "road": (85, 85, 90), "water": (40, 95, 170),
-                "sand": (220, 195, 140)}
+SURFACE_TINT = {
+    "sky": (110, 160, 225),
+    "grass": (70, 150, 55),
+    "road": (85, 85, 90),
+    "water": (40, 95, 170),
+    "sand": (220, 195, 140),
+}
 WALL_TINTS = [(235, 225, 195), (200, 220, 235), (235, 200, 205), (215, 230, 200)]
 
 
@@ -461,11 +605,16 @@ def render_scene(c: Canvas) -> str:
     horizon = s * rng.uniform(*kind.horizon)
     top, bottom = c.rect(0, 0, s, horizon), c.rect(0, horizon, s, s)
     indoor = kind.top == "wall"
-    c.paint(top, "plain" if indoor else kind.top, WALL_TINTS[int(rng.integers(4))] if indoor else SURFACE_TINT[kind.top])
+    c.paint(
+        top, "plain" if indoor else kind.top, WALL_TINTS[int(rng.integers(4))] if indoor else SURFACE_TINT[kind.top]
+    )
     c.label(c.object, top, kind.top)
     floor_material = "wood" if rng.random() < 0.5 else "tile"
-    c.paint(bottom, floor_material if indoor else kind.bottom,
-            MATERIAL_TINT[floor_material] if indoor else SURFACE_TINT[kind.bottom])
+    c.paint(
+        bottom,
+        floor_material if indoor else kind.bottom,
+        MATERIAL_TINT[floor_material] if indoor else SURFACE_TINT[kind.bottom],
+    )
     c.label(c.object, bottom, kind.bottom)
     if indoor:
         c.label(c.material, bottom, floor_material)
@@ -476,26 +625,26 @@ def render_scene(c: Canvas) -> str:
         c.paint(band, kind.band, SURFACE_TINT[kind.band])
         c.label(c.object, band, kind.band)
 
-    placed = []                             # (depth key, name, x, w, h, top y); windows first
+    placed = []  # (depth key, name, x, w, h, top y); windows first
     for name, low, high in kind.objects:
         for _ in range(int(rng.integers(low, high + 1))):
             aspect, (h_lo, h_hi) = OBJECT_SHAPES[name][1:]
-            if name == "window":            # hangs on the wall
+            if name == "window":  # hangs on the wall
                 h = s * rng.uniform(h_lo, h_hi)
                 w = h * aspect
                 top_y = rng.uniform(0.06 * s, max(0.07 * s, horizon - h - 0.05 * s))
                 placed.append((-1.0, name, rng.uniform(0, s - w), w, h, top_y))
                 continue
-            if name == "boat":              # floats on the water band
+            if name == "boat":  # floats on the water band
                 floor_top, floor_bottom = horizon + 0.1 * (ground - horizon), ground + 0.04 * s
-            else:                           # stands on the ground (the sand, on a beach)
+            else:  # stands on the ground (the sand, on a beach)
                 floor_top, floor_bottom = ground, s
             foot = rng.uniform(floor_top + 0.08 * (floor_bottom - floor_top), floor_bottom)
-            depth = 0.55 + 0.45 * (foot - floor_top) / max(floor_bottom - floor_top, 1.0)   # nearer is larger
+            depth = 0.55 + 0.45 * (foot - floor_top) / max(floor_bottom - floor_top, 1.0)  # nearer is larger
             h = s * rng.uniform(h_lo, h_hi) * depth
             w = h * aspect
             placed.append((foot, name, rng.uniform(-0.1 * w, s - 0.9 * w), w, h, foot - h))
-    for _, name, x, w, h, y in sorted(placed, key=lambda p: p[0]):     # far (higher) objects first
+    for _, name, x, w, h, y in sorted(placed, key=lambda p: p[0]):  # far (higher) objects first
         draw_object(c, name, x, y, w, h)
     return scene
 
@@ -538,7 +687,7 @@ def _texture_mask(name: str, rng: np.random.Generator, s: int, y: np.ndarray, x:
         return (np.floor(u / p) + np.floor(v / p)) % 2 == 1
     if name == "dotted":
         p = s * rng.uniform(0.07, 0.11)
-        return ((u / p) % 1 - 0.5) ** 2 + ((v / p) % 1 - 0.5) ** 2 < 0.2 ** 2
+        return ((u / p) % 1 - 0.5) ** 2 + ((v / p) % 1 - 0.5) ** 2 < 0.2**2
     if name == "grid":
         p = s * rng.uniform(0.08, 0.13)
         return (((u / p) % 1) < 0.12) | (((v / p) % 1) < 0.12)
@@ -638,7 +787,7 @@ class _Job:
     seed: int
     size: int
     color_table: np.ndarray | None
-    to_global: np.ndarray | None = None      # local id -> global number (second pass)
+    to_global: np.ndarray | None = None  # local id -> global number (second pass)
 
 
 _JOB: _Job | None = None
@@ -682,8 +831,14 @@ def _map(task: Callable[[Any], Any], job: _Job, rows: Iterable[Any], workers: in
         yield from pool.imap(task, rows, chunksize=8)
 
 
-def synthesize(out_dir: str | Path, images: int, size: int = 224, seed: int = 0, workers: int | None = None,
-               color_table: np.ndarray | None = None) -> BrodenTables:
+def synthesize(
+    out_dir: str | Path,
+    images: int,
+    size: int = 224,
+    seed: int = 0,
+    workers: int | None = None,
+    color_table: np.ndarray | None = None,
+) -> BrodenTables:
     """Write a synthetic dataset of ``images`` rows into ``out_dir`` (index.csv last); return its tables.
 
     Every label is kept (no frequency filter). ``workers`` processes (default: all usable cores)
@@ -723,27 +878,35 @@ def synthesize(out_dir: str | Path, images: int, size: int = 224, seed: int = 0,
         index_rows.append(IndexRow(image_name(i), size, size, side, side, cells))
 
     write_tables(out_dir, tables)
-    atomic_write_text(out_dir / "README.txt", _readme(out_dir, images, size, seed, color_table is not None),
-                      newline="\r\n")
+    atomic_write_text(
+        out_dir / "README.txt", _readme(out_dir, images, size, seed, color_table is not None), newline="\r\n"
+    )
     write_index(out_dir, index_rows, tables.categories)
     return tables
 
 
 def _readme(out_dir: Path, images: int, size: int, seed: int, user_table: bool) -> str:
     kinds = {k: sum(1 for i in range(images) if KIND_OF_ROW[i % 10] == k) for k in ("scene", "material", "texture")}
-    return (f"{out_dir.name} synthetic segmentation data set (netdissect synth)\n\n"
-            f"images: {images} = synth_scene {kinds['scene']} + synth_material {kinds['material']} "
-            f"+ synth_texture {kinds['texture']}\nsize: ({size}, {size}); segmentation size: ({size // 2}, {size // 2})\n"
-            f"seed: {seed}\ncolour table: {'user-supplied' if user_table else 'HSV fallback rule (approximate)'}\n"
-            "Procedurally rendered; labels are computed from the rendered geometry and pixels.\n")
+    return (
+        f"{out_dir.name} synthetic segmentation data set (netdissect synth)\n\n"
+        f"images: {images} = synth_scene {kinds['scene']} + synth_material {kinds['material']} "
+        f"+ synth_texture {kinds['texture']}\nsize: ({size}, {size}); segmentation size: ({size // 2}, {size // 2})\n"
+        f"seed: {seed}\ncolour table: {'user-supplied' if user_table else 'HSV fallback rule (approximate)'}\n"
+        "Procedurally rendered; labels are computed from the rendered geometry and pixels.\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # A training target for the demo model.
 
 
-def training_target(pixel_labels: "torch.Tensor", image_labels: "torch.Tensor", num_labels: int,
-                    primary: np.ndarray | None = None, skip_category: int | None = None) -> "torch.Tensor":
+def training_target(
+    pixel_labels: torch.Tensor,
+    image_labels: torch.Tensor,
+    num_labels: int,
+    primary: np.ndarray | None = None,
+    skip_category: int | None = None,
+) -> torch.Tensor:
     """Multi-hot presence (float tensor (num_labels,)) of every label in one image of a BrodenDataset.
 
     ``pixel_labels`` (K, h, w) and ``image_labels`` (J,) are an item's tensors. A model trained to

@@ -20,21 +20,32 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from netdissect.broden.format import (
-    CATEGORY_COLUMNS, CODE_COLUMNS, INDEX_FIXED_COLUMNS, LABEL_COLUMNS, CategoryRow, CodeRow, LabelRow,
-    encode_label_rgb, format_label_coverage, format_short_float, split_hash, split_of)
+    CATEGORY_COLUMNS,
+    CODE_COLUMNS,
+    INDEX_FIXED_COLUMNS,
+    LABEL_COLUMNS,
+    CategoryRow,
+    CodeRow,
+    LabelRow,
+    encode_label_rgb,
+    format_label_coverage,
+    format_short_float,
+    split_hash,
+    split_of,
+)
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_path, atomic_write_text
 
-LayerData = np.ndarray | Sequence[int]   # (h, w) map, (k, h, w) stack, or image-level label numbers
+LayerData = np.ndarray | Sequence[int]  # (h, w) map, (k, h, w) stack, or image-level label numbers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,10 +56,10 @@ LayerData = np.ndarray | Sequence[int]   # (h, w) map, (k, h, w) stack, or image
 class BrodenTables:
     """The rows of label.csv, category.csv and the c_ files, and the number of every kept name."""
 
-    numbers: dict[str, int]                   # label name -> global number (dropped names absent)
-    label_rows: list[LabelRow]                # by number, 1..L-1
-    category_rows: list[CategoryRow]          # category.csv order (ascending first)
-    code_rows: dict[str, list[CodeRow]]       # per category, codes 1..count
+    numbers: dict[str, int]  # label name -> global number (dropped names absent)
+    label_rows: list[LabelRow]  # by number, 1..L-1
+    category_rows: list[CategoryRow]  # category.csv order (ascending first)
+    code_rows: dict[str, list[CodeRow]]  # per category, codes 1..count
 
     @property
     def categories(self) -> list[str]:
@@ -60,9 +71,13 @@ class BrodenTables:
         return self.numbers.get(name, 0)
 
 
-def compute_tables(stats: Mapping[tuple[str, str], tuple[int, float]], *,
-                   syns: Mapping[str, Iterable[str]] | None = None,
-                   min_frequency: int = 1, min_coverage: float = 0.0) -> BrodenTables:
+def compute_tables(
+    stats: Mapping[tuple[str, str], tuple[int, float]],
+    *,
+    syns: Mapping[str, Iterable[str]] | None = None,
+    min_frequency: int = 1,
+    min_coverage: float = 0.0,
+) -> BrodenTables:
     """Number the labels and build every table (broden-sources.md §6.4-6.5).
 
     Args:
@@ -77,8 +92,10 @@ def compute_tables(stats: Mapping[tuple[str, str], tuple[int, float]], *,
     """
     for (name, category), (n, c) in stats.items():
         if not name or not category or n < 0 or c < 0:
-            raise NetDissectError(f"label statistics: bad entry ({name!r}, {category!r}) -> ({n}, {c}); "
-                                  "expected a non-empty name and category, n >= 0 and c >= 0")
+            raise NetDissectError(
+                f"label statistics: bad entry ({name!r}, {category!r}) -> ({n}, {c}); "
+                "expected a non-empty name and category, n >= 0 and c >= 0"
+            )
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for (name, _), (n, c) in stats.items():
         totals[name][0] += n
@@ -87,8 +104,8 @@ def compute_tables(stats: Mapping[tuple[str, str], tuple[int, float]], *,
     kept.sort(key=lambda name: (-totals[name][0], -totals[name][1], name))
     numbers = {name: k + 1 for k, name in enumerate(kept)}
 
-    per_category: dict[str, list[tuple[int, int, float]]] = defaultdict(list)   # category -> (number, n, c)
-    per_label: dict[int, list[tuple[str, int]]] = defaultdict(list)             # number -> (category, n)
+    per_category: dict[str, list[tuple[int, int, float]]] = defaultdict(list)  # category -> (number, n, c)
+    per_label: dict[int, list[tuple[str, int]]] = defaultdict(list)  # number -> (category, n)
     for (name, category), (n, c) in stats.items():
         if name in numbers:
             per_category[category].append((numbers[name], int(n), float(c)))
@@ -99,18 +116,28 @@ def compute_tables(stats: Mapping[tuple[str, str], tuple[int, float]], *,
     for name in kept:
         number = numbers[name]
         cats = sorted(per_label[number], key=lambda item: (-item[1], item[0]))
-        label_rows.append(LabelRow(number, name, dict(cats), int(totals[name][0]), float(totals[name][1]),
-                                   sorted(set(syns.get(name, ())) - {name})))
+        label_rows.append(
+            LabelRow(
+                number,
+                name,
+                dict(cats),
+                int(totals[name][0]),
+                float(totals[name][1]),
+                sorted(set(syns.get(name, ())) - {name}),
+            )
+        )
 
     code_rows: dict[str, list[CodeRow]] = {}
     category_rows = []
     for category, entries in per_category.items():
         entries.sort(key=lambda e: (-e[1], -e[2], e[0]))
-        code_rows[category] = [CodeRow(code + 1, number, kept[number - 1], n, c)
-                               for code, (number, n, c) in enumerate(entries)]
+        code_rows[category] = [
+            CodeRow(code + 1, number, kept[number - 1], n, c) for code, (number, n, c) in enumerate(entries)
+        ]
         numbers_here = [e[0] for e in entries]
-        category_rows.append(CategoryRow(category, min(numbers_here), max(numbers_here), len(entries),
-                                         sum(e[1] for e in entries)))
+        category_rows.append(
+            CategoryRow(category, min(numbers_here), max(numbers_here), len(entries), sum(e[1] for e in entries))
+        )
     category_rows.sort(key=lambda row: (row.first, row.name))
     code_rows = {row.name: code_rows[row.name] for row in category_rows}
     return BrodenTables(numbers, label_rows, category_rows, code_rows)
@@ -146,15 +173,28 @@ def _csv_text(header: list[str], rows: Iterable[list[object]]) -> str:
 def tables_text(tables: BrodenTables) -> dict[str, str]:
     """File name -> exact text of label.csv, category.csv and each c_<cat>.csv (CRLF line ends)."""
     files = {
-        "label.csv": _csv_text(LABEL_COLUMNS, (
-            [r.number, r.name, ";".join(f"{c}({n})" for c, n in r.categories.items()), r.frequency,
-             format_label_coverage(r.coverage), ";".join(r.syns)] for r in tables.label_rows)),
-        "category.csv": _csv_text(CATEGORY_COLUMNS, (
-            [r.name, r.first, r.last, r.count, r.frequency] for r in tables.category_rows)),
+        "label.csv": _csv_text(
+            LABEL_COLUMNS,
+            (
+                [
+                    r.number,
+                    r.name,
+                    ";".join(f"{c}({n})" for c, n in r.categories.items()),
+                    r.frequency,
+                    format_label_coverage(r.coverage),
+                    ";".join(r.syns),
+                ]
+                for r in tables.label_rows
+            ),
+        ),
+        "category.csv": _csv_text(
+            CATEGORY_COLUMNS, ([r.name, r.first, r.last, r.count, r.frequency] for r in tables.category_rows)
+        ),
     }
     for category, rows in tables.code_rows.items():
-        files[f"c_{category}.csv"] = _csv_text(CODE_COLUMNS, (
-            [r.code, r.number, r.name, r.frequency, format_short_float(r.coverage)] for r in rows))
+        files[f"c_{category}.csv"] = _csv_text(
+            CODE_COLUMNS, ([r.code, r.number, r.name, r.frequency, format_short_float(r.coverage)] for r in rows)
+        )
     return files
 
 
@@ -172,12 +212,12 @@ def write_tables(out_dir: str | Path, tables: BrodenTables) -> None:
 class IndexRow:
     """One row of index.csv before sorting: the image path and its items per category."""
 
-    image: str                                            # "<source>/<stem>.jpg", relative to images/
+    image: str  # "<source>/<stem>.jpg", relative to images/
     ih: int
     iw: int
     sh: int
     sw: int
-    cells: dict[str, list[int | str]] = field(default_factory=dict)   # category -> ints / PNG paths
+    cells: dict[str, list[int | str]] = field(default_factory=dict)  # category -> ints / PNG paths
 
 
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
@@ -226,13 +266,14 @@ def resize_labels(labels: np.ndarray, side: int) -> np.ndarray:
     return labels[..., rows[:, None], cols[None, :]]
 
 
-def write_label_layers(out_dir: str | Path, image: str,
-                       layers: Mapping[str, LayerData]) -> tuple[dict[str, list[int | str]], tuple[int, int] | None]:
+def write_label_layers(
+    out_dir: str | Path, image: str, layers: Mapping[str, LayerData]
+) -> tuple[dict[str, list[int | str]], tuple[int, int] | None]:
     """Write the label PNGs of one image (see :func:`write_image`); return its index cells by category
     and the (sh, sw) of its maps (None if it has none)."""
     if not image.endswith(".jpg") or image.count("/") != 1:
         raise NetDissectError(f"image name {image!r}: expected '<source>/<stem>.jpg'")
-    stem = image[:-len(".jpg")]                       # never an end-anchored regex (spec §12)
+    stem = image[: -len(".jpg")]  # never an end-anchored regex (spec §12)
     images = Path(out_dir) / "images"
     shape: tuple[int, int] | None = None
     cells: dict[str, list[int | str]] = {}
@@ -242,8 +283,11 @@ def write_label_layers(out_dir: str | Path, image: str,
             if shape is not None and stack.shape[1:] != shape:
                 raise NetDissectError(f"{image}: label layers of {category!r} are {stack.shape[1:]}, others {shape}")
             shape = stack.shape[1:]
-            names = [f"{stem}_{category}.png"] if data.ndim == 2 else \
-                [f"{stem}_{category}_{k + 1}.png" for k in range(len(stack))]
+            names = (
+                [f"{stem}_{category}.png"]
+                if data.ndim == 2
+                else [f"{stem}_{category}_{k + 1}.png" for k in range(len(stack))]
+            )
             for name, layer in zip(names, stack):
                 write_label_png(images / name, layer)
             cells[category] = list(names)
@@ -262,11 +306,18 @@ def index_text(rows: Iterable[IndexRow], categories: Sequence[str]) -> str:
         seen.add(row.image)
         unknown = set(row.cells) - set(categories)
         if unknown:
-            raise NetDissectError(f"index.csv: image {row.image!r} has data for {sorted(unknown)}, "
-                                  f"which are not among the categories {list(categories)}")
-    return _csv_text(INDEX_FIXED_COLUMNS + list(categories), (
-        [r.image, split_of(r.image), r.ih, r.iw, r.sh, r.sw]
-        + [";".join(map(str, r.cells.get(c, []))) for c in categories] for r in ordered))
+            raise NetDissectError(
+                f"index.csv: image {row.image!r} has data for {sorted(unknown)}, "
+                f"which are not among the categories {list(categories)}"
+            )
+    return _csv_text(
+        INDEX_FIXED_COLUMNS + list(categories),
+        (
+            [r.image, split_of(r.image), r.ih, r.iw, r.sh, r.sw]
+            + [";".join(map(str, r.cells.get(c, []))) for c in categories]
+            for r in ordered
+        ),
+    )
 
 
 def write_index(out_dir: str | Path, rows: Iterable[IndexRow], categories: Sequence[str]) -> None:
@@ -283,8 +334,9 @@ class BrodenImage:
     layers: dict[str, LayerData]
 
 
-def write_broden(out_dir: str | Path, images: Iterable[BrodenImage], tables: BrodenTables,
-                 readme: str | None = None) -> None:
+def write_broden(
+    out_dir: str | Path, images: Iterable[BrodenImage], tables: BrodenTables, readme: str | None = None
+) -> None:
     """Write a whole dataset: every image, the tables, README.txt (if given) and index.csv last."""
     out_dir = Path(out_dir)
     rows = [write_image(out_dir, item.image, item.rgb, item.layers) for item in images]

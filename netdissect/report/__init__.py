@@ -14,11 +14,19 @@ import importlib
 
 # Imported on first use (PEP 562), so `netdissect --help` and the other commands do not load torch.
 _HOMES = {
-    "headline": "layer", "render_layer_report": "layer",
-    "LayerCounts": "results", "count_detectors": "results", "label_bars": "results", "parse_result": "results",
-    "read_result_csv": "results", "read_summary": "results",
-    "compose_strip": "strips", "tile_masks": "strips", "top_rows": "strips",
-    "LayerEntry": "summary", "render_summary_report": "summary",
+    "headline": "layer",
+    "render_layer_report": "layer",
+    "LayerCounts": "results",
+    "count_detectors": "results",
+    "label_bars": "results",
+    "parse_result": "results",
+    "read_result_csv": "results",
+    "read_summary": "results",
+    "compose_strip": "strips",
+    "tile_masks": "strips",
+    "top_rows": "strips",
+    "LayerEntry": "summary",
+    "render_summary_report": "summary",
 }
 
 
@@ -28,6 +36,18 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'netdissect.report' has no attribute {name!r}")
 
 
-__all__ = ["LayerCounts", "LayerEntry", "compose_strip", "count_detectors", "headline", "label_bars", "parse_result",
-           "read_result_csv", "read_summary", "render_layer_report", "render_summary_report", "tile_masks",
-           "top_rows"]
+__all__ = [
+    "LayerCounts",
+    "LayerEntry",
+    "compose_strip",
+    "count_detectors",
+    "headline",
+    "label_bars",
+    "parse_result",
+    "read_result_csv",
+    "read_summary",
+    "render_layer_report",
+    "render_summary_report",
+    "tile_masks",
+    "top_rows",
+]

@@ -11,17 +11,21 @@ Both return a standalone SVG document as a string; it can be inlined in HTML as 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from netdissect.report.templating import environment
 
 # Okabe–Ito-like colours, fixed for Broden's categories so every report uses the same ones.
 CATEGORY_COLORS = {
-    "object": "#0072b2", "scene": "#009e73", "part": "#e69f00", "material": "#cc79a7",
-    "texture": "#d55e00", "color": "#56b4e9",
+    "object": "#0072b2",
+    "scene": "#009e73",
+    "part": "#e69f00",
+    "material": "#cc79a7",
+    "texture": "#d55e00",
+    "color": "#56b4e9",
 }
 _SPARE_COLORS = ("#7f7f7f", "#8c564b", "#bcbd22", "#17becf", "#9467bd", "#393b79")
-_CHAR_WIDTH = 6.4     # approximate width of one character of the 11 px labels
+_CHAR_WIDTH = 6.4  # approximate width of one character of the 11 px labels
 
 
 def category_colors(categories: Sequence[str]) -> dict[str, str]:
@@ -46,8 +50,9 @@ def nice_ticks(top: float, count: int = 5) -> list[int]:
     return list(range(0, int(math.ceil(top / step)) * step + 1, int(step)))
 
 
-def label_bar_chart(bars: Sequence[tuple[str, str, int]], categories: Sequence[str], *,
-                    title: str = "Detector units per label") -> str:
+def label_bar_chart(
+    bars: Sequence[tuple[str, str, int]], categories: Sequence[str], *, title: str = "Detector units per label"
+) -> str:
     """SVG of ``(category, label, count)`` bars, in the given order (see ``results.label_bars``)."""
     colors = category_colors(categories)
     bar, gap, group_gap, plot_h = 12, 4, 14, 150
@@ -63,20 +68,49 @@ def label_bar_chart(bars: Sequence[tuple[str, str, int]], categories: Sequence[s
         if cat != previous:
             groups.append({"category": cat, "x0": x, "x1": x, "color": colors.get(cat, "#999")})
         groups[-1]["x1"] = x + bar
-        groups[-1]["x_next"] = groups[-1]["x0"] + len(cat) * (_CHAR_WIDTH + 1.2) + 4   # room for the group name
-        items.append({"category": cat, "label": label, "count": n, "x": x, "y": top + plot_h - n * scale,
-                      "height": n * scale, "color": colors.get(cat, "#999"), "center": x + bar / 2})
+        groups[-1]["x_next"] = groups[-1]["x0"] + len(cat) * (_CHAR_WIDTH + 1.2) + 4  # room for the group name
+        items.append(
+            {
+                "category": cat,
+                "label": label,
+                "count": n,
+                "x": x,
+                "y": top + plot_h - n * scale,
+                "height": n * scale,
+                "color": colors.get(cat, "#999"),
+                "center": x + bar / 2,
+            }
+        )
         x += bar + gap
         previous = cat
     width = max(x + 12, groups[-1]["x_next"] + 12 if groups else 0, 320)
-    return environment().get_template("label_bars.svg").render(
-        title=title, items=items, groups=groups, bar=bar, width=width, height=top + plot_h + bottom,
-        left=left, top=top, plot_h=plot_h, plot_right=x, ticks=[(t, top + plot_h - t * scale) for t in ticks],
-        empty=not bars)
+    return (
+        environment()
+        .get_template("label_bars.svg")
+        .render(
+            title=title,
+            items=items,
+            groups=groups,
+            bar=bar,
+            width=width,
+            height=top + plot_h + bottom,
+            left=left,
+            top=top,
+            plot_h=plot_h,
+            plot_right=x,
+            ticks=[(t, top + plot_h - t * scale) for t in ticks],
+            empty=not bars,
+        )
+    )
 
 
-def stacked_bar_chart(bars: Sequence[tuple[str, Mapping[str, int]]], categories: Sequence[str], *,
-                      title: str, y_label: str = "unique detectors") -> str:
+def stacked_bar_chart(
+    bars: Sequence[tuple[str, Mapping[str, int]]],
+    categories: Sequence[str],
+    *,
+    title: str,
+    y_label: str = "unique detectors",
+) -> str:
     """SVG of one stacked bar per ``(name, {category: count})``, segments in category order."""
     colors = category_colors(categories)
     bar, gap, plot_h = 30, 14, 220
@@ -94,15 +128,31 @@ def stacked_bar_chart(bars: Sequence[tuple[str, Mapping[str, int]]], categories:
             if n:
                 y -= n * scale
                 segments.append({"category": cat, "count": n, "y": y, "height": n * scale, "color": colors[cat]})
-        columns.append({"name": name, "total": total, "x": x, "center": x + bar / 2, "segments": segments,
-                        "top_y": y})
+        columns.append({"name": name, "total": total, "x": x, "center": x + bar / 2, "segments": segments, "top_y": y})
         x += bar + gap
     # legend right of the plot, top to bottom in the order the segments stack (last category on top)
-    legend = [{"category": c, "color": colors[c], "x": x + 18, "y": top + 12 + 18 * i}
-              for i, c in enumerate(reversed(list(categories)))]
+    legend = [
+        {"category": c, "color": colors[c], "x": x + 18, "y": top + 12 + 18 * i}
+        for i, c in enumerate(reversed(list(categories)))
+    ]
     legend_width = 40 + max((len(c) for c in categories), default=0) * _CHAR_WIDTH
     width = max(x + 18 + legend_width, left + len(title) * 7.6 + 10, 320)
-    return environment().get_template("stacked_bars.svg").render(
-        title=title, y_label=y_label, columns=columns, legend=legend, bar=bar, width=width,
-        height=top + plot_h + bottom, left=left, top=top, plot_h=plot_h, plot_right=x,
-        ticks=[(t, top + plot_h - t * scale) for t in ticks], empty=not bars)
+    return (
+        environment()
+        .get_template("stacked_bars.svg")
+        .render(
+            title=title,
+            y_label=y_label,
+            columns=columns,
+            legend=legend,
+            bar=bar,
+            width=width,
+            height=top + plot_h + bottom,
+            left=left,
+            top=top,
+            plot_h=plot_h,
+            plot_right=x,
+            ticks=[(t, top + plot_h - t * scale) for t in ticks],
+            empty=not bars,
+        )
+    )

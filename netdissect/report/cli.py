@@ -12,26 +12,49 @@ from pathlib import Path
 
 def register(sub, *groups) -> None:
     report = sub.add_parser(
-        "report", help="HTML report of one layer: top images per unit, labels, IoU, bar graph",
-        description="Write a self-contained HTML report of one dissected layer into --out (works offline).")
+        "report",
+        help="HTML report of one layer: top images per unit, labels, IoU, bar graph",
+        description="Write a self-contained HTML report of one dissected layer into --out (works offline).",
+    )
     report.add_argument("--dataset", required=True, type=Path, help="Broden dataset folder")
-    report.add_argument("--layer-dir", required=True, type=Path,
-                        help="folder with result.csv, summary.json, thresholds.npy, imgmax.npy of the layer")
-    report.add_argument("--shards", required=True, nargs="+", type=Path, metavar="SHARD_DIR",
-                        help="shard folders written by `netdissect extract` (activations of the layer)")
+    report.add_argument(
+        "--layer-dir",
+        required=True,
+        type=Path,
+        help="folder with result.csv, summary.json, thresholds.npy, imgmax.npy of the layer",
+    )
+    report.add_argument(
+        "--shards",
+        required=True,
+        nargs="+",
+        type=Path,
+        metavar="SHARD_DIR",
+        help="shard folders written by `netdissect extract` (activations of the layer)",
+    )
     report.add_argument("--out", required=True, type=Path, help="report folder to write (index.html inside)")
-    report.add_argument("--layer", default=None,
-                        help="layer name in the shards (default: 'layer' of summary.json, else the --layer-dir name)")
+    report.add_argument(
+        "--layer",
+        default=None,
+        help="layer name in the shards (default: 'layer' of summary.json, else the --layer-dir name)",
+    )
     report.add_argument("--topk", type=int, default=10, help="images shown per unit (default 10)")
     report.add_argument("--quality", type=int, default=85, help="JPEG quality of the image strips (default 85)")
     report.add_argument("--workers", type=int, default=2, help="threads decoding and encoding images (default 2)")
     report.set_defaults(func=run_report)
 
     report_all = sub.add_parser(
-        "report-all", help="summary of many layers: unique detectors per category (table, CSV, bar chart)",
-        description="Write index.html, summary.csv and the stacked bar charts of every given layer into --out.")
-    report_all.add_argument("--layer-dirs", required=True, nargs="+", type=Path, metavar="LAYER_DIR",
-                            help="layer folders (results/{dataset}/{model}/{layer}) holding result.csv")
+        "report-all",
+        help="summary of many layers: unique detectors per category (table, CSV, bar chart)",
+        description="Write index.html, summary.csv and the stacked bar charts of every given layer into --out.",
+    )
+    report_all.add_argument(
+        "--layer-dirs",
+        required=True,
+        nargs="+",
+        type=Path,
+        metavar="LAYER_DIR",
+        help="layer folders (results/{dataset}/{model}/{layer}) holding result.csv",
+    )
     report_all.add_argument("--out", required=True, type=Path, help="folder to write (index.html inside)")
     report_all.set_defaults(func=run_report_all)
 
@@ -51,6 +74,7 @@ def _names(layer_dir: Path, summary: dict) -> tuple[str, str, str]:
 
 def _check_int(value: int, option: str, low: int, high: int) -> None:
     from netdissect.errors import NetDissectError
+
     if not low <= value <= high:
         raise NetDissectError(f"{option}: expected a whole number from {low} to {high}, got {value}.")
 
@@ -80,19 +104,28 @@ def run_report(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise NetDissectError(f"{path}: no such file; run `netdissect quantile` for layer {layer} first.")
         try:
-            arrays[name] = np.load(path, allow_pickle=False, mmap_mode="r")   # imgmax may be large: page it in
+            arrays[name] = np.load(path, allow_pickle=False, mmap_mode="r")  # imgmax may be large: page it in
         except (ValueError, OSError) as err:
             raise NetDissectError(f"{path}: not a readable .npy array ({err}); rerun `netdissect quantile`.") from err
     dataset = BrodenDataset(args.dataset, load_labels=False)
     if arrays["imgmax"].shape[0] != len(dataset):
-        raise NetDissectError(f"{layer_dir / 'imgmax.npy'}: has {arrays['imgmax'].shape[0]} rows but the dataset "
-                              f"{args.dataset} has {len(dataset)} images; pass the dataset the layer was dissected on.")
+        raise NetDissectError(
+            f"{layer_dir / 'imgmax.npy'}: has {arrays['imgmax'].shape[0]} rows but the dataset "
+            f"{args.dataset} has {len(dataset)} images; pass the dataset the layer was dissected on."
+        )
     index = render_layer_report(
-        args.out, result, categories, {**summary, "dataset": dataset_name, "model": model, "layer": layer},
-        arrays["thresholds"], arrays["imgmax"],
+        args.out,
+        result,
+        categories,
+        {**summary, "dataset": dataset_name, "model": model, "layer": layer},
+        arrays["thresholds"],
+        arrays["imgmax"],
         maps_for_rows=lambda rows: read_activations(args.shards, layer, rows),
         load_image=lambda row: dataset[row]["image"],
-        topk=args.topk, quality=args.quality, workers=args.workers)
+        topk=args.topk,
+        quality=args.quality,
+        workers=args.workers,
+    )
     print(index)
     return 0
 

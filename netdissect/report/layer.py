@@ -6,8 +6,9 @@ moved into place at the end, so an interrupted run never leaves a report that lo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,16 +25,24 @@ STATIC_FILES = ("report.css", "report.js")
 
 def headline(counts) -> str:
     """'D of U units are detectors, covering K concepts with IoU ≥ t' (spec/dissection.md §7)."""
-    return (f"{counts.detectors} of {counts.units} units are detectors, covering {counts.unique_top} "
-            f"concept{'' if counts.unique_top == 1 else 's'} with IoU ≥ {counts.iou_threshold:g}")
+    return (
+        f"{counts.detectors} of {counts.units} units are detectors, covering {counts.unique_top} "
+        f"concept{'' if counts.unique_top == 1 else 's'} with IoU ≥ {counts.iou_threshold:g}"
+    )
 
 
 def settings_line(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The run settings worth showing under the headline, from summary.json's ``settings`` (if any)."""
     settings = summary.get("settings") if isinstance(summary.get("settings"), Mapping) else {}
     shown = []
-    for key, name in (("model", "model"), ("weights", "weights"), ("dataset_images", "images"),
-                      ("quantile", "top fraction q"), ("union", "union"), ("upsample", "upsample")):
+    for key, name in (
+        ("model", "model"),
+        ("weights", "weights"),
+        ("dataset_images", "images"),
+        ("quantile", "top fraction q"),
+        ("union", "union"),
+        ("upsample", "upsample"),
+    ):
         value = settings.get(key)
         if value not in (None, ""):
             shown.append((name, str(value)))
@@ -49,28 +58,58 @@ def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float
     return np.lexsort((result["unit"].to_numpy(), -result["score"].to_numpy(), group))
 
 
-def _cards(result: pd.DataFrame, categories: list[str], iou_threshold: float,
-           strips: dict[int, str], topk: int) -> list[dict[str, Any]]:
+def _cards(
+    result: pd.DataFrame, categories: list[str], iou_threshold: float, strips: dict[int, str], topk: int
+) -> list[dict[str, Any]]:
     detector = detector_mask(result, iou_threshold)
     records = result.to_dict("records")
     cards = []
     for rank, pos in enumerate(unit_order(result, categories, iou_threshold)):
         row = records[pos]
         unit = int(row["unit"])
-        per_category = [{"category": c, "label": row[f"{c}-label"], "iou": float(row[f"{c}-iou"]),
-                         "truth": int(row[f"{c}-truth"]), "activation": int(row[f"{c}-activation"]),
-                         "intersect": int(row[f"{c}-intersect"]),
-                         "best": c == row["category"] and row["label"] != ""} for c in categories]
-        cards.append({"unit": unit, "label": row["label"], "category": row["category"] if row["label"] else "",
-                      "score": float(row["score"]), "detector": bool(detector[pos]), "rank": rank,
-                      "strip": strips.get(unit), "per_category": per_category, "topk": topk})
+        per_category = [
+            {
+                "category": c,
+                "label": row[f"{c}-label"],
+                "iou": float(row[f"{c}-iou"]),
+                "truth": int(row[f"{c}-truth"]),
+                "activation": int(row[f"{c}-activation"]),
+                "intersect": int(row[f"{c}-intersect"]),
+                "best": c == row["category"] and row["label"] != "",
+            }
+            for c in categories
+        ]
+        cards.append(
+            {
+                "unit": unit,
+                "label": row["label"],
+                "category": row["category"] if row["label"] else "",
+                "score": float(row["score"]),
+                "detector": bool(detector[pos]),
+                "rank": rank,
+                "strip": strips.get(unit),
+                "per_category": per_category,
+                "topk": topk,
+            }
+        )
     return cards
 
 
-def render_layer_report(out: str | Path, result: pd.DataFrame, categories: list[str], summary: Mapping[str, Any],
-                        thresholds: np.ndarray, imgmax: np.ndarray, maps_for_rows: MapsForRows,
-                        load_image: LoadImage, *, topk: int = 10, quality: int = 85, workers: int = 2,
-                        title: str | None = None) -> Path:
+def render_layer_report(
+    out: str | Path,
+    result: pd.DataFrame,
+    categories: list[str],
+    summary: Mapping[str, Any],
+    thresholds: np.ndarray,
+    imgmax: np.ndarray,
+    maps_for_rows: MapsForRows,
+    load_image: LoadImage,
+    *,
+    topk: int = 10,
+    quality: int = 85,
+    workers: int = 2,
+    title: str | None = None,
+) -> Path:
     """Write the report of one layer into the folder ``out``; return the path of its ``index.html``.
 
     ``result``/``categories`` come from :func:`netdissect.report.results.read_result_csv`; ``summary``
@@ -83,11 +122,15 @@ def render_layer_report(out: str | Path, result: pd.DataFrame, categories: list[
     thresholds = np.asarray(thresholds, dtype=np.float64)
     imgmax = np.asarray(imgmax)
     if thresholds.shape != (units,):
-        raise NetDissectError(f"thresholds.npy: expected shape ({units},), one threshold per unit of result.csv, "
-                              f"got {thresholds.shape}. Check that both files come from the same layer.")
+        raise NetDissectError(
+            f"thresholds.npy: expected shape ({units},), one threshold per unit of result.csv, "
+            f"got {thresholds.shape}. Check that both files come from the same layer."
+        )
     if imgmax.ndim != 2 or imgmax.shape[1] != units or imgmax.shape[0] == 0:
-        raise NetDissectError(f"imgmax.npy: expected shape (images, {units}), one column per unit of result.csv, "
-                              f"got {imgmax.shape}. Check that both files come from the same layer.")
+        raise NetDissectError(
+            f"imgmax.npy: expected shape (images, {units}), one column per unit of result.csv, "
+            f"got {imgmax.shape}. Check that both files come from the same layer."
+        )
     if topk < 1:
         raise NetDissectError(f"--topk: expected a whole number ≥ 1, got {topk}.")
     iou_threshold = iou_threshold_of(summary)
@@ -107,11 +150,23 @@ def render_layer_report(out: str | Path, result: pd.DataFrame, categories: list[
         (built / "detectors.svg").write_text(chart, encoding="utf-8")
         for name in STATIC_FILES:
             (built / name).write_bytes(static_file(name))
-        page = environment().get_template("layer.html").render(
-            title=title or " ".join(p for p in (model, layer) if p) or "Network dissection",
-            model=model, layer=layer, dataset=dataset, headline=headline(counts), counts=counts,
-            categories=categories, colors=category_colors(categories), chart=chart,
-            cards=_cards(result, categories, iou_threshold, strips, top.shape[1]), iou_threshold=iou_threshold,
-            settings=settings_line(summary))
+        page = (
+            environment()
+            .get_template("layer.html")
+            .render(
+                title=title or " ".join(p for p in (model, layer) if p) or "Network dissection",
+                model=model,
+                layer=layer,
+                dataset=dataset,
+                headline=headline(counts),
+                counts=counts,
+                categories=categories,
+                colors=category_colors(categories),
+                chart=chart,
+                cards=_cards(result, categories, iou_threshold, strips, top.shape[1]),
+                iou_threshold=iou_threshold,
+                settings=settings_line(summary),
+            )
+        )
         (built / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"

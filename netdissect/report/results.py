@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,17 +51,21 @@ def result_categories(columns: list[str], source: str = "result.csv") -> list[st
         raise NetDissectError(
             f"{source}: missing column(s) {', '.join(missing)}; expected the header "
             "'unit,category,label,score,<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou,...' "
-            "(spec/dissection.md §6). Regenerate it with `netdissect score`.")
+            "(spec/dissection.md §6). Regenerate it with `netdissect score`."
+        )
     categories = [c[: -len("-label")] for c in columns if c.endswith("-label")]
     for cat in categories:
         absent = [f"{cat}-{f}" for f in CATEGORY_FIELDS if f"{cat}-{f}" not in columns]
         if absent:
             raise NetDissectError(
                 f"{source}: category '{cat}' lacks column(s) {', '.join(absent)}; every category needs "
-                f"{', '.join(f'{cat}-{f}' for f in CATEGORY_FIELDS)}. Regenerate it with `netdissect score`.")
+                f"{', '.join(f'{cat}-{f}' for f in CATEGORY_FIELDS)}. Regenerate it with `netdissect score`."
+            )
     if not categories:
-        raise NetDissectError(f"{source}: no '<category>-label' column; expected one group of five columns "
-                              "per category (spec/dissection.md §6).")
+        raise NetDissectError(
+            f"{source}: no '<category>-label' column; expected one group of five columns "
+            "per category (spec/dissection.md §6)."
+        )
     return categories
 
 
@@ -71,12 +76,14 @@ def _numeric(table: pd.DataFrame, column: str, source: str, integer: bool = Fals
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise NetDissectError(
             f"{source}: row {row + 2}, column '{column}': {table[column].iloc[row]!r} is not a finite number. "
-            "Regenerate the file with `netdissect score`.")
+            "Regenerate the file with `netdissect score`."
+        )
     if integer:
         if (values != values.round()).any():
             row = int(np.flatnonzero((values != values.round()).to_numpy())[0])
-            raise NetDissectError(f"{source}: row {row + 2}, column '{column}': {table[column].iloc[row]!r} "
-                                  "is not a whole number.")
+            raise NetDissectError(
+                f"{source}: row {row + 2}, column '{column}': {table[column].iloc[row]!r} is not a whole number."
+            )
         return values.astype(np.int64)
     return values.astype(np.float64)
 
@@ -92,9 +99,14 @@ def parse_result(table: pd.DataFrame, source: str = "result.csv") -> tuple[pd.Da
     categories = result_categories(list(table.columns), source)
     for column in table.columns:
         table[column] = table[column].astype(str)
-    typed = pd.DataFrame({"unit": _numeric(table, "unit", source, integer=True),
-                          "category": table["category"].to_numpy(), "label": table["label"].to_numpy(),
-                          "score": _numeric(table, "score", source)})
+    typed = pd.DataFrame(
+        {
+            "unit": _numeric(table, "unit", source, integer=True),
+            "category": table["category"].to_numpy(),
+            "label": table["label"].to_numpy(),
+            "score": _numeric(table, "score", source),
+        }
+    )
     for cat in categories:
         typed[f"{cat}-label"] = table[f"{cat}-label"].to_numpy()
         for f in ("truth", "activation", "intersect"):
@@ -106,12 +118,15 @@ def parse_result(table: pd.DataFrame, source: str = "result.csv") -> tuple[pd.Da
     if not np.array_equal(units, np.arange(1, len(units) + 1)):
         raise NetDissectError(
             f"{source}: the 'unit' column must hold each of 1..{len(units)} exactly once (unit numbers are "
-            f"1-based); found {units[:5].tolist()}...{units[-3:].tolist()}. Regenerate it with `netdissect score`.")
+            f"1-based); found {units[:5].tolist()}...{units[-3:].tolist()}. Regenerate it with `netdissect score`."
+        )
     labeled = typed["label"] != ""
     unknown = sorted(set(typed.loc[labeled, "category"]) - set(categories))
     if unknown:
-        raise NetDissectError(f"{source}: column 'category' holds {unknown}, which has no '<cat>-label' columns "
-                              f"(categories in the header: {categories}).")
+        raise NetDissectError(
+            f"{source}: column 'category' holds {unknown}, which has no '<cat>-label' columns "
+            f"(categories in the header: {categories})."
+        )
     return typed, categories
 
 
@@ -169,11 +184,19 @@ def count_detectors(result: pd.DataFrame, categories: list[str], iou_threshold: 
     for cat in categories:
         of_cat = detectors[detectors["category"] == cat]
         best = result[(result[f"{cat}-iou"] > iou_threshold) & (result[f"{cat}-label"] != "")]
-        per_category[cat] = {"detectors": len(of_cat), "unique_top": of_cat["label"].nunique(),
-                             "unique_by_category": best[f"{cat}-label"].nunique()}
-    return LayerCounts(units=len(result), detectors=len(detectors), unique_top=detectors["label"].nunique(),
-                       unique_by_category=sum(c["unique_by_category"] for c in per_category.values()),
-                       iou_threshold=iou_threshold, per_category=per_category)
+        per_category[cat] = {
+            "detectors": len(of_cat),
+            "unique_top": of_cat["label"].nunique(),
+            "unique_by_category": best[f"{cat}-label"].nunique(),
+        }
+    return LayerCounts(
+        units=len(result),
+        detectors=len(detectors),
+        unique_top=detectors["label"].nunique(),
+        unique_by_category=sum(c["unique_by_category"] for c in per_category.values()),
+        iou_threshold=iou_threshold,
+        per_category=per_category,
+    )
 
 
 def label_bars(result: pd.DataFrame, categories: list[str], iou_threshold: float) -> list[tuple[str, str, int]]:

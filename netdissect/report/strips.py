@@ -11,9 +11,9 @@ JPEG by a thread pool (Pillow's JPEG encoder releases the GIL).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,9 +23,9 @@ from PIL import Image
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_path
 
-TILE_GAP = 4             # white pixels between two tiles of a strip
+TILE_GAP = 4  # white pixels between two tiles of a strip
 _READ_BYTES = 256 << 20  # activations read per call to maps_for_rows
-_UNITS_PER_BATCH = 32    # units whose masks are upsampled together
+_UNITS_PER_BATCH = 32  # units whose masks are upsampled together
 
 MapsForRows = Callable[[np.ndarray], np.ndarray]
 LoadImage = Callable[[int], "torch.Tensor | np.ndarray"]
@@ -50,15 +50,15 @@ def top_rows(imgmax: np.ndarray, k: int, units_per_chunk: int = 256) -> np.ndarr
     if k == 0:
         return top
     for start in range(0, units, units_per_chunk):
-        negative = -np.ascontiguousarray(imgmax[:, start:start + units_per_chunk].T)   # (Uc, N), exact
-        part = np.argpartition(negative, k - 1, axis=1)[:, :k]                 # the k smallest, unordered
+        negative = -np.ascontiguousarray(imgmax[:, start : start + units_per_chunk].T)  # (Uc, N), exact
+        part = np.argpartition(negative, k - 1, axis=1)[:, :k]  # the k smallest, unordered
         values = np.take_along_axis(negative, part, axis=1)
-        order = np.lexsort((part, values), axis=1)                              # by (-imgmax, row)
+        order = np.lexsort((part, values), axis=1)  # by (-imgmax, row)
         rows = np.take_along_axis(part, order, axis=1)
         tied = (negative <= values.max(axis=1, keepdims=True)).sum(axis=1) > k  # more than k reach the k-th
         if tied.any():
             rows[tied] = np.argsort(negative[tied], axis=1, kind="stable")[:, :k]
-        top[start:start + len(rows)] = rows
+        top[start : start + len(rows)] = rows
     return top
 
 
@@ -70,21 +70,25 @@ def gather_maps(top: np.ndarray, maps_for_rows: MapsForRows, read_bytes: int = _
     """
     units, k = top.shape
     needed = np.unique(top)
-    probe = np.asarray(maps_for_rows(needed[:1]))          # learn H, W (the row is read again below)
+    probe = np.asarray(maps_for_rows(needed[:1]))  # learn H, W (the row is read again below)
     if probe.ndim != 4 or probe.shape[:2] != (1, units):
-        raise NetDissectError(f"activations: expected an array (rows, {units}, H, W) for a layer of {units} units "
-                              f"(as many as result.csv has rows), got shape {probe.shape}. Check that --shards "
-                              "and --layer-dir belong to the same model and layer.")
+        raise NetDissectError(
+            f"activations: expected an array (rows, {units}, H, W) for a layer of {units} units "
+            f"(as many as result.csv has rows), got shape {probe.shape}. Check that --shards "
+            "and --layer-dir belong to the same model and layer."
+        )
     h, w = probe.shape[2:]
     maps = np.empty((units, k, h, w), dtype=np.float32)
     per_call = max(1, read_bytes // max(1, units * h * w * 4))
     unit_index = np.broadcast_to(np.arange(units)[:, None], top.shape)
     for start in range(0, len(needed), per_call):
-        rows = needed[start:start + per_call]
+        rows = needed[start : start + per_call]
         acts = np.asarray(maps_for_rows(rows))
         if acts.shape != (len(rows), units, h, w):
-            raise NetDissectError(f"activations: expected shape {(len(rows), units, h, w)} for rows "
-                                  f"{rows[0]}..{rows[-1]}, got {acts.shape}; the shards look inconsistent.")
+            raise NetDissectError(
+                f"activations: expected shape {(len(rows), units, h, w)} for rows "
+                f"{rows[0]}..{rows[-1]}, got {acts.shape}; the shards look inconsistent."
+            )
         hit = (top >= rows[0]) & (top <= rows[-1])
         maps[hit] = acts[np.searchsorted(rows, top[hit]), unit_index[hit]]
     return maps
@@ -108,8 +112,9 @@ def tile_masks(maps: torch.Tensor | np.ndarray, size: tuple[int, int], threshold
     return up > torch.from_numpy(below_float32(thresholds)).view(-1, 1, 1)
 
 
-def compose_strip(images: Sequence[np.ndarray], dimmed: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                  gap: int = TILE_GAP) -> np.ndarray:
+def compose_strip(
+    images: Sequence[np.ndarray], dimmed: Sequence[np.ndarray], masks: Sequence[np.ndarray], gap: int = TILE_GAP
+) -> np.ndarray:
     """Tiles image × (0.2 + 0.8·mask) side by side, ``gap`` white columns between them.
 
     ``images`` and ``dimmed`` (their :func:`dim` versions) uint8 (3, h_j, w_j), ``masks`` bool (h_j, w_j);
@@ -121,7 +126,7 @@ def compose_strip(images: Sequence[np.ndarray], dimmed: Sequence[np.ndarray], ma
     x = 0
     for image, dark, mask in zip(images, dimmed, masks):
         _, h, w = image.shape
-        tile = strip[:, :h, x:x + w]
+        tile = strip[:, :h, x : x + w]
         np.copyto(tile, dark)
         np.copyto(tile, image, where=mask)
         x += w + gap
@@ -144,16 +149,21 @@ def strip_image(strip: np.ndarray) -> Image.Image:
 def _as_chw_uint8(image: torch.Tensor | np.ndarray, row: int) -> np.ndarray:
     array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[0] != 3:
-        raise NetDissectError(f"image of row {row}: expected a uint8 RGB tensor (3, height, width), got "
-                              f"{tuple(array.shape)} {array.dtype}. Check the dataset with `netdissect broden check`.")
+        raise NetDissectError(
+            f"image of row {row}: expected a uint8 RGB tensor (3, height, width), got "
+            f"{tuple(array.shape)} {array.dtype}. Check the dataset with `netdissect broden check`."
+        )
     return np.ascontiguousarray(array)
 
 
-def load_images(rows: Sequence[int], load_image: LoadImage, workers: int = 2) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def load_images(
+    rows: Sequence[int], load_image: LoadImage, workers: int = 2
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Decode every row once (threads: JPEG decoding releases the GIL).
 
     Returns row -> (image, dimmed image), both contiguous uint8 (3, h, w).
     """
+
     def load(row: int) -> tuple[np.ndarray, np.ndarray]:
         image = _as_chw_uint8(load_image(row), row)
         return image, dim(image)
@@ -163,8 +173,7 @@ def load_images(rows: Sequence[int], load_image: LoadImage, workers: int = 2) ->
         return dict(zip(rows, pool.map(load, rows)))
 
 
-def unit_masks(top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray,
-               sizes: np.ndarray) -> list[list[np.ndarray]]:
+def unit_masks(top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray, sizes: np.ndarray) -> list[list[np.ndarray]]:
     """Masks of a batch of units: ``result[u][j]`` is bool (h, w) for top image j of unit u.
 
     ``top`` (U', k) rows, ``maps`` (U', k, H, W), ``thresholds`` (U',), ``sizes`` (U', k, 2) the
@@ -181,19 +190,28 @@ def unit_masks(top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray,
         batch = tile_masks(flat_maps[which], (int(size[0]), int(size[1])), flat_thresholds[which]).numpy()
         for p, mask in zip(which, batch):
             masks[p] = mask
-    return [masks[u * k:(u + 1) * k] for u in range(units)]
+    return [masks[u * k : (u + 1) * k] for u in range(units)]
 
 
-def _write_strip(path: Path, images: Sequence[tuple[np.ndarray, np.ndarray]], masks: Sequence[np.ndarray],
-                 quality: int) -> None:
+def _write_strip(
+    path: Path, images: Sequence[tuple[np.ndarray, np.ndarray]], masks: Sequence[np.ndarray], quality: int
+) -> None:
     strip = compose_strip([image for image, _ in images], [dark for _, dark in images], masks)
     with atomic_path(path) as tmp:
         strip_image(strip).save(tmp, format="JPEG", quality=quality)
 
 
-def render_strips(folder: str | Path, top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray,
-                  load_image: LoadImage, *, quality: int = 85, workers: int = 2,
-                  units_per_batch: int = _UNITS_PER_BATCH) -> list[str]:
+def render_strips(
+    folder: str | Path,
+    top: np.ndarray,
+    maps: np.ndarray,
+    thresholds: np.ndarray,
+    load_image: LoadImage,
+    *,
+    quality: int = 85,
+    workers: int = 2,
+    units_per_batch: int = _UNITS_PER_BATCH,
+) -> list[str]:
     """Write one JPEG strip per unit into ``folder``; return the file names (unit order, 1-based names).
 
     ``top`` (U, k) rows from :func:`top_rows`, ``maps`` (U, k, H, W) from :func:`gather_maps`,
@@ -207,7 +225,7 @@ def render_strips(folder: str | Path, top: np.ndarray, maps: np.ndarray, thresho
     if top.shape[1] == 0:
         return []
     batch_of_unit = np.arange(units) // units_per_batch
-    rows, first = np.unique(top, return_index=True)                  # top is (U, k): flat index // k = unit
+    rows, first = np.unique(top, return_index=True)  # top is (U, k): flat index // k = unit
     last = np.zeros(len(rows), dtype=np.int64)
     np.maximum.at(last, np.searchsorted(rows, top.reshape(-1)), np.repeat(batch_of_unit, top.shape[1]))
     first = batch_of_unit[first // top.shape[1]]
@@ -219,13 +237,14 @@ def render_strips(folder: str | Path, top: np.ndarray, maps: np.ndarray, thresho
             images.update(load_images(rows[first == batch], load_image, workers))
             sizes = np.array([[images[int(r)][0].shape[1:] for r in unit] for unit in top[start:stop]])
             masks = unit_masks(top[start:stop], maps[start:stop], thresholds[start:stop], sizes)
-            for job in in_flight:                        # the previous batch is written: drop its last images
+            for job in in_flight:  # the previous batch is written: drop its last images
                 job.result()
             for row in rows[last == batch - 1]:
                 del images[int(row)]
-            in_flight = [pool.submit(_write_strip, folder / names[u], [images[int(r)] for r in top[u]],
-                                     unit_mask, quality)
-                         for u, unit_mask in zip(range(start, stop), masks)]
+            in_flight = [
+                pool.submit(_write_strip, folder / names[u], [images[int(r)] for r in top[u]], unit_mask, quality)
+                for u, unit_mask in zip(range(start, stop), masks)
+            ]
         for job in in_flight:
             job.result()
     return names

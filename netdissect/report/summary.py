@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from netdissect.io import atomic_write_text
 from netdissect.report.charts import category_colors, stacked_bar_chart
@@ -45,14 +45,31 @@ def summary_categories(entries: Sequence[LayerEntry]) -> list[str]:
 def summary_table(entries: Sequence[LayerEntry]) -> tuple[list[str], list[list[object]]]:
     """Header and rows of ``summary.csv``: one row per model × layer."""
     categories = summary_categories(entries)
-    header = ["dataset", "model", "layer", "units", "iou_threshold", *COUNT_KINDS,
-              *(f"{cat}-{kind}" for cat in categories for kind in COUNT_KINDS)]
+    header = [
+        "dataset",
+        "model",
+        "layer",
+        "units",
+        "iou_threshold",
+        *COUNT_KINDS,
+        *(f"{cat}-{kind}" for cat in categories for kind in COUNT_KINDS),
+    ]
     rows = []
     for e in entries:
         c = e.counts
-        rows.append([e.dataset, e.model, e.layer, c.units, f"{c.iou_threshold:g}", c.detectors, c.unique_top,
-                     c.unique_by_category,
-                     *(c.per_category.get(cat, {}).get(kind, 0) for cat in categories for kind in COUNT_KINDS)])
+        rows.append(
+            [
+                e.dataset,
+                e.model,
+                e.layer,
+                c.units,
+                f"{c.iou_threshold:g}",
+                c.detectors,
+                c.unique_top,
+                c.unique_by_category,
+                *(c.per_category.get(cat, {}).get(kind, 0) for cat in categories for kind in COUNT_KINDS),
+            ]
+        )
     return header, rows
 
 
@@ -67,8 +84,10 @@ def summary_csv(entries: Sequence[LayerEntry]) -> str:
 
 def _chart(entries: Sequence[LayerEntry], categories: list[str], kind: str, title: str) -> str:
     names = [e.name if len({x.dataset for x in entries}) <= 1 else f"{e.dataset} {e.name}" for e in entries]
-    bars = [(name, {cat: e.counts.per_category.get(cat, {}).get(kind, 0) for cat in categories})
-            for name, e in zip(names, entries)]
+    bars = [
+        (name, {cat: e.counts.per_category.get(cat, {}).get(kind, 0) for cat in categories})
+        for name, e in zip(names, entries)
+    ]
     return stacked_bar_chart(bars, categories, title=title)
 
 
@@ -79,19 +98,29 @@ def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     categories = summary_categories(entries)
     charts = {
-        "unique_by_category": _chart(entries, categories, "unique_by_category",
-                                     "Unique detectors (unique_by_category)"),
-        "unique_top": _chart(entries, categories, "unique_top",
-                             "Unique detectors (unique_top)"),
+        "unique_by_category": _chart(
+            entries, categories, "unique_by_category", "Unique detectors (unique_by_category)"
+        ),
+        "unique_top": _chart(entries, categories, "unique_top", "Unique detectors (unique_top)"),
     }
     for kind, svg in charts.items():
         atomic_write_text(out / f"{kind}.svg", svg)
     atomic_write_text(out / "summary.csv", summary_csv(entries))
     atomic_write_text(out / "report.css", static_file("report.css").decode("utf-8"))
-    rows = [{"entry": e, "link": Path(os.path.relpath(e.report, out)).as_posix() if e.report else None}
-            for e in entries]
-    page = environment().get_template("summary.html").render(
-        rows=rows, categories=categories, colors=category_colors(categories), charts=charts, kinds=COUNT_KINDS,
-        datasets=sorted({e.dataset for e in entries if e.dataset}))
+    rows = [
+        {"entry": e, "link": Path(os.path.relpath(e.report, out)).as_posix() if e.report else None} for e in entries
+    ]
+    page = (
+        environment()
+        .get_template("summary.html")
+        .render(
+            rows=rows,
+            categories=categories,
+            colors=category_colors(categories),
+            charts=charts,
+            kinds=COUNT_KINDS,
+            datasets=sorted({e.dataset for e in entries if e.dataset}),
+        )
+    )
     atomic_write_text(out / "index.html", page)
     return out / "index.html"

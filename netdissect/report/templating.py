@@ -11,9 +11,14 @@ import jinja2
 @functools.cache
 def environment() -> jinja2.Environment:
     """Templates from ``netdissect/report/templates``; every ``{{ value }}`` is HTML-escaped."""
-    env = jinja2.Environment(loader=jinja2.PackageLoader("netdissect.report", "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("netdissect.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["fmt"] = lambda value, spec: format(value, spec)
     return env
 

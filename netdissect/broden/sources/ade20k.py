@@ -11,8 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from netdissect.broden.sources.base import (LabelData, Source, SourceImage, load_mat, load_png_rgb,
-                                            missing_annotation, require_dir, require_file, unnamed_label)
+from netdissect.broden.sources.base import (
+    LabelData,
+    Source,
+    SourceImage,
+    load_mat,
+    load_png_rgb,
+    missing_annotation,
+    require_dir,
+    require_file,
+    unnamed_label,
+)
 from netdissect.errors import NetDissectError
 
 VERSION = "ADE20K_2016_07_26"
@@ -34,7 +43,7 @@ class ADE20K(Source):
 
     def __init__(self, root) -> None:
         root = require_dir(root, self.name)
-        if (root / "index_ade20k.mat").is_file():       # given the ADE20K_2016_07_26 folder itself
+        if (root / "index_ade20k.mat").is_file():  # given the ADE20K_2016_07_26 folder itself
             root = root.parent
         self.root = root
         self.index_file = require_file(root / VERSION / "index_ade20k.mat", self.name, "index file")
@@ -46,20 +55,27 @@ class ADE20K(Source):
             raw_scenes = [str(s) for s in index["scene"][()]]
             self.objectnames = [str(s) for s in index["objectnames"][()]]
         except (KeyError, ValueError, TypeError, IndexError) as err:
-            raise NetDissectError(f"ade20k: {self.index_file} lacks the struct `index` with cell arrays filename, "
-                                  f"folder, scene, objectnames ({err}); is it the 2016 release's index file?") from None
+            raise NetDissectError(
+                f"ade20k: {self.index_file} lacks the struct `index` with cell arrays filename, "
+                f"folder, scene, objectnames ({err}); is it the 2016 release's index file?"
+            ) from None
         if not (len(self.filenames) == len(self.folders) == len(raw_scenes)):
-            raise NetDissectError(f"ade20k: {self.index_file}: index.filename, index.folder and index.scene have "
-                                  f"different lengths ({len(self.filenames)}, {len(self.folders)}, {len(raw_scenes)})")
+            raise NetDissectError(
+                f"ade20k: {self.index_file}: index.filename, index.folder and index.scene have "
+                f"different lengths ({len(self.filenames)}, {len(self.folders)}, {len(raw_scenes)})"
+            )
         distinct = sorted(set(raw_scenes))
-        self.scene_names = [normalise_scene(s) for s in distinct]          # local scene j is scene_names[j-1]
-        number = {raw: (0 if name.startswith("~") else k + 1)
-                  for k, (raw, name) in enumerate(zip(distinct, self.scene_names))}
+        self.scene_names = [normalise_scene(s) for s in distinct]  # local scene j is scene_names[j-1]
+        number = {
+            raw: (0 if name.startswith("~") else k + 1) for k, (raw, name) in enumerate(zip(distinct, self.scene_names))
+        }
         self.scene_of_image = [number[s] for s in raw_scenes]
 
     def images(self) -> list[SourceImage]:
-        return [SourceImage(stem=f.removesuffix(".jpg"), jpeg=self.root / folder / f, key=i)
-                for i, (f, folder) in enumerate(zip(self.filenames, self.folders))]
+        return [
+            SourceImage(stem=f.removesuffix(".jpg"), jpeg=self.root / folder / f, key=i)
+            for i, (f, folder) in enumerate(zip(self.filenames, self.folders))
+        ]
 
     def labels(self, image: SourceImage) -> dict[str, LabelData]:
         base = str(image.jpeg).removesuffix(".jpg")
@@ -76,13 +92,20 @@ class ADE20K(Source):
             except FileNotFoundError:
                 break
             if levels[-1].shape != objects.shape:
-                raise NetDissectError(f"ade20k: {path} is {levels[-1].shape[1]}x{levels[-1].shape[0]} pixels but "
-                                      f"{seg} is {objects.shape[1]}x{objects.shape[0]}; fetch the image again")
+                raise NetDissectError(
+                    f"ade20k: {path} is {levels[-1].shape[1]}x{levels[-1].shape[0]} pixels but "
+                    f"{seg} is {objects.shape[1]}x{objects.shape[0]}; fetch the image again"
+                )
         parts = np.stack(levels) if levels else []
         for array, path in ((objects, seg), (parts, Path(base + "_parts_*.png"))):
             if len(array) and int(np.max(array)) > len(self.objectnames):
-                raise unnamed_label(self.name, "object/part", int(np.max(array)), path,
-                                    f"{self.index_file} (index.objectnames has {len(self.objectnames)} classes)")
+                raise unnamed_label(
+                    self.name,
+                    "object/part",
+                    int(np.max(array)),
+                    path,
+                    f"{self.index_file} (index.objectnames has {len(self.objectnames)} classes)",
+                )
         return {"object": objects, "part": parts, "scene": self.scene_of_image[image.key]}
 
     def names(self, category: str, j: int) -> list[str]:

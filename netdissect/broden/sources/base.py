@@ -20,30 +20,29 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 from netdissect.errors import NetDissectError
 
-LabelData = Union[int, list, np.ndarray]
+LabelData = int | list | np.ndarray
 
 # Where each source comes from: used in "missing source folder" messages.
 FETCH_HINTS = {
     "ade20k": "Snakemake rule fetch_source_archive (snakemake datasets/sources/ade20k/ADE20K_2016_07_26 "
-              "--configfile config/examples/regenerate.yaml), or: netdissect fetch "
-              "http://groups.csail.mit.edu/vision/datasets/ADE20K/ADE20K_2016_07_26.zip --out ADE20K_2016_07_26.zip "
-              "--extract DIR/ADE20K_2016_07_26 --strip 1",
+    "--configfile config/examples/regenerate.yaml), or: netdissect fetch "
+    "http://groups.csail.mit.edu/vision/datasets/ADE20K/ADE20K_2016_07_26.zip --out ADE20K_2016_07_26.zip "
+    "--extract DIR/ADE20K_2016_07_26 --strip 1",
     "pascal": "Snakemake rules fetch_source_archive and fetch_source_file (snakemake datasets/sources/pascal/VOC2010 "
-              "datasets/sources/pascal/context/trainval datasets/sources/pascal/context/labels.txt "
-              "datasets/sources/pascal/part --configfile config/examples/regenerate.yaml; URLs and --strip values there)",
+    "datasets/sources/pascal/context/trainval datasets/sources/pascal/context/labels.txt "
+    "datasets/sources/pascal/part --configfile config/examples/regenerate.yaml; URLs and --strip values there)",
     "opensurfaces": "Snakemake rules fetch_source_archive and fetch_source_file (snakemake "
-                    "datasets/sources/opensurfaces/release --configfile config/examples/regenerate.yaml), then the "
-                    "source's process_opensurfaces_release_0.py run inside that folder for photos/ and photos-labels/",
+    "datasets/sources/opensurfaces/release --configfile config/examples/regenerate.yaml), then the "
+    "source's process_opensurfaces_release_0.py run inside that folder for photos/ and photos-labels/",
     "dtd": "Snakemake rule fetch_source_archive (snakemake datasets/sources/dtd/dtd-r1.0.1 --configfile "
-           "config/examples/regenerate.yaml), or: netdissect fetch "
-           "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz --out dtd-r1.0.1.tar.gz "
-           "--extract DIR/dtd-r1.0.1 --strip 1",
+    "config/examples/regenerate.yaml), or: netdissect fetch "
+    "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz --out dtd-r1.0.1.tar.gz "
+    "--extract DIR/dtd-r1.0.1 --strip 1",
 }
 
 
@@ -51,16 +50,16 @@ FETCH_HINTS = {
 class SourceImage:
     """One image of a source: where its JPEG is, its output stem, and what the adapter needs to load it."""
 
-    stem: str                  # output base name: images/<source>/<stem>.jpg
-    jpeg: Path                 # the original JPEG
-    key: object = None         # adapter-specific (picklable): e.g. a row number
+    stem: str  # output base name: images/<source>/<stem>.jpg
+    jpeg: Path  # the original JPEG
+    key: object = None  # adapter-specific (picklable): e.g. a row number
 
 
 class Source(ABC):
     """One source dataset read from its shipped layout."""
 
-    name: str                          # "ade20k", "pascal", "opensurfaces", "dtd": also the images/ folder
-    categories: tuple[str, ...]        # the categories it supplies (colour excluded)
+    name: str  # "ade20k", "pascal", "opensurfaces", "dtd": also the images/ folder
+    categories: tuple[str, ...]  # the categories it supplies (colour excluded)
 
     @abstractmethod
     def images(self) -> list[SourceImage]:
@@ -78,27 +77,34 @@ class Source(ABC):
 def require_file(path: Path, source: str, what: str) -> Path:
     """``path`` if it is a file, else a NetDissectError naming it and how to fetch the source."""
     if not path.is_file():
-        raise NetDissectError(f"{source}: {what} {path} is missing; is the --{source} folder laid out as the "
-                              f"source ships it? Fetch it with the {FETCH_HINTS[source]}")
+        raise NetDissectError(
+            f"{source}: {what} {path} is missing; is the --{source} folder laid out as the "
+            f"source ships it? Fetch it with the {FETCH_HINTS[source]}"
+        )
     return path
 
 
 def require_dir(path: str | os.PathLike, source: str) -> Path:
     path = Path(path)
     if not path.is_dir():
-        raise NetDissectError(f"--{source} {path}: no such folder; fetch the source first with the "
-                              f"{FETCH_HINTS[source]}")
+        raise NetDissectError(
+            f"--{source} {path}: no such folder; fetch the source first with the {FETCH_HINTS[source]}"
+        )
     return path
 
 
 def missing_annotation(source: str, image: Path, annotation: Path) -> NetDissectError:
-    return NetDissectError(f"{source}: image {image} has no annotation file {annotation}; restore the file "
-                           f"(fetch the source again) or remove the image from the source's image list")
+    return NetDissectError(
+        f"{source}: image {image} has no annotation file {annotation}; restore the file "
+        f"(fetch the source again) or remove the image from the source's image list"
+    )
 
 
 def unnamed_label(source: str, category: str, j: int, file: Path, table: str) -> NetDissectError:
-    return NetDissectError(f"{source}: {file} uses {category} label {j}, which has no name in {table}; "
-                           f"the annotation and the name table do not match (fetch both again)")
+    return NetDissectError(
+        f"{source}: {file} uses {category} label {j}, which has no name in {table}; "
+        f"the annotation and the name table do not match (fetch both again)"
+    )
 
 
 def load_mat(path: Path, source: str, **kwargs) -> dict:
@@ -110,8 +116,10 @@ def load_mat(path: Path, source: str, **kwargs) -> dict:
     except FileNotFoundError:
         raise
     except Exception as err:  # scipy raises ValueError, TypeError, MatReadError ... on corrupt files
-        raise NetDissectError(f"{source}: cannot read the MATLAB file {path} ({type(err).__name__}: {err}); "
-                              f"it is corrupt or truncated: fetch it again") from None
+        raise NetDissectError(
+            f"{source}: cannot read the MATLAB file {path} ({type(err).__name__}: {err}); "
+            f"it is corrupt or truncated: fetch it again"
+        ) from None
 
 
 def load_png_rgb(path: Path, source: str) -> np.ndarray:
@@ -124,5 +132,6 @@ def load_png_rgb(path: Path, source: str) -> np.ndarray:
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise NetDissectError(f"{source}: cannot decode the annotation image {path} ({err}); it is corrupt "
-                              f"or truncated: fetch it again") from None
+        raise NetDissectError(
+            f"{source}: cannot decode the annotation image {path} ({err}); it is corrupt or truncated: fetch it again"
+        ) from None

@@ -33,16 +33,20 @@ class DTD(Source):
                 continue
             pieces = line.split(maxsplit=1)
             if len(pieces) < 2:
-                raise NetDissectError(f"dtd: {path} line {line_number}: image {pieces[0]!r} has no texture word; "
-                                      f"expected '<class>/<file>.jpg word word ...'")
+                raise NetDissectError(
+                    f"dtd: {path} line {line_number}: image {pieces[0]!r} has no texture word; "
+                    f"expected '<class>/<file>.jpg word word ...'"
+                )
             self.entries.append((pieces[0], pieces[1].split()))
         self.words = sorted({w for _, words in self.entries for w in words})
         number = {w: k + 1 for k, w in enumerate(self.words)}
         self.numbers = [[number[w] for w in words] for _, words in self.entries]
 
     def images(self) -> list[SourceImage]:
-        return [SourceImage(stem=Path(rel).stem, jpeg=self.root / "images" / rel, key=i)
-                for i, (rel, _) in enumerate(self.entries)]
+        return [
+            SourceImage(stem=Path(rel).stem, jpeg=self.root / "images" / rel, key=i)
+            for i, (rel, _) in enumerate(self.entries)
+        ]
 
     def labels(self, image: SourceImage) -> dict[str, LabelData]:
         return {"texture": list(self.numbers[image.key])}

@@ -32,12 +32,12 @@ def _png(path: Path, rgb: np.ndarray) -> None:
 
 @dataclass
 class AdeImage:
-    filename: str                    # ADE_train_00000001.jpg
-    folder: str                      # e.g. "training/s/street" (below ADE20K_2016_07_26/images/)
-    scene: str                       # raw scene string, e.g. "street" or "train_station/outdoor"
-    rgb: np.ndarray                  # H×W×3 uint8
-    objects: np.ndarray              # H×W class numbers (1-based into objectnames, 0 = unlabeled)
-    parts: list[np.ndarray] = field(default_factory=list)   # one H×W map per part level
+    filename: str  # ADE_train_00000001.jpg
+    folder: str  # e.g. "training/s/street" (below ADE20K_2016_07_26/images/)
+    scene: str  # raw scene string, e.g. "street" or "train_station/outdoor"
+    rgb: np.ndarray  # H×W×3 uint8
+    objects: np.ndarray  # H×W class numbers (1-based into objectnames, 0 = unlabeled)
+    parts: list[np.ndarray] = field(default_factory=list)  # one H×W map per part level
 
 
 def ade_png(classes: np.ndarray, instances: np.ndarray | None = None) -> np.ndarray:
@@ -59,10 +59,12 @@ def write_ade20k(root: str | Path, images: list[AdeImage], objectnames: list[str
         raise ValueError("keep >= 2 entries in every cell array (squeeze_me collapses 1-element cells)")
     root = Path(root)
     folders = [f"{VERSION}/images/{im.folder}" for im in images]
-    index = {"filename": np.array([im.filename for im in images], dtype=object),
-             "folder": np.array(folders, dtype=object),
-             "scene": np.array([im.scene for im in images], dtype=object),
-             "objectnames": np.array(objectnames, dtype=object)}
+    index = {
+        "filename": np.array([im.filename for im in images], dtype=object),
+        "folder": np.array(folders, dtype=object),
+        "scene": np.array([im.scene for im in images], dtype=object),
+        "objectnames": np.array(objectnames, dtype=object),
+    }
     (root / VERSION).mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(root / VERSION / "index_ade20k.mat", {"index": index})
     for im, folder in zip(images, folders):
@@ -82,8 +84,9 @@ def blocky_labels(rng: np.random.Generator, shape: tuple[int, int], values: np.n
     return np.kron(coarse, np.ones((block, block), dtype=coarse.dtype))[:h, :w]
 
 
-def write_ade20k_bulk(root: str | Path, n: int, height: int = 384, width: int = 512, seed: int = 0,
-                      classes: int = 150, scenes: int = 30) -> Path:
+def write_ade20k_bulk(
+    root: str | Path, n: int, height: int = 384, width: int = 512, seed: int = 0, classes: int = 150, scenes: int = 30
+) -> Path:
     """``n`` synthetic ADE20K-format images (blocky objects, one part level on half of them)."""
     rng = np.random.default_rng(seed)
     names = [f"thing{c}, item{c}" for c in range(1, classes + 1)]
@@ -91,8 +94,9 @@ def write_ade20k_bulk(root: str | Path, n: int, height: int = 384, width: int = 
     y, x = np.mgrid[0:height, 0:width]
     for i in range(n):
         objects = blocky_labels(rng, (height, width), np.arange(1, classes + 1), 32)
-        rgb = np.stack([(x * 255 // width + 40 * i) % 256, (y * 255 // height) % 256,
-                        (objects * 37) % 256], axis=-1).astype(np.uint8)
+        rgb = np.stack(
+            [(x * 255 // width + 40 * i) % 256, (y * 255 // height) % 256, (objects * 37) % 256], axis=-1
+        ).astype(np.uint8)
         rgb = np.clip(rgb.astype(np.int16) + rng.integers(-8, 9, rgb.shape), 0, 255).astype(np.uint8)
         parts = []
         if i % 2 == 0:
@@ -110,17 +114,17 @@ def write_ade20k_bulk(root: str | Path, n: int, height: int = 384, width: int = 
 
 @dataclass
 class PascalObject:
-    name: str                                  # VOC class name, e.g. "cat"
-    class_ind: int                             # 1..20, VOC alphabetical order
-    mask: np.ndarray                           # H×W 0/1
-    parts: list[tuple[str, np.ndarray]] = field(default_factory=list)   # (part key, H×W 0/1 mask)
+    name: str  # VOC class name, e.g. "cat"
+    class_ind: int  # 1..20, VOC alphabetical order
+    mask: np.ndarray  # H×W 0/1
+    parts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (part key, H×W 0/1 mask)
 
 
 @dataclass
 class PascalImage:
-    id: str                                    # e.g. "2008_000002"
+    id: str  # e.g. "2008_000002"
     rgb: np.ndarray
-    context: np.ndarray                        # H×W PASCAL-Context class ids
+    context: np.ndarray  # H×W PASCAL-Context class ids
     objects: list[PascalObject] = field(default_factory=list)
 
 
@@ -137,8 +141,9 @@ def write_pascal(root: str | Path, images: list[PascalImage], labels: dict[int, 
     O = [("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")]
     for im in images:
         _jpeg(root / "VOC2010" / "JPEGImages" / f"{im.id}.jpg", im.rgb)
-        scipy.io.savemat(root / "context" / "trainval" / f"{im.id}.mat",
-                         {"LabelMap": np.asarray(im.context).astype(np.uint16)})
+        scipy.io.savemat(
+            root / "context" / "trainval" / f"{im.id}.mat", {"LabelMap": np.asarray(im.context).astype(np.uint16)}
+        )
         objs = np.zeros((1, len(im.objects)), dtype=O)
         for i, o in enumerate(im.objects):
             objs[0, i]["class"] = o.name
@@ -181,17 +186,21 @@ remove(pimap{12}, 'head');
 # OpenSurfaces and DTD
 
 
-def write_opensurfaces(root: str | Path, photos: list[tuple[int, np.ndarray, np.ndarray]],
-                       substances: list[tuple[int, str, int]]) -> Path:
+def write_opensurfaces(
+    root: str | Path, photos: list[tuple[int, np.ndarray, np.ndarray]], substances: list[tuple[int, str, int]]
+) -> Path:
     """``photos``: (photo_id, photo RGB, label RGB: R = substance red_color, B = scene);
     ``substances``: (substance_id, substance_name, red_color)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    header = ("photo_id,scene_category_name,scene_category_score,whitebalanced,whitebalanced_score,fov,"
-              "flickr_url,license_name,license_is_creative_commons\n")
+    header = (
+        "photo_id,scene_category_name,scene_category_score,whitebalanced,whitebalanced_score,fov,"
+        "flickr_url,license_name,license_is_creative_commons\n"
+    )
     (root / "photos.csv").write_text(header + "".join(f"{pid},Kitchen,,,,,,,\n" for pid, _, _ in photos))
     (root / "label-substance-colors.csv").write_text(
-        "substance_id,substance_name,red_color\n" + "".join(f"{i},{n},{r}\n" for i, n, r in substances))
+        "substance_id,substance_name,red_color\n" + "".join(f"{i},{n},{r}\n" for i, n, r in substances)
+    )
     (root / "label-name-colors.csv").write_text("name_id,name_name,green_color\n1,Table,1\n")
     for pid, rgb, label in photos:
         _jpeg(root / "photos" / f"{pid}.jpg", rgb)
@@ -204,7 +213,8 @@ def write_dtd(root: str | Path, images: list[tuple[str, np.ndarray, list[str]]])
     base = Path(root) / "dtd-r1.0.1"
     (base / "labels").mkdir(parents=True, exist_ok=True)
     (base / "labels" / "labels_joint_anno.txt").write_text(
-        "".join(f"{rel} {' '.join(words)} \n" for rel, _, words in images))
+        "".join(f"{rel} {' '.join(words)} \n" for rel, _, words in images)
+    )
     for rel, rgb, _ in images:
         _jpeg(base / "images" / rel, rgb)
     return Path(root)

@@ -18,6 +18,7 @@ holds one image at a time; the parent holds per-key counters and one short index
 Everything is written into a temporary folder beside ``--out``, renamed to ``--out`` at the end, so an
 interrupted or failed build leaves nothing that looks finished.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -25,9 +26,10 @@ import multiprocessing
 import os
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -36,13 +38,20 @@ from netdissect.broden import colors
 from netdissect.broden.sources import SOURCE_NAMES, adapter_class
 from netdissect.broden.sources.base import FETCH_HINTS, LabelData, Source, SourceImage
 from netdissect.broden.sources.naming import Key, Naming, name_keys
-from netdissect.broden.writer import (IndexRow, compute_tables, resize_labels, tables_text, write_index, write_jpeg,
-                                      write_label_layers)
+from netdissect.broden.writer import (
+    IndexRow,
+    compute_tables,
+    resize_labels,
+    tables_text,
+    write_index,
+    write_jpeg,
+    write_label_layers,
+)
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_dir, atomic_write_text
 
 COLOR = "color"
-NO_LABELS = np.zeros(1, dtype=np.int32)     # the lookup of a (source, category) without any label
+NO_LABELS = np.zeros(1, dtype=np.int32)  # the lookup of a (source, category) without any label
 T = TypeVar("T")
 
 
@@ -81,11 +90,13 @@ def load_rgb(path: Path, source: str) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
-        raise NetDissectError(f"{source}: image {path} is missing; fetch the source again with the "
-                              f"{FETCH_HINTS[source]}") from None
+        raise NetDissectError(
+            f"{source}: image {path} is missing; fetch the source again with the {FETCH_HINTS[source]}"
+        ) from None
     except Exception as err:
-        raise NetDissectError(f"{source}: cannot decode image {path} ({err}); it is corrupt or truncated: "
-                              f"fetch it again") from None
+        raise NetDissectError(
+            f"{source}: cannot decode image {path} ({err}); it is corrupt or truncated: fetch it again"
+        ) from None
 
 
 def resize_rgb(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -125,8 +136,10 @@ def save_layers(path: Path, layers: Mapping[str, LabelData]) -> None:
 def load_layers(path: Path) -> dict[str, LabelData]:
     """Inverse of :func:`save_layers` (image-level labels come back as lists)."""
     with np.load(path) as npz:
-        return {key.split(":", 1)[1]: (npz[key].astype(np.int32) if key.startswith("map:") else npz[key].tolist())
-                for key in npz.files}
+        return {
+            key.split(":", 1)[1]: (npz[key].astype(np.int32) if key.startswith("map:") else npz[key].tolist())
+            for key in npz.files
+        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,16 +151,16 @@ class Job:
     """What every worker needs; sent once per worker by the pool initializer."""
 
     sources: dict[str, Source]
-    lut: np.ndarray                                           # colour lookup (color_lut)
-    out: Path                                                 # the dataset folder being built
-    work: Path                                                # per-image data between the passes
+    lut: np.ndarray  # colour lookup (color_lut)
+    out: Path  # the dataset folder being built
+    work: Path  # per-image data between the passes
     size: int
-    lookups: dict[tuple[str, str], np.ndarray] | None = None   # translate: (source, category) -> local-to-global
-    categories: tuple[str, ...] = ()                          # translate: categories that kept some label
+    lookups: dict[tuple[str, str], np.ndarray] | None = None  # translate: (source, category) -> local-to-global
+    categories: tuple[str, ...] = ()  # translate: categories that kept some label
 
 
 _JOB: Job | None = None
-Task = tuple[int, str, SourceImage]          # (image number, source name, image)
+Task = tuple[int, str, SourceImage]  # (image number, source name, image)
 
 
 def _init(job: Job) -> None:
@@ -170,9 +183,13 @@ def _convert(task: Task) -> tuple[str, dict[tuple[str, int], float]]:
     rgb, data = image_labels(job, source, image)
     shares = {(category, j): share for category, d in data.items() for j, share in label_shares(d).items()}
     write_jpeg(job.out / "images" / source / f"{image.stem}.jpg", resize_rgb(rgb, job.size))
-    save_layers(job.work / f"{number}.npz",
-                {category: resize_labels(d, job.size // 2) if isinstance(d, np.ndarray) and d.ndim >= 2 else d
-                 for category, d in data.items()})
+    save_layers(
+        job.work / f"{number}.npz",
+        {
+            category: resize_labels(d, job.size // 2) if isinstance(d, np.ndarray) and d.ndim >= 2 else d
+            for category, d in data.items()
+        },
+    )
     return source, shares
 
 
@@ -183,13 +200,13 @@ def _translate(task: Task) -> IndexRow:
     work = job.work / f"{number}.npz"
     layers: dict[str, LabelData] = {}
     for category, d in load_layers(work).items():
-        if category not in job.categories:       # every label of this category was filtered out
+        if category not in job.categories:  # every label of this category was filtered out
             continue
         # no lookup: this source never had a label in this category (e.g. only empty part data)
         lookup = job.lookups.get((source, category), NO_LABELS)
         if isinstance(d, np.ndarray):
             layers[category] = remap(d, lookup)
-        else:    # image-level: skip source 0, keep a filtered label as 0 (original behaviour)
+        else:  # image-level: skip source 0, keep a filtered label as 0 (original behaviour)
             layers[category] = [int(lookup[j]) if j < len(lookup) else 0 for j in d if j != 0]
     name = f"{source}/{image.stem}.jpg"
     cells, _ = write_label_layers(job.out, name, layers)
@@ -198,8 +215,9 @@ def _translate(task: Task) -> IndexRow:
     return IndexRow(name, job.size, job.size, side, side, cells)
 
 
-def _map(func: Callable[[Task], T], tasks: list[Task], job: Job, workers: int, desc: str,
-         progress: bool) -> Iterator[T]:
+def _map(
+    func: Callable[[Task], T], tasks: list[Task], job: Job, workers: int, desc: str, progress: bool
+) -> Iterator[T]:
     """``func`` over ``tasks`` in order, in ``workers`` processes (in this one when workers == 1)."""
     from tqdm import tqdm
 
@@ -244,8 +262,10 @@ def list_images(sources: Mapping[str, Source]) -> list[Task]:
         seen: Counter[str] = Counter()
         images = source.images()
         if not images:
-            raise NetDissectError(f"{name}: no images found under {getattr(source, 'root', '?')}; "
-                                  f"is the folder laid out as the source ships it?")
+            raise NetDissectError(
+                f"{name}: no images found under {getattr(source, 'root', '?')}; "
+                f"is the folder laid out as the source ships it?"
+            )
         for image in images:
             seen[image.stem] += 1
             if seen[image.stem] > 1:
@@ -262,12 +282,14 @@ def load_table(path: str | os.PathLike | None) -> tuple[np.ndarray, bool]:
     if not colors.is_original_table(table):
         counts = np.bincount(table.ravel(), minlength=11)
         found = ", ".join(f"{n} {c}" for n, c in zip(colors.COLOR_NAMES, counts))
-        raise NetDissectError(f"--color-table {path}: not the published colour-name table (sha256 of its "
-                              f"[r][g][b] bytes must be {colors.ORIGINAL_TABLE_SHA256}; cells per colour found: "
-                              f"{found}; expected black 194, blue 6071, brown 743, grey 293, green 9573, "
-                              f"orange 1698, pink 2748, purple 6749, red 1725, white 209, yellow 2765). "
-                              f"Rebuild it as broden-sources.md §5 says, or leave the option out to use the "
-                              f"approximate fallback rule")
+        raise NetDissectError(
+            f"--color-table {path}: not the published colour-name table (sha256 of its "
+            f"[r][g][b] bytes must be {colors.ORIGINAL_TABLE_SHA256}; cells per colour found: "
+            f"{found}; expected black 194, blue 6071, brown 743, grey 293, green 9573, "
+            f"orange 1698, pink 2748, purple 6749, red 1725, white 209, yellow 2765). "
+            f"Rebuild it as broden-sources.md §5 says, or leave the option out to use the "
+            f"approximate fallback rule"
+        )
     return table, True
 
 
@@ -296,27 +318,40 @@ def syns_text(naming: Naming, freq: Mapping[Key, int], adapter_names: Mapping[Ke
     return "\n".join(lines) + "\n"
 
 
-def readme_text(folder: str, counts: Mapping[str, int], size: int, min_frequency: int, min_coverage: float,
-                original_colors: bool) -> str:
+def readme_text(
+    folder: str, counts: Mapping[str, int], size: int, min_frequency: int, min_coverage: float, original_colors: bool
+) -> str:
     sources = "\n".join(f"  {name}: {n} images" for name, n in counts.items())
-    color_note = ("colour labels from the published colour-name table (van de Weijer et al. 2009)"
-                  if original_colors else
-                  "colour labels from the APPROXIMATE fallback rule (broden-sources.md §5), not the published "
-                  "table: this dataset is not Broden-identical in its colour labels")
-    return (f"{folder} joined segmentation data set\n\n"
-            f"Sources:\n{sources}\n"
-            f"Total: {sum(counts.values())} images\n\n"
-            f"Settings: size ({size}, {size}), segmentation size ({size // 2}, {size // 2}), no crop, "
-            f"splits train 0.7 / val 0.3 by md5 hash, min_frequency {min_frequency}, min_coverage {min_coverage}\n"
-            f"Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')} "
-            f"by netdissect broden regenerate.\n\n"
-            f"Labels were named, merged across sources and categories, filtered and numbered as described in "
-            f"broden-sources.md §6; {color_note}. syns.txt lists which source labels were merged.\n")
+    color_note = (
+        "colour labels from the published colour-name table (van de Weijer et al. 2009)"
+        if original_colors
+        else "colour labels from the APPROXIMATE fallback rule (broden-sources.md §5), not the published "
+        "table: this dataset is not Broden-identical in its colour labels"
+    )
+    return (
+        f"{folder} joined segmentation data set\n\n"
+        f"Sources:\n{sources}\n"
+        f"Total: {sum(counts.values())} images\n\n"
+        f"Settings: size ({size}, {size}), segmentation size ({size // 2}, {size // 2}), no crop, "
+        f"splits train 0.7 / val 0.3 by md5 hash, min_frequency {min_frequency}, min_coverage {min_coverage}\n"
+        f"Generated {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')} "
+        f"by netdissect broden regenerate.\n\n"
+        f"Labels were named, merged across sources and categories, filtered and numbered as described in "
+        f"broden-sources.md §6; {color_note}. syns.txt lists which source labels were merged.\n"
+    )
 
 
-def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os.PathLike], *,
-               min_frequency: int = 10, min_coverage: float = 0.5, workers: int | None = None,
-               color_table: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def regenerate(
+    out: str | os.PathLike,
+    size: int,
+    sources: Mapping[str, str | os.PathLike],
+    *,
+    min_frequency: int = 10,
+    min_coverage: float = 0.5,
+    workers: int | None = None,
+    color_table: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
     """Build a Broden folder at ``out`` from ``sources`` (name → folder). Returns ``out``."""
     out = Path(out)
     if size < 2:
@@ -346,11 +381,17 @@ def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os
         # 2. naming, filtering, numbering
         adapter_names = {key: key_names(adapters, key) for key in freq}
         naming = name_keys(freq, cov, adapter_names.__getitem__)
-        tables = compute_tables(label_statistics(naming, freq, cov), syns=naming.syns(),
-                                min_frequency=min_frequency, min_coverage=min_coverage)
+        tables = compute_tables(
+            label_statistics(naming, freq, cov),
+            syns=naming.syns(),
+            min_frequency=min_frequency,
+            min_coverage=min_coverage,
+        )
         if not tables.label_rows:
-            raise NetDissectError(f"no label passes --min-frequency {min_frequency} and --min-coverage "
-                                  f"{min_coverage}; lower them or add images")
+            raise NetDissectError(
+                f"no label passes --min-frequency {min_frequency} and --min-coverage "
+                f"{min_coverage}; lower them or add images"
+            )
 
         # 3. global label PNGs, tables, index.csv last; then the folder gets its name
         job.lookups = lookup_arrays(naming, tables.numbers)
@@ -360,8 +401,11 @@ def regenerate(out: str | os.PathLike, size: int, sources: Mapping[str, str | os
         for name, text in tables_text(tables).items():
             atomic_write_text(tmp / name, text)
         atomic_write_text(tmp / "syns.txt", syns_text(naming, freq, adapter_names))
-        atomic_write_text(tmp / "README.txt", readme_text(out.name, counts, size, min_frequency, min_coverage,
-                                                          original_colors), newline="\r\n")
+        atomic_write_text(
+            tmp / "README.txt",
+            readme_text(out.name, counts, size, min_frequency, min_coverage, original_colors),
+            newline="\r\n",
+        )
         write_index(tmp, rows, tables.categories)
     return out
 
@@ -374,8 +418,9 @@ def key_names(adapters: Mapping[str, Source], key: Key) -> list[str]:
     return adapters[source].names(category, j)
 
 
-def label_statistics(naming: Naming, freq: Mapping[Key, int], cov: Mapping[Key, float]
-                     ) -> dict[tuple[str, str], tuple[int, float]]:
+def label_statistics(
+    naming: Naming, freq: Mapping[Key, int], cov: Mapping[Key, float]
+) -> dict[tuple[str, str], tuple[int, float]]:
     """(label name, category) -> (n, c): the keys' statistics summed per chosen name (writer input)."""
     stats: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0])
     for key, name in naming.label.items():

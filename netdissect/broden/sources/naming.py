@@ -9,53 +9,125 @@ are dropped (``paper`` drops ``tissue``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
-Key = tuple[str, str, int]          # (source, category, local label number)
+Key = tuple[str, str, int]  # (source, category, local label number)
 UNLABELED = "-"
 
 _ARM, _FOOT, _HAND, _LEG = (["arm"], ["foot"], ["hand"], ["leg"])
 PREFERRED: dict[str, list[str]] = {
-    "left arm": _ARM, "right arm": _ARM, "person arm": _ARM,
-    "left foot": _FOOT, "right foot": _FOOT, "person foot": _FOOT,
-    "left hand": _HAND, "right hand": _HAND, "person hand": _HAND,
-    "left leg": _LEG, "right leg": _LEG, "person leg": _LEG,
-    "left shoulder": ["shoulder"], "right shoulder": ["shoulder"],
-    "person torso": ["torso"], "person head": ["head"], "person hair": ["hair"], "person nose": ["nose"],
-    "person mouth": ["mouth"], "person ear": ["ear"], "person neck": ["neck"], "person eye": ["eye"],
-    "person eyebrow": ["eyebrow"], "airport-airport-s": ["airport-s"], "aeroplane": ["airplane"],
-    "airplane": ["airplane", "aeroplane", "plane"], "spectacles": ["eyeglasses"], "windopane": ["window"],
-    "dog": ["dog", "domestic dog", "canis familiaris"], "alga": ["algae"],
-    "bicycle": ["bicycle", "bike", "cycle"], "food": ["food", "solid food"], "caput": ["head"],
-    "route": ["road"], "fencing": ["fence"], "flooring": ["floor"], "carpet": ["carpet", "carpeting"],
-    "shrub": ["bush"], "armour": ["armor"], "pail": ["bucket"], "spigot": ["faucet"],
-    "faucet": ["faucet", "spigot"], "crt screen": ["screen"], "cistern": ["water tank"],
-    "video display": ["display"], "lift": ["elevator"], "hydroplane": ["seaplane"],
-    "microwave oven": ["microwave"], "falls": ["waterfall"], "mike": ["microphone"],
-    "windscreen": ["windshield"], "fluorescent fixture": ["fluorescent"], "water vapour": ["water vapor"],
-    "numberplate": ["license plate"], "tin can": ["can"], "cow": ["cow", "moo-cow"],
-    "horse": ["horse", "equus caballus"], "kerb": ["curb"], "filing cabinet": ["file cabinet"],
-    "electrical switch": ["switch"], "telephone set": ["telephone"], "totaliser": ["adding machine"],
-    "television receiver": ["television"], "fabric": ["fabric", "cloth", "textile"], "textile": ["fabric"],
-    "attack aircraft carrier": ["aircraft carrier"], "cooking stove": ["stove"],
+    "left arm": _ARM,
+    "right arm": _ARM,
+    "person arm": _ARM,
+    "left foot": _FOOT,
+    "right foot": _FOOT,
+    "person foot": _FOOT,
+    "left hand": _HAND,
+    "right hand": _HAND,
+    "person hand": _HAND,
+    "left leg": _LEG,
+    "right leg": _LEG,
+    "person leg": _LEG,
+    "left shoulder": ["shoulder"],
+    "right shoulder": ["shoulder"],
+    "person torso": ["torso"],
+    "person head": ["head"],
+    "person hair": ["hair"],
+    "person nose": ["nose"],
+    "person mouth": ["mouth"],
+    "person ear": ["ear"],
+    "person neck": ["neck"],
+    "person eye": ["eye"],
+    "person eyebrow": ["eyebrow"],
+    "airport-airport-s": ["airport-s"],
+    "aeroplane": ["airplane"],
+    "airplane": ["airplane", "aeroplane", "plane"],
+    "spectacles": ["eyeglasses"],
+    "windopane": ["window"],
+    "dog": ["dog", "domestic dog", "canis familiaris"],
+    "alga": ["algae"],
+    "bicycle": ["bicycle", "bike", "cycle"],
+    "food": ["food", "solid food"],
+    "caput": ["head"],
+    "route": ["road"],
+    "fencing": ["fence"],
+    "flooring": ["floor"],
+    "carpet": ["carpet", "carpeting"],
+    "shrub": ["bush"],
+    "armour": ["armor"],
+    "pail": ["bucket"],
+    "spigot": ["faucet"],
+    "faucet": ["faucet", "spigot"],
+    "crt screen": ["screen"],
+    "cistern": ["water tank"],
+    "video display": ["display"],
+    "lift": ["elevator"],
+    "hydroplane": ["seaplane"],
+    "microwave oven": ["microwave"],
+    "falls": ["waterfall"],
+    "mike": ["microphone"],
+    "windscreen": ["windshield"],
+    "fluorescent fixture": ["fluorescent"],
+    "water vapour": ["water vapor"],
+    "numberplate": ["license plate"],
+    "tin can": ["can"],
+    "cow": ["cow", "moo-cow"],
+    "horse": ["horse", "equus caballus"],
+    "kerb": ["curb"],
+    "filing cabinet": ["file cabinet"],
+    "electrical switch": ["switch"],
+    "telephone set": ["telephone"],
+    "totaliser": ["adding machine"],
+    "television receiver": ["television"],
+    "fabric": ["fabric", "cloth", "textile"],
+    "textile": ["fabric"],
+    "attack aircraft carrier": ["aircraft carrier"],
+    "cooking stove": ["stove"],
     "electric-light bulb": ["light bulb"],
 }
 
 CONFUSING: dict[str, list[str]] = {
-    "flowerpot": ["pot"], "toilet": ["throne", "can"], "curtain": ["mantle"], "fabric": ["material"],
-    "file cabinet": ["file"], "filing cabinet": ["file"], "chest of drawers": ["chest"], "fire hydrant": ["plug"],
-    "car": ["machine"], "closet": ["press"], "bicycle": ["wheel"], "brochure": ["folder"], "paper": ["tissue"],
-    "paper towel": ["tissue"], "exhaust hood": ["hood"], "blanket": ["cover"], "carapace": ["shield"],
-    "cellular phone": ["cell"], "handbag": ["bag"], "land": ["soil"], "sidewalk": ["pavement"],
-    "poster": ["card", "bill"], "computer mouse": ["mouse"], "steering wheel": ["wheel"],
-    "lighthouse": ["beacon"], "basketball hoop": ["hoop"], "bus": ["passenger vehicle"],
+    "flowerpot": ["pot"],
+    "toilet": ["throne", "can"],
+    "curtain": ["mantle"],
+    "fabric": ["material"],
+    "file cabinet": ["file"],
+    "filing cabinet": ["file"],
+    "chest of drawers": ["chest"],
+    "fire hydrant": ["plug"],
+    "car": ["machine"],
+    "closet": ["press"],
+    "bicycle": ["wheel"],
+    "brochure": ["folder"],
+    "paper": ["tissue"],
+    "paper towel": ["tissue"],
+    "exhaust hood": ["hood"],
+    "blanket": ["cover"],
+    "carapace": ["shield"],
+    "cellular phone": ["cell"],
+    "handbag": ["bag"],
+    "land": ["soil"],
+    "sidewalk": ["pavement"],
+    "poster": ["card", "bill"],
+    "computer mouse": ["mouse"],
+    "steering wheel": ["wheel"],
+    "lighthouse": ["beacon"],
+    "basketball hoop": ["hoop"],
+    "bus": ["passenger vehicle"],
     "head": ["person head"],
-    "arm": ["left arm", "right arm", "person arm"], "foot": ["left foot", "right foot", "person foot"],
-    "hand": ["left hand", "right hand", "person hand"], "leg": ["left leg", "right leg", "person leg"],
-    "shoulder": ["left shoulder", "right shoulder", "person shoulder"], "torso": ["person torso"],
-    "hair": ["person hair"], "nose": ["person nose"], "ear": ["person ear"], "neck": ["person neck"],
-    "eye": ["person eye"], "eyebrow": ["person eyebrow"],
+    "arm": ["left arm", "right arm", "person arm"],
+    "foot": ["left foot", "right foot", "person foot"],
+    "hand": ["left hand", "right hand", "person hand"],
+    "leg": ["left leg", "right leg", "person leg"],
+    "shoulder": ["left shoulder", "right shoulder", "person shoulder"],
+    "torso": ["person torso"],
+    "hair": ["person hair"],
+    "nose": ["person nose"],
+    "ear": ["person ear"],
+    "neck": ["person neck"],
+    "eye": ["person eye"],
+    "eyebrow": ["person eyebrow"],
 }
 
 
@@ -78,9 +150,9 @@ def clean_names(names: list[str]) -> list[str]:
 class Naming:
     """The outcome: every key's label name, and which key owns (claimed) each name."""
 
-    label: dict[Key, str]              # key -> chosen label name ("-" = unlabeled)
-    owner: dict[str, Key]              # name -> the key that claimed it
-    names: dict[Key, list[str]]        # key -> its names after clean_names
+    label: dict[Key, str]  # key -> chosen label name ("-" = unlabeled)
+    owner: dict[str, Key]  # name -> the key that claimed it
+    names: dict[Key, list[str]]  # key -> its names after clean_names
 
     def syns(self) -> dict[str, list[str]]:
         """Label name -> every other name owned by a key carrying that label (label.csv ``syns``)."""
@@ -92,8 +164,7 @@ class Naming:
         return {label: sorted(names) for label, names in out.items()}
 
 
-def name_keys(freq: Mapping[Key, int], cov: Mapping[Key, float],
-              names_of: Callable[[Key], list[str]]) -> Naming:
+def name_keys(freq: Mapping[Key, int], cov: Mapping[Key, float], names_of: Callable[[Key], list[str]]) -> Naming:
     """Choose a label name for every key (spec §6.2).
 
     ``freq``/``cov``: per key, number of images and summed coverage; ``names_of(key)``: the adapter's

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from netdissect.broden.sources.base import (LabelData, Source, SourceImage, load_png_rgb, missing_annotation,
-                                            require_dir, require_file, unnamed_label)
+from netdissect.broden.sources.base import (
+    LabelData,
+    Source,
+    SourceImage,
+    load_png_rgb,
+    missing_annotation,
+    require_dir,
+    require_file,
+    unnamed_label,
+)
 from netdissect.errors import NetDissectError
 
 
@@ -28,8 +36,10 @@ def _read_csv(path: Path, columns: list[str]) -> list[dict[str, str]]:
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in columns if c not in header]
         if missing:
-            raise NetDissectError(f"opensurfaces: {path}: header lacks column(s) {', '.join(missing)} "
-                                  f"(found {', '.join(header)}); is it the release-0 file?")
+            raise NetDissectError(
+                f"opensurfaces: {path}: header lacks column(s) {', '.join(missing)} "
+                f"(found {', '.join(header)}); is it the release-0 file?"
+            )
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
@@ -46,16 +56,18 @@ class OpenSurfaces(Source):
             try:
                 self.photo_ids.append(str(int(row["photo_id"])))
             except ValueError:
-                raise NetDissectError(f"opensurfaces: {photos} line {line}: photo_id {row['photo_id']!r} "
-                                      f"is not an integer") from None
+                raise NetDissectError(
+                    f"opensurfaces: {photos} line {line}: photo_id {row['photo_id']!r} is not an integer"
+                ) from None
         self.substance_table = substances
         self.substances: dict[int, str] = {}
         for line, row in enumerate(_read_csv(substances, ["substance_name", "red_color"]), 2):
             try:
                 self.substances[int(row["red_color"])] = row["substance_name"]
             except ValueError:
-                raise NetDissectError(f"opensurfaces: {substances} line {line}: red_color {row['red_color']!r} "
-                                      f"is not an integer") from None
+                raise NetDissectError(
+                    f"opensurfaces: {substances} line {line}: red_color {row['red_color']!r} is not an integer"
+                ) from None
         self.known = np.zeros(256, dtype=bool)
         self.known[[c for c in self.substances if 0 <= c < 256]] = True
         self.known[0] = True

@@ -14,22 +14,42 @@ from pathlib import Path
 
 import numpy as np
 
-from netdissect.broden.sources.base import (LabelData, Source, SourceImage, load_mat, missing_annotation,
-                                            require_dir, require_file, unnamed_label)
+from netdissect.broden.sources.base import (
+    LabelData,
+    Source,
+    SourceImage,
+    load_mat,
+    missing_annotation,
+    require_dir,
+    require_file,
+    unnamed_label,
+)
 from netdissect.errors import NetDissectError
 
-EXPANSIONS = {"lfho": "left front hoof", "rfho": "right front hoof", "lbho": "left back hoof",
-              "rbho": "right back hoof", "fwheel": "front wheel", "bwheel": "back wheel",
-              "frontside": "front side", "leftside": "left side", "rightside": "right side",
-              "backside": "back side", "roofside": "roof side", "leftmirror": "left mirror",
-              "rightmirror": "right mirror"}
+EXPANSIONS = {
+    "lfho": "left front hoof",
+    "rfho": "right front hoof",
+    "lbho": "left back hoof",
+    "rbho": "right back hoof",
+    "fwheel": "front wheel",
+    "bwheel": "back wheel",
+    "frontside": "front side",
+    "leftside": "left side",
+    "rightside": "right side",
+    "backside": "back side",
+    "roofside": "roof side",
+    "leftmirror": "left mirror",
+    "rightmirror": "right mirror",
+}
 DROPPED_WORDS = {"left", "right", "front", "back", "upper", "lower", "side"}
 
 _HEADER = re.compile(r"^%\s*\[([^\]]+)\]")
 _KEY = re.compile(r"^pimap\{(\d+)\}\('([^']+)'\)\s*=\s*\d+\s*;\s*(?:%\s*(.*?))?\s*$")
 _LONG_NAME = re.compile(r"[A-Za-z0-9_ ]+")
 _FOR = re.compile(r"^\s*for\s+ii\s*=\s*1\s*:\s*(\d+)")
-_SPRINTF = re.compile(r"^\s*pimap\{(\d+)\}\(sprintf\('([^']+)_%d',\s*ii\)\)\s*=\s*\d+\s*\+\s*ii\s*;\s*(?:%\s*(.*?))?\s*$")
+_SPRINTF = re.compile(
+    r"^\s*pimap\{(\d+)\}\(sprintf\('([^']+)_%d',\s*ii\)\)\s*=\s*\d+\s*\+\s*ii\s*;\s*(?:%\s*(.*?))?\s*$"
+)
 _SILHOUETTE = re.compile(r"^%\s*only has si")
 _KEYSET = re.compile(r"^\s*keySet\s*=\s*keys\(pimap\{(\d+)\}\)")
 _COPY = re.compile(r"^\s*pimap\{(\d+)\}\s*=\s*containers\.Map\(keySet")
@@ -148,7 +168,7 @@ class Pascal(Source):
             raise NetDissectError(f"pascal: {context} has no variable LabelMap; is it a PASCAL-Context file?") from None
         if objects.ndim != 2:
             raise NetDissectError(f"pascal: {context}: LabelMap has shape {objects.shape}, expected H×W")
-        present = np.flatnonzero(np.bincount(objects.ravel())).tolist()       # the distinct labels, not pixels
+        present = np.flatnonzero(np.bincount(objects.ravel())).tolist()  # the distinct labels, not pixels
         unknown = [v for v in present if v != 0 and v not in self.context_labels]
         if unknown:
             raise unnamed_label(self.name, "object", unknown[0], context, str(self.root / "context" / "labels.txt"))
@@ -173,13 +193,16 @@ class Pascal(Source):
                 key = _text(p["part_name"])
                 code = self.codes.get((class_ind, key))
                 if code is None:
-                    raise NetDissectError(f"pascal: {path}: part {key!r} of object class {class_ind} "
-                                          f"({_text(o['class'])}) is not in part/part2ind.m (a label with no name); "
-                                          f"check that both come from the same PASCAL-Part release")
+                    raise NetDissectError(
+                        f"pascal: {path}: part {key!r} of object class {class_ind} "
+                        f"({_text(o['class'])}) is not in part/part2ind.m (a label with no name); "
+                        f"check that both come from the same PASCAL-Part release"
+                    )
                 part_mask = np.asarray(p["mask"]).astype(bool)
                 if part_mask.shape != part_map.shape:
-                    raise NetDissectError(f"pascal: {path}: part mask {key!r} has shape {part_mask.shape}, "
-                                          f"expected {part_map.shape}")
+                    raise NetDissectError(
+                        f"pascal: {path}: part mask {key!r} has shape {part_mask.shape}, expected {part_map.shape}"
+                    )
                 part_map[part_mask] = code
         return part_map
 
