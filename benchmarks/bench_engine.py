@@ -1,7 +1,7 @@
 """Benchmark of the dissection engine: forward pass vs everything after it, tally speed, peak memory.
 
     python benchmarks/bench_engine.py --dataset DIR [--images N] [--model resnet18] [--layer layer4]
-                                      [--repeat 2] [--batch-size 32] [--workers 1] [--tally-workers 2]
+                                      [--repeat 2] [--batch-size 32] [--workers 1] [--tally-threads 2]
                                       [--device cpu]
 
 Each repetition runs in a fresh child process (so its peak RSS is its own) which extracts one
@@ -14,8 +14,8 @@ memory follows the batch size, not the number of images. Prints one JSON line pe
 checks a GPU: activations on cuda vs cpu, and counts of one shard tallied on both devices (identical).
 
     python benchmarks/bench_engine.py --dataset DIR --tally-only --shard SHARD_DIR --thresholds FILE.npy
-                                      [--repeat 3] [--tally-batch-size 50] [--tally-workers 2] [--labels PACK]
-                                      [--threads 1]
+                                      [--repeat 3] [--tally-batch-size 32] [--tally-threads 2] [--labels PACK]
+                                      [--torch-threads 1]
 
 times the tally alone on an extracted shard, in fresh child processes: wall images/s and CPU time
 per image (user + system, from ``getrusage``), which a machine shared with other jobs does not
@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from netdissect.defaults import BATCH_SIZE
 
 
 def repeated_dataset(root: Path, images: int, work: Path) -> Path:
@@ -69,7 +71,7 @@ def child(args: argparse.Namespace) -> None:
     from netdissect.extract import extract_shard
     from netdissect.models import load_model
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)
     work = Path(args.work)
     shard_dir, layer_dir = work / "shards" / "0", work / args.layer
     ds = BrodenDataset(args.dataset, load_labels=False)
@@ -103,7 +105,7 @@ def child(args: argparse.Namespace) -> None:
         layer_dir / "counts.npz",
         device=args.device,
         batch_size=args.tally_batch_size,
-        workers=args.tally_workers,
+        threads=args.tally_threads,
         progress=False,
     )
     tally_s = time.perf_counter() - tic
@@ -145,10 +147,15 @@ def tally_child(args: argparse.Namespace) -> None:
 
     from netdissect import pipeline
 
-    for module in ("tqdm", "netdissect.broden.pack", "netdissect.tally"):  # imported before the clock starts
+    for module in (
+        "tqdm",
+        "netdissect.broden.pack",
+        "netdissect.tally",
+        "netdissect.counts",
+    ):  # imported before the clock starts
         importlib.import_module(module)
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)
 
     def cpu_s() -> float:
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -168,7 +175,7 @@ def tally_child(args: argparse.Namespace) -> None:
         union=args.union,
         device=args.device,
         batch_size=args.tally_batch_size,
-        workers=args.tally_workers,
+        threads=args.tally_threads,
         progress=False,
         labels=args.labels,
     )
@@ -182,7 +189,7 @@ def tally_child(args: argparse.Namespace) -> None:
                 "union": args.union,
                 "labels": args.labels,
                 "tally_workers": args.tally_workers,
-                "threads": args.threads,
+                "threads": args.torch_threads,
                 "batch_size": args.tally_batch_size,
                 "wall_s": round(wall, 2),
                 "tally_images_per_s": round(images / wall, 1),
@@ -200,9 +207,9 @@ def compare_devices(args: argparse.Namespace) -> None:
     import torch
 
     from netdissect import pipeline
-    from netdissect.tally import load_counts
+    from netdissect.counts import load_counts
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory(prefix="bench_engine_dev_") as tmp:
         work, layers = Path(tmp), args.layer.split(",")
         result: dict = {"layers": layers}
@@ -240,7 +247,7 @@ def compare_devices(args: argparse.Namespace) -> None:
                         union=union,
                         device=device,
                         batch_size=args.tally_batch_size,
-                        workers=args.tally_workers,
+                        threads=args.tally_threads,
                         progress=False,
                     )
                     result[f"{layer}_{union}_tally_{device}_s"] = round(time.perf_counter() - tic, 2)
@@ -259,10 +266,10 @@ def main() -> None:
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--tally-batch-size", type=int, default=50)
+    parser.add_argument("--tally-batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=1, help="extraction DataLoader processes")
-    parser.add_argument("--tally-workers", type=int, default=2, help="tally threads (default 2)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--tally-threads", type=int, default=2, help="tally counting threads (default 2)")
+    parser.add_argument("--torch-threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tally-only", action="store_true", help="instead: time the tally of --shard alone")
     parser.add_argument("--shard", type=Path, help="with --tally-only: an extracted shard folder")
@@ -309,10 +316,10 @@ def main() -> None:
                         str(args.tally_batch_size),
                         "--workers",
                         str(args.workers),
-                        "--tally-workers",
-                        str(args.tally_workers),
-                        "--threads",
-                        str(args.threads),
+                        "--tally-threads",
+                        str(args.tally_threads),
+                        "--torch-threads",
+                        str(args.torch_threads),
                         "--device",
                         args.device,
                         "--work",
@@ -341,12 +348,12 @@ def main() -> None:
                 str(args.batch_size),
                 "--workers",
                 str(args.workers),
-                "--tally-workers",
-                str(args.tally_workers),
+                "--tally-threads",
+                str(args.tally_threads),
                 "--tally-batch-size",
                 str(args.tally_batch_size),
-                "--threads",
-                str(args.threads),
+                "--torch-threads",
+                str(args.torch_threads),
                 "--device",
                 args.device,
                 "--work",

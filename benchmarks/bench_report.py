@@ -86,10 +86,10 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs (0: only build the fixture)")
-    parser.add_argument("--workers", type=int, default=2, help="threads (torch and JPEG); this machine has 2 cores")
+    parser.add_argument("--threads", type=int, default=2, help="threads (torch and JPEG; default 2)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "netdissect-bench-report")
     args = parser.parse_args()
-    torch.set_num_threads(args.workers)
+    torch.set_num_threads(args.threads)
 
     fixture = args.cache / f"n{args.images}-u{args.units}-s{args.size}"
     if not (fixture / "layer" / "result.csv").exists():
@@ -104,7 +104,7 @@ def main() -> None:
     layer = fixture / "layer"
     print(
         f"load average before: {os.getloadavg()[0]:.2f}; {args.images} images of {args.size}px, "
-        f"{args.units} units, top {args.topk}, {args.workers} threads"
+        f"{args.units} units, top {args.topk}, {args.threads} threads"
     )
 
     times, cpu = [], []
@@ -125,7 +125,7 @@ def main() -> None:
             lambda rows, acts=acts: acts[rows],
             lambda row, dataset=dataset: dataset[row]["image"],
             topk=args.topk,
-            workers=args.workers,
+            threads=args.threads,
         )
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
@@ -145,10 +145,10 @@ def main() -> None:
     t.append(time.perf_counter())
     maps = gather_maps(top, lambda rows: acts[rows])
     t.append(time.perf_counter())
-    load_images(np.unique(top), lambda row: dataset[row]["image"], args.workers)
+    load_images(np.unique(top), lambda row: dataset[row]["image"], args.threads)
     t.append(time.perf_counter())
     out = Path(tempfile.mkdtemp(prefix="bench-report-"))
-    render_strips(out, top, maps, thresholds, lambda row: dataset[row]["image"], workers=args.workers)
+    render_strips(out, top, maps, thresholds, lambda row: dataset[row]["image"], threads=args.threads)
     t.append(time.perf_counter())
     shutil.rmtree(out)
     print(

@@ -1,20 +1,21 @@
-"""Atomic file output: write to a temporary name in the same folder, then rename.
-
-An interrupted run never leaves a file that looks finished.
-"""
+"""Atomic file output (write to a temporary name in the same folder, then rename: an interrupted run
+never leaves a file that looks finished), and file checksums."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting it)
@@ -88,6 +89,8 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    import numpy as np
+
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
 
@@ -95,5 +98,16 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Write arrays to an uncompressed .npz, atomically. (Counts and float maxima barely compress, and
     zlib took longer than the counting of a shard.)"""
+    import numpy as np
+
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,42 +1,42 @@
 """The stages as functions over files, shared by the per-stage commands and the one-shot ``dissect``.
 
-    extract  -> SHARD_DIR/{layer}.act.npy, .imgmax.npy, .topk.npy, meta.json
-    quantile -> LAYER_DIR/thresholds.npy, imgmax.npy, thresholds.json
-    tally    -> TALLY.npz (counts of one shard)
+    extract  -> SHARD_DIR/{layer}.act.npy, .imgmax.npy, .topk.npy, meta.json   (netdissect.shards)
+    quantile -> LAYER_DIR/thresholds.npy, thresholds.json
+    tally    -> TALLY.npz (counts of one shard; netdissect.counts)
     merge    -> COUNTS.npz (sum of the shards' counts)
     score    -> LAYER_DIR/result.csv, summary.json
 
 ``thresholds.json`` (beside thresholds.npy) records where the thresholds came from:
 ``{"layer", "quantile" (null when read from a file), "thresholds_file" (null when computed), "units"}``;
-tally copies it into the counts' settings.
+tally reads it (``FILE.json`` beside ``--thresholds FILE.npy``) into the counts' settings. Each
+array is stored once: the per-image maxima stay in the shards (``{layer}.imgmax.npy``), where the
+tally and the report read them.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from netdissect.defaults import BATCH_SIZE, DEVICE, DTYPE, IOU_THRESHOLD, QUANTILE, UNION
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
-
-log = logging.getLogger(__name__)
 
 
 def open_dataset(
     root: str | Path, categories: Sequence[str] | None = None, *, images: bool = True, labels: bool = True
 ):
-    from netdissect.broden import BrodenDataset
+    """A BrodenDataset with rows (an empty one is refused)."""
+    from netdissect.broden.dataset import BrodenDataset, check_not_empty
 
     ds = BrodenDataset(
         root, categories=list(categories) if categories else None, load_images=images, load_labels=labels
     )
-    if len(ds) == 0:
-        raise NetDissectError(f"{root}/index.csv has no rows: the dataset is empty, nothing to dissect")
+    check_not_empty(ds)
     return ds
 
 
@@ -51,11 +51,11 @@ def extract(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     workers: int = 0,
-    device: str = "cpu",
-    dtype: str = "float32",
-    quantile: float = 0.005,
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    quantile: float = QUANTILE,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`)."""
@@ -89,45 +89,20 @@ def quantile(
     thresholds_file: str | Path | None = None,
 ) -> np.ndarray:
     """Stage 2: merge the shards' candidates into exact thresholds (or read them from a file)."""
-    from netdissect.extract import layer_meta, load_meta, shard_dirs_of
     from netdissect.quantile import candidate_count, load_thresholds, merge_candidates, thresholds_from_candidates
+    from netdissect.shards import layer_meta, layer_shards, shard_file
 
-    dirs = shard_dirs_of(shard_dirs)
-    metas = sorted(((load_meta(d), d) for d in dirs), key=lambda md: md[0]["start"])
-    first, first_dir = metas[0]
+    metas = layer_shards(shard_dirs, layer)
+    first_dir, first = metas[0]
     info = layer_meta(first, layer, first_dir)
-    expected = 0
-    for meta, d in metas:
-        other = layer_meta(meta, layer, d)
-        if (
-            (other["units"], other["height"], other["width"]) != (info["units"], info["height"], info["width"])
-            or meta["model"] != first["model"]
-            or meta["weights_sha256"] != first["weights_sha256"]
-        ):
-            raise NetDissectError(
-                f"{d}: layer {layer} or model differs from {first_dir}; all shards must come from one model"
-            )
-        if meta["start"] != expected:
-            raise NetDissectError(
-                f"{d}: covers rows [{meta['start']}, {meta['stop']}) but rows must continue at "
-                f"{expected}; a shard is missing or given twice"
-            )
-        expected = meta["stop"]
-    if expected != first["num_images"]:
-        raise NetDissectError(
-            f"the shards cover rows [0, {expected}) of {first['num_images']}; give every shard "
-            f"(missing: from row {expected})"
-        )
     if thresholds_file is not None:
         thresholds = load_thresholds(thresholds_file, info["units"], layer)
     else:
         q = first["quantile"] if q is None else q
         k = candidate_count(info["num_values"], q)
-        candidates = merge_candidates((np.load(Path(d) / f"{layer}.topk.npy") for _, d in metas), k)
+        candidates = merge_candidates((np.load(shard_file(d, layer, "topk")) for d, _ in metas), k)
         thresholds = thresholds_from_candidates(candidates, info["num_values"], q)
-    imgmax = np.concatenate([np.load(Path(d) / f"{layer}.imgmax.npy") for _, d in metas], axis=0)
     out = Path(out)
-    save_npy(out / "imgmax.npy", imgmax)
     save_json(
         out / "thresholds.json",
         {
@@ -148,19 +123,23 @@ def tally(
     thresholds_path: str | Path,
     out: str | Path,
     *,
-    union: str = "paper",
+    union: str = UNION,
     categories: Sequence[str] | None = None,
-    device: str = "cpu",
-    batch_size: int = 50,
+    device: str = DEVICE,
+    batch_size: int = BATCH_SIZE,
+    threads: int = 1,
     workers: int = 0,
     progress: bool = True,
     labels: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz). The
-    labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs."""
-    from netdissect.extract import layer_meta, load_meta
+    labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs;
+    ``threads`` count on the CPU, ``workers`` loader processes feed a GPU."""
+    from netdissect.counts import save_counts
+    from netdissect.masks import BILINEAR
     from netdissect.quantile import load_thresholds
-    from netdissect.tally import save_counts, tally_shard
+    from netdissect.shards import layer_meta, load_meta, shard_file
+    from netdissect.tally import tally_shard
 
     meta = load_meta(shard_dir)
     info = layer_meta(meta, layer, shard_dir)
@@ -172,21 +151,24 @@ def tally(
             f"dataset the activations came from"
         )
     thresholds = load_thresholds(thresholds_path, info["units"], layer)
-    imgmax = np.load(Path(shard_dir) / f"{layer}.imgmax.npy")
+    imgmax = np.load(shard_file(shard_dir, layer, "imgmax"))
     packed = None
     if labels is not None:
         from netdissect.broden.pack import PackedLabels
 
         packed = PackedLabels(labels, ds)
+    upsample = BILINEAR
     counts = tally_shard(
         ds,
-        Path(shard_dir) / f"{layer}.act.npy",
+        shard_file(shard_dir, layer, "act"),
         imgmax,
         thresholds,
         meta["start"],
         meta["stop"],
         union=union,
+        upsample=upsample,
         batch_size=batch_size,
+        threads=threads,
         workers=workers,
         device=device,
         progress=progress,
@@ -200,7 +182,7 @@ def tally(
         "quantile": source.get("quantile"),
         "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
         "union": union,
-        "upsample": "bilinear",
+        "upsample": upsample.name,
         "categories": list(ds.categories),
         "model": meta["model"],
         "weights": meta["weights"],
@@ -212,27 +194,25 @@ def tally(
         "dataset_fingerprint": meta["dataset_fingerprint"],
         "dataset_images": meta["num_images"],
     }
-    save_counts(out, counts, thresholds, imgmax, meta["start"], meta["stop"], settings)
+    save_counts(out, counts, thresholds, meta["start"], meta["stop"], settings)
     return counts
 
 
 def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     """Stage 4: sum shard counts into one counts file."""
-    from netdissect.tally import load_counts, merge_counts, save_counts
+    from netdissect.counts import load_counts, merge_counts, save_counts
 
     merged = merge_counts([load_counts(p) for p in inputs], [str(p) for p in inputs])
-    save_counts(
-        out, merged, merged["thresholds"], merged["imgmax"], merged["start"], merged["stop"], merged["settings"]
-    )
+    save_counts(out, merged, merged["thresholds"], merged["start"], merged["stop"], merged["settings"])
     return merged
 
 
 def score(
-    counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_threshold: float = 0.04
+    counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_threshold: float = IOU_THRESHOLD
 ) -> dict[str, Any]:
     """Stage 5: result.csv and summary.json from a counts file."""
+    from netdissect.counts import load_counts
     from netdissect.score import write_scores
-    from netdissect.tally import load_counts
 
     counts = load_counts(counts_path)
     ds = open_dataset(dataset, counts["settings"].get("categories"), images=False, labels=False)
@@ -253,24 +233,30 @@ def dissect(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    q: float = 0.005,
+    q: float = QUANTILE,
     thresholds_file: str | None = None,
-    union: str = "paper",
-    iou_threshold: float = 0.04,
-    batch_size: int = 32,
+    union: str = UNION,
+    iou_threshold: float = IOU_THRESHOLD,
+    batch_size: int = BATCH_SIZE,
     workers: int = 0,
-    device: str = "cpu",
+    threads: int = 1,
+    device: str = DEVICE,
     categories: Sequence[str] | None = None,
-    dtype: str = "float32",
+    dtype: str = DTYPE,
     progress: bool = True,
     labels: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy, imgmax.npy,
-    counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
+    """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
+    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
             f"contain {{layer}} (e.g. runs/old/{{layer}}/thresholds.npy)"
+        )
+    if "shards" in layers:
+        raise NetDissectError(
+            "--layers: a layer named 'shards' would share OUT/shards with the activations; "
+            "dissect it with the stage commands (docs/interfaces.md)"
         )
     out = Path(out)
     shard_dir = out / "shards" / "0"
@@ -305,7 +291,8 @@ def dissect(
             union=union,
             categories=categories,
             device=device,
-            batch_size=max(batch_size, 50),
+            batch_size=batch_size,
+            threads=threads,
             workers=workers,
             progress=progress,
             labels=labels,

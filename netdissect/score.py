@@ -1,4 +1,7 @@
-"""IoU, labels, detectors and unique-detector counts (spec §5); result.csv and summary.json (§6).
+"""IoU, labels, detectors and unique-detector counts (docs/dissection.md §5); result.csv and summary.json (§6).
+
+The rules of §5 are defined once, here, over arrays (:func:`detector_mask`, :func:`count_units`): the
+scores of a counts file and the report read from result.csv both count with them.
 
 Everything here is a function of the counts (G, I, C), so scores can be recomputed from a counts
 file without the model: ``netdissect score --counts counts.npz --dataset DIR --out LAYER_DIR``.
@@ -9,12 +12,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from netdissect.defaults import IOU_THRESHOLD
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_write_text, save_json
 
@@ -31,7 +35,7 @@ class Scores:
     category: np.ndarray  # (U,) int64, index of the unit's category
     label: np.ndarray  # (U,) int64, the unit's label (0 = empty)
     score: np.ndarray  # (U,) float64, IoU of that label
-    detector: np.ndarray  # (U,) bool, score >= iou_threshold
+    detector: np.ndarray  # (U,) bool, :func:`detector_mask`
     iou_threshold: float
 
 
@@ -45,9 +49,9 @@ def iou(G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray) -> np.
 
 
 def score_units(
-    G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray, iou_threshold: float = 0.04
+    G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray, iou_threshold: float = IOU_THRESHOLD
 ) -> Scores:
-    """Labels, scores and detectors of every unit (spec §5)."""
+    """Labels, scores and detectors of every unit (docs/dissection.md §5)."""
     primary = np.asarray(primary, dtype=np.int64)
     num_categories = C.shape[1]
     values = iou(G, I, C, primary)
@@ -66,29 +70,88 @@ def score_units(
         category=category,
         label=label,
         score=score,
-        detector=score >= iou_threshold,
+        detector=detector_mask(score, label > 0, iou_threshold),
         iou_threshold=iou_threshold,
     )
 
 
-def unique_top(scores: Scores) -> int:
-    """Distinct labels among detectors' overall labels."""
-    return int(np.unique(scores.label[scores.detector & (scores.label > 0)]).size)
+def detector_mask(score: np.ndarray, labelled: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """THE detector rule: a unit with a label whose score is >= ``iou_threshold`` (docs/dissection.md §5).
+    (A unit without a label detects nothing, also at ``iou_threshold`` 0.)"""
+    return (np.asarray(score, dtype=np.float64) >= iou_threshold) & np.asarray(labelled, dtype=bool)
 
 
-def unique_by_category(scores: Scores) -> list[int]:
-    """Per category: distinct category-best labels among units whose category-best IoU > iou_threshold."""
-    counts = []
-    for c in range(scores.best_label.shape[1]):
-        chosen = scores.best_iou[:, c] > scores.iou_threshold
-        counts.append(int(np.unique(scores.best_label[chosen & (scores.best_label[:, c] > 0), c]).size))
-    return counts
+@dataclass(frozen=True)
+class LayerCounts:
+    """Detector counts of one layer (docs/dissection.md §5).
+
+    ``per_category[c]`` holds ``detectors`` (detectors whose overall category is c), ``unique_top``
+    (distinct labels among those) and ``unique_by_category`` (distinct c-best labels among units whose
+    c-best IoU > threshold).
+    """
+
+    units: int
+    detectors: int
+    unique_top: int
+    unique_by_category: int
+    iou_threshold: float
+    per_category: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def count_units(
+    score: np.ndarray,
+    label: np.ndarray,
+    category: np.ndarray,
+    best_iou: np.ndarray,
+    best_label: np.ndarray,
+    categories: Sequence[str],
+    iou_threshold: float,
+    empty: Any = 0,
+) -> LayerCounts:
+    """Detectors and both unique-detector counts, overall and per category.
+
+    ``score``, ``label`` (U,): each unit's score and label; ``category`` (U,): index of its category in
+    ``categories``; ``best_iou``, ``best_label`` (U, K): its best label and IoU in every category.
+    Labels may be numbers or names; ``empty`` is the value of "no label" (0, or "" in result.csv).
+    """
+    label, best_label = np.asarray(label), np.asarray(best_label)
+    detector = detector_mask(score, label != empty, iou_threshold)
+    per_category = {}
+    for c, name in enumerate(categories):
+        of_category = detector & (np.asarray(category) == c)
+        chosen = (np.asarray(best_iou)[:, c] > iou_threshold) & (best_label[:, c] != empty)
+        per_category[name] = {
+            "detectors": int(of_category.sum()),
+            "unique_top": int(np.unique(label[of_category]).size),
+            "unique_by_category": int(np.unique(best_label[chosen, c]).size),
+        }
+    return LayerCounts(
+        units=int(len(label)),
+        detectors=int(detector.sum()),
+        unique_top=int(np.unique(label[detector]).size),
+        unique_by_category=sum(c["unique_by_category"] for c in per_category.values()),
+        iou_threshold=iou_threshold,
+        per_category=per_category,
+    )
+
+
+def unit_counts(scores: Scores, categories: Sequence[str]) -> LayerCounts:
+    """:func:`count_units` of a layer's :class:`Scores`."""
+    return count_units(
+        scores.score,
+        scores.label,
+        scores.category,
+        scores.best_iou,
+        scores.best_label,
+        categories,
+        scores.iou_threshold,
+    )
 
 
 def result_csv(
     scores: Scores, G: np.ndarray, I: np.ndarray, C: np.ndarray, categories: Sequence[str], label_names: Sequence[str]
 ) -> str:
-    """result.csv text (spec §6): header, then one row per unit sorted by score descending (ties: unit)."""
+    """result.csv text (docs/dissection.md §6): header, then one row per unit sorted by score descending (ties: unit)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     header = ["unit", "category", "label", "score"]
@@ -118,23 +181,15 @@ def summary(
     scores: Scores, categories: Sequence[str], label_names: Sequence[str], settings: dict[str, Any], num_images: int
 ) -> dict[str, Any]:
     """summary.json content: units, detectors, both unique counts, per-category counts, settings."""
-    by_cat = unique_by_category(scores)
-    per_category = {}
-    for c, name in enumerate(categories):
-        det = scores.detector & (scores.category == c) & (scores.label > 0)
-        per_category[name] = {
-            "detectors": int(det.sum()),
-            "unique_top": int(np.unique(scores.label[det]).size),
-            "unique_by_category": by_cat[c],
-        }
+    counts = unit_counts(scores, categories)
     return {
         "layer": settings.get("layer"),
-        "units": int(scores.score.size),
-        "detectors": int(scores.detector.sum()),
+        "units": counts.units,
+        "detectors": counts.detectors,
         "iou_threshold": scores.iou_threshold,
-        "unique_top": unique_top(scores),
-        "unique_by_category": int(sum(by_cat)),
-        "per_category": per_category,
+        "unique_top": counts.unique_top,
+        "unique_by_category": counts.unique_by_category,
+        "per_category": counts.per_category,
         "num_images": num_images,
         "settings": settings,
         "fingerprints": {
@@ -151,7 +206,7 @@ def write_scores(
     categories: Sequence[str],
     label_names: Sequence[str],
     primary: np.ndarray,
-    iou_threshold: float = 0.04,
+    iou_threshold: float = IOU_THRESHOLD,
 ) -> dict[str, Any]:
     """Score a counts dict and write ``result.csv`` and ``summary.json`` into ``out_dir``; returns the summary."""
     if not iou_threshold >= 0:

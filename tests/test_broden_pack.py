@@ -146,7 +146,7 @@ def test_refusals_name_the_pack_and_the_fix(broden_example: Path, tmp_path: Path
 
 def test_interrupted_pack_leaves_the_old_one(synth_dataset: Path, tmp_path: Path, monkeypatch):
     pack = tmp_path / "labels"
-    original = pack_module._reraised
+    original = pack_module.unwrap_worker_errors
 
     def fail_after_one_batch(loader):
         for n, batch in enumerate(original(loader)):
@@ -154,25 +154,25 @@ def test_interrupted_pack_leaves_the_old_one(synth_dataset: Path, tmp_path: Path
                 raise RuntimeError("interrupted")
             yield batch
 
-    monkeypatch.setattr(pack_module, "_reraised", fail_after_one_batch)
+    monkeypatch.setattr(pack_module, "unwrap_worker_errors", fail_after_one_batch)
     with pytest.raises(RuntimeError):
         pack_labels(synth_dataset, pack, workers=0, progress=False)
     assert not pack.exists() and list(tmp_path.iterdir()) == []  # nothing half-written is left
 
-    monkeypatch.setattr(pack_module, "_reraised", original)
+    monkeypatch.setattr(pack_module, "unwrap_worker_errors", original)
     small = _copy(synth_dataset, tmp_path, "small")  # pack of another dataset first
     lines = (small / "index.csv").read_bytes().split(b"\r\n")
     (small / "index.csv").write_bytes(b"\r\n".join(lines[:11] + [b""]))
     pack_labels(small, pack, workers=0, progress=False)
     before = (pack / "pixels.npy").read_bytes()
 
-    monkeypatch.setattr(pack_module, "_reraised", fail_after_one_batch)
+    monkeypatch.setattr(pack_module, "unwrap_worker_errors", fail_after_one_batch)
     with pytest.raises(RuntimeError):
         pack_labels(synth_dataset, pack, workers=0, progress=False)  # over it: fails, old pack stays
     assert (pack / "pixels.npy").read_bytes() == before
     assert len(packed(pack, small)) == 10
 
-    monkeypatch.setattr(pack_module, "_reraised", original)
+    monkeypatch.setattr(pack_module, "unwrap_worker_errors", original)
     pack_labels(synth_dataset, pack, workers=0, progress=False)  # over it: succeeds, replaced
     assert_same_items(BrodenDataset(synth_dataset, load_images=False), packed(pack, synth_dataset))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "small"]

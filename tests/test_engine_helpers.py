@@ -1,6 +1,6 @@
 """Helpers of the engine tests: tiny Broden folders written by hand, and a plain brute-force reference.
 
-Nothing here uses the engine. The reference follows spec/dissection.md literally: numpy, one image
+Nothing here uses the engine. The reference follows docs/dissection.md literally: numpy, one image
 and one unit at a time, ``np.quantile`` over all values, bilinear upsampling written out by hand.
 """
 
@@ -159,7 +159,7 @@ def reference(
     rows: range | None = None,
     thresholds: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Thresholds and counts of spec §2-4, plainly. ``acts``: (N, U, H, W) activations of all images."""
+    """Thresholds and counts of docs/dissection.md §2-4, plainly. ``acts``: (N, U, H, W) activations of all images."""
     n, units = acts.shape[:2]
     if thresholds is None:
         thresholds = np.array([np.quantile(acts[:, u].astype(np.float64).ravel(), 1 - q) for u in range(units)])

@@ -11,7 +11,8 @@ from torch import nn
 
 from netdissect import pipeline
 from netdissect.broden import BrodenDataset
-from netdissect.tally import load_counts
+from netdissect.counts import load_counts
+from netdissect.shards import read_imgmax
 from tests.test_engine_helpers import CATEGORIES, NAMES, reference, write_tiny_broden
 
 SPEC = "tests.test_engine_reference:make_model"
@@ -48,7 +49,7 @@ def direct_forward(images: np.ndarray, layer: str) -> np.ndarray:
 
 
 def reference_scores(ref: dict, primary: np.ndarray, num_categories: int) -> list[dict]:
-    """Per unit: best label and IoU per category and overall, plainly (spec §5)."""
+    """Per unit: best label and IoU per category and overall, plainly (docs/dissection.md §5)."""
     units = []
     for u in range(ref["I"].shape[0]):
         best = []
@@ -80,7 +81,8 @@ def test_dissect_equals_brute_force(tiny, tmp_path, union):
             assert np.array_equal(counts[key], ref[key]), (layer, key)
         if layer != "0":  # (layer 0's isolated peaks average out when shrunk to 8x8)
             assert counts["I"].sum() > 0 and counts["C"].sum() > 0
-        assert np.array_equal(counts["imgmax"], acts.max(axis=(2, 3)))
+        assert "imgmax" not in counts  # stored once, in the shard
+        assert np.array_equal(read_imgmax(out / "shards" / "0", layer), acts.max(axis=(2, 3)))
         assert counts["settings"]["union"] == union
 
         # result.csv: rows sorted by score, every category's best label and numbers as in the reference
@@ -131,8 +133,8 @@ def test_shards_merge_to_the_whole(tiny, tmp_path):
     merged = pipeline.merge(tallies[::-1], tmp_path / "counts.npz")
     for key in ("G", "I", "C"):
         assert np.array_equal(merged[key], whole[key]), key
-    assert np.array_equal(merged["imgmax"], acts.max(axis=(2, 3)))
-    assert np.array_equal(np.load(tmp_path / "layer" / "imgmax.npy"), merged["imgmax"])
+    assert np.array_equal(read_imgmax(shard_dirs[::-1], "2"), acts.max(axis=(2, 3)))
+    assert sorted(p.name for p in (tmp_path / "layer").iterdir()) == ["thresholds.json", "thresholds.npy"]
     # the merged file reads back the same
     again = load_counts(tmp_path / "counts.npz")
     assert np.array_equal(again["I"], whole["I"]) and (again["start"], again["stop"]) == (0, 12)
@@ -186,7 +188,7 @@ def test_tally_in_worker_processes_equals_reference(tiny, tmp_path):
                 tmp_path / "t.npz",
                 union=union,
                 batch_size=5,
-                workers=2,
+                threads=2,
                 progress=False,
                 labels=labels,
             )

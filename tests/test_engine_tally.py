@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from netdissect.tally import expand_runs, first_above, masked_pixels
+from netdissect.masks import BILINEAR, first_above, grid_cells, masked_pixels
+from netdissect.ops import expand_runs
 from tests.test_engine_helpers import bilinear
 
 
@@ -16,7 +17,8 @@ def dense_masks(maps: np.ndarray, thresholds: np.ndarray, sh: int, sw: int) -> n
 
 
 def engine_masks(maps: np.ndarray, thresholds: np.ndarray, sh: int, sw: int) -> np.ndarray:
-    pair, pixel = masked_pixels(torch.from_numpy(maps), torch.from_numpy(thresholds), sh, sw)
+    ys, xs = grid_cells(BILINEAR, maps.shape[1], maps.shape[2], sh, sw)
+    pair, pixel = masked_pixels(torch.from_numpy(maps), torch.from_numpy(thresholds), ys, xs)
     got = np.zeros((len(maps), sh * sw), bool)
     got[pair.numpy(), pixel.numpy()] = True
     assert pair.numel() == got.sum(), "a pixel was listed twice"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from netdissect.counts import pad_labels, tally_batch
 from netdissect.errors import NetDissectError
 from netdissect.quantile import TopK, candidate_count, load_thresholds, merge_candidates, thresholds_from_candidates
-from netdissect.score import score_units, unique_by_category, unique_top
-from netdissect.tally import pad_labels, tally_batch
+from netdissect.score import score_units, unit_counts
 
 
 @pytest.mark.parametrize("q", [0.005, 5 / 999, 0.05, 0.3, 0.5, 0.0])
@@ -102,8 +102,11 @@ def test_score_rules_ties_and_unique_counts():
     assert s.label.tolist() == [1, 3, 0] and s.category.tolist() == [0, 1, 0]
     assert s.detector.tolist() == [True, True, False]
     assert s.best_label.tolist() == [[1, 0], [0, 3], [0, 0]]
-    assert unique_top(s) == 2 and unique_by_category(s) == [1, 1]
+    counts = unit_counts(s, ["a", "b"])
+    assert counts.unique_top == 2 and [c["unique_by_category"] for c in counts.per_category.values()] == [1, 1]
     assert s.score[0] == 5 / (10 + 10 - 5 + 1e-10)
+    # at iou_threshold 0 a unit without a label is still no detector (one rule: netdissect.score.detector_mask)
+    assert score_units(G, I, C, primary, iou_threshold=0.0).detector.tolist() == [True, True, False]
 
 
 @pytest.mark.parametrize(
@@ -111,7 +114,7 @@ def test_score_rules_ties_and_unique_counts():
 )
 def test_masked_pixels_equal_bilinear_everywhere(h, w, sh, sw):
     """Cell-by-cell masks equal the masks of the fully upsampled maps, thresholds at corner values too."""
-    from netdissect.tally import masked_pixels
+    from netdissect.masks import BILINEAR, grid_cells, masked_pixels
     from tests.test_engine_helpers import bilinear
 
     rng = np.random.default_rng(h * 100 + sh)
@@ -121,7 +124,8 @@ def test_masked_pixels_equal_bilinear_everywhere(h, w, sh, sw):
     thresholds[3:6] = maps[3:6, 0, 0]  # a threshold equal to a corner value
     thresholds[6] = -10.0  # everything inside
     thresholds[7] = 10.0  # nothing inside
-    pair, pix = masked_pixels(torch.from_numpy(maps), torch.from_numpy(thresholds), sh, sw)
+    ys, xs = grid_cells(BILINEAR, h, w, sh, sw)
+    pair, pix = masked_pixels(torch.from_numpy(maps), torch.from_numpy(thresholds), ys, xs)
     got = np.zeros((12, sh * sw), bool)
     got[pair.numpy(), pix.numpy()] = True
     assert pair.numel() == got.sum()  # no pixel listed twice

@@ -1,4 +1,4 @@
-"""`netdissect report` and `report-all` on a real dissection of the spec's worked example (demo CNN):
+"""`netdissect report` and `report-all` on a real dissection of the worked example of docs/broden-format.md §11 (demo CNN):
 the files the engine writes are read as the contract says, and the counts agree with summary.json."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_reports_of_a_dissection(broden_example: Path, dissected: Path, tmp_path
                     str(dissected / "shards" / "0"),
                     "--out",
                     str(dissected / layer / "report"),
-                    "--workers",
+                    "--threads",
                     "1",
                 ]
             )
@@ -114,9 +114,38 @@ def test_report_errors_name_the_file(broden_example: Path, dissected: Path, tmp_
     assert main(args) == 2
     assert f"{layer_dir / 'thresholds.npy'}: no such file" in capsys.readouterr().err
     shutil.copy(dissected / "conv1" / "thresholds.npy", layer_dir / "thresholds.npy")
-    np.save(layer_dir / "imgmax.npy", np.load(layer_dir / "imgmax.npy")[:3])
-    assert main(args) == 2
-    assert "has 3 rows but the dataset" in capsys.readouterr().err
+    shard = tmp_path / "shard"
+    shutil.copytree(dissected / "shards" / "0", shard)
+    np.save(shard / "conv1.imgmax.npy", np.load(shard / "conv1.imgmax.npy")[:3])
+    assert main([*args[:6], str(shard), *args[7:]]) == 2
+    assert "hold 3 images but the dataset" in capsys.readouterr().err
     assert main([*args[:-2], "--topk", "0"]) == 2
     assert "--topk" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_summary_and_report_count_detectors_alike_at_threshold_zero(
+    broden_example: Path, dissected: Path, tmp_path: Path
+) -> None:
+    """One detector rule: with --iou-threshold 0, summary.json (netdissect.score) and the report's counts
+    from result.csv (netdissect.report) agree, and units without a label are not detectors."""
+    from netdissect.counts import load_counts, save_counts
+    from netdissect.report.results import count_detectors, read_result_csv
+
+    counts_file, out = tmp_path / "counts.npz", tmp_path / "t0"
+    counts = load_counts(dissected / "conv2" / "counts.npz")
+    counts["I"][:3] = 0  # three units that overlap no label: their label is empty, their score 0
+    save_counts(counts_file, counts, counts["thresholds"], counts["start"], counts["stop"], counts["settings"])
+    args = ["score", "--counts", str(counts_file), "--dataset", str(broden_example)]
+    assert main([*args, "--out", str(out), "--iou-threshold", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    result, categories = read_result_csv(out / "result.csv")
+    counts = count_detectors(result, categories, 0.0)
+    assert (counts.detectors, counts.unique_top, counts.unique_by_category) == (
+        summary["detectors"],
+        summary["unique_top"],
+        summary["unique_by_category"],
+    )
+    assert counts.per_category == summary["per_category"]
+    unlabelled = int((result["label"] == "").sum())
+    assert unlabelled >= 3 and summary["detectors"] == summary["units"] - unlabelled

@@ -43,7 +43,7 @@ def safe_relative_path(text: str) -> bool:
 
 
 class BrodenDataset(torch.utils.data.Dataset):
-    """A Broden folder (``spec/broden-format.md``) as a map-style torch dataset.
+    """A Broden folder (docs/broden-format.md) as a map-style torch dataset.
 
     Args:
         root: the folder holding index.csv, label.csv, category.csv, c_*.csv and images/.
@@ -187,7 +187,7 @@ class BrodenDataset(torch.utils.data.Dataset):
             shuffle=False,
             num_workers=workers,
             collate_fn=self.collate,
-            worker_init_fn=_single_thread_worker if workers else None,
+            worker_init_fn=single_thread_worker if workers else None,
             prefetch_factor=4 if workers else None,
         )
 
@@ -222,7 +222,14 @@ def _views_of_one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return views
 
 
-def _single_thread_worker(_: int) -> None:
+def check_not_empty(ds: BrodenDataset) -> None:
+    """Refuse a dataset without rows: there is nothing to dissect."""
+    if len(ds) == 0:
+        raise NetDissectError(f"{ds.root}/index.csv has no rows: the dataset is empty, nothing to dissect")
+
+
+def single_thread_worker(_: int) -> None:
+    """DataLoader worker_init_fn: one torch thread per worker process (the processes share the cores)."""
     torch.set_num_threads(1)
 
 

@@ -33,7 +33,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import torch
 
 from netdissect.broden.dataset import BrodenDataset, read_index
 from netdissect.broden.format import Problems
-from netdissect.errors import NetDissectError
+from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.io import atomic_dir
 
 FORMAT_VERSION = 2
@@ -142,7 +141,7 @@ def pack_labels(
                 },
             )
             bar = tqdm(total=len(ds), unit="img", desc=f"pack {root.name}", disable=not progress, file=sys.stderr)
-            for batch in _reraised(ds.loader(batch_size=batch_size, workers=workers)):
+            for batch in unwrap_worker_errors(ds.loader(batch_size=batch_size, workers=workers)):
                 for i, layers in zip(batch["i"].tolist(), batch["pixel_labels"]):
                     if tuple(layers.shape) != tuple(shape[i]):
                         raise NetDissectError(
@@ -182,18 +181,6 @@ def pack_labels(
         "bytes": int(offset[-1]) * 2,
         "seconds": time.perf_counter() - start,
     }
-
-
-def _reraised(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
-    """The loader's batches; a reader error raised in a worker process comes back with its own message
-    (the DataLoader wraps it in the worker's traceback)."""
-    try:
-        yield from loader
-    except NetDissectError as err:
-        text = str(err)
-        if "Original Traceback" not in text:
-            raise
-        raise NetDissectError(text.rsplit("NetDissectError: ", 1)[-1].strip()) from None
 
 
 def _refuse(pack: Path, root: Path, why: str) -> NetDissectError:

@@ -16,7 +16,7 @@ import importlib
 _HOMES = {
     "headline": "layer",
     "render_layer_report": "layer",
-    "LayerCounts": "results",
+    "LayerCounts": "results",  # defined in netdissect.score
     "count_detectors": "results",
     "label_bars": "results",
     "parse_result": "results",

@@ -1,7 +1,7 @@
 """Bar charts as SVG, laid out here and drawn by jinja2 templates (every label escaped).
 
 * :func:`label_bar_chart`: one bar per label with at least one detector unit, grouped and coloured by
-  category (spec/dissection.md §7).
+  category (docs/dissection.md §7).
 * :func:`stacked_bar_chart`: one bar per model × layer, stacked by category (the paper's figure of
   unique detectors).
 

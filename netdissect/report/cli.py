@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from netdissect.defaults import JPEG_QUALITY, REPORT_THREADS, TOPK
+
 
 def register(sub, *groups) -> None:
     report = sub.add_parser(
@@ -21,7 +23,7 @@ def register(sub, *groups) -> None:
         "--layer-dir",
         required=True,
         type=Path,
-        help="folder with result.csv, summary.json, thresholds.npy, imgmax.npy of the layer",
+        help="folder with result.csv, summary.json and thresholds.npy of the layer",
     )
     report.add_argument(
         "--shards",
@@ -29,7 +31,7 @@ def register(sub, *groups) -> None:
         nargs="+",
         type=Path,
         metavar="SHARD_DIR",
-        help="shard folders written by `netdissect extract` (activations of the layer)",
+        help="shard folders written by `netdissect extract` (activations and per-image maxima of the layer)",
     )
     report.add_argument("--out", required=True, type=Path, help="report folder to write (index.html inside)")
     report.add_argument(
@@ -37,9 +39,16 @@ def register(sub, *groups) -> None:
         default=None,
         help="layer name in the shards (default: 'layer' of summary.json, else the --layer-dir name)",
     )
-    report.add_argument("--topk", type=int, default=10, help="images shown per unit (default 10)")
-    report.add_argument("--quality", type=int, default=85, help="JPEG quality of the image strips (default 85)")
-    report.add_argument("--workers", type=int, default=2, help="threads decoding and encoding images (default 2)")
+    report.add_argument("--topk", type=int, default=TOPK, help=f"images shown per unit (default {TOPK})")
+    report.add_argument(
+        "--quality", type=int, default=JPEG_QUALITY, help=f"JPEG quality of the image strips (default {JPEG_QUALITY})"
+    )
+    report.add_argument(
+        "--threads",
+        type=int,
+        default=REPORT_THREADS,
+        help=f"threads decoding and encoding images (default {REPORT_THREADS})",
+    )
     report.set_defaults(func=run_report)
 
     report_all = sub.add_parser(
@@ -85,46 +94,45 @@ def run_report(args: argparse.Namespace) -> int:
 
     from netdissect.broden import BrodenDataset
     from netdissect.errors import NetDissectError
-    from netdissect.extract import read_activations
     from netdissect.report.layer import render_layer_report
     from netdissect.report.results import read_result_csv, read_summary
+    from netdissect.shards import read_activations, read_imgmax
 
     _check_int(args.topk, "--topk", 1, 1000)
     _check_int(args.quality, "--quality", 1, 95)
-    _check_int(args.workers, "--workers", 1, 64)
-    torch.set_num_threads(args.workers)
+    _check_int(args.threads, "--threads", 1, 64)
+    torch.set_num_threads(args.threads)
     layer_dir: Path = args.layer_dir
     result, categories = read_result_csv(layer_dir / "result.csv")
     summary = read_summary(layer_dir / "summary.json")
     dataset_name, model, layer = _names(layer_dir, summary)
     layer = args.layer or layer
-    arrays = {}
-    for name in ("thresholds", "imgmax"):
-        path = layer_dir / f"{name}.npy"
-        if not path.is_file():
-            raise NetDissectError(f"{path}: no such file; run `netdissect quantile` for layer {layer} first.")
-        try:
-            arrays[name] = np.load(path, allow_pickle=False, mmap_mode="r")  # imgmax may be large: page it in
-        except (ValueError, OSError) as err:
-            raise NetDissectError(f"{path}: not a readable .npy array ({err}); rerun `netdissect quantile`.") from err
+    path = layer_dir / "thresholds.npy"
+    if not path.is_file():
+        raise NetDissectError(f"{path}: no such file; run `netdissect quantile` for layer {layer} first.")
+    try:
+        thresholds = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise NetDissectError(f"{path}: not a readable .npy array ({err}); rerun `netdissect quantile`.") from err
+    imgmax = read_imgmax(args.shards, layer)
     dataset = BrodenDataset(args.dataset, load_labels=False)
-    if arrays["imgmax"].shape[0] != len(dataset):
+    if imgmax.shape[0] != len(dataset):
         raise NetDissectError(
-            f"{layer_dir / 'imgmax.npy'}: has {arrays['imgmax'].shape[0]} rows but the dataset "
-            f"{args.dataset} has {len(dataset)} images; pass the dataset the layer was dissected on."
+            f"the shards {' '.join(map(str, args.shards))} hold {imgmax.shape[0]} images but the dataset "
+            f"{args.dataset} has {len(dataset)}; pass the dataset the layer was dissected on."
         )
     index = render_layer_report(
         args.out,
         result,
         categories,
         {**summary, "dataset": dataset_name, "model": model, "layer": layer},
-        arrays["thresholds"],
-        arrays["imgmax"],
+        thresholds,
+        imgmax,
         maps_for_rows=lambda rows: read_activations(args.shards, layer, rows),
         load_image=lambda row: dataset[row]["image"],
         topk=args.topk,
         quality=args.quality,
-        workers=args.workers,
+        threads=args.threads,
     )
     print(index)
     return 0

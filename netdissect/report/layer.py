@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from netdissect.defaults import JPEG_QUALITY, REPORT_THREADS, TOPK
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_dir
 from netdissect.report.charts import category_colors, label_bar_chart
@@ -24,7 +25,7 @@ STATIC_FILES = ("report.css", "report.js")
 
 
 def headline(counts) -> str:
-    """'D of U units are detectors, covering K concepts with IoU ≥ t' (spec/dissection.md §7)."""
+    """'D of U units are detectors, covering K concepts with IoU ≥ t' (docs/dissection.md §7)."""
     return (
         f"{counts.detectors} of {counts.units} units are detectors, covering {counts.unique_top} "
         f"concept{'' if counts.unique_top == 1 else 's'} with IoU ≥ {counts.iou_threshold:g}"
@@ -105,9 +106,9 @@ def render_layer_report(
     maps_for_rows: MapsForRows,
     load_image: LoadImage,
     *,
-    topk: int = 10,
-    quality: int = 85,
-    workers: int = 2,
+    topk: int = TOPK,
+    quality: int = JPEG_QUALITY,
+    threads: int = REPORT_THREADS,
     title: str | None = None,
 ) -> Path:
     """Write the report of one layer into the folder ``out``; return the path of its ``index.html``.
@@ -144,7 +145,7 @@ def render_layer_report(
     with atomic_dir(out, replace=True) as built:
         top = top_rows(imgmax, topk)
         maps = gather_maps(top, maps_for_rows)
-        names = render_strips(built / "strips", top, maps, thresholds, load_image, quality=quality, workers=workers)
+        names = render_strips(built / "strips", top, maps, thresholds, load_image, quality=quality, threads=threads)
         strips = {u + 1: f"strips/{name}" for u, name in enumerate(names)}
         chart = label_bar_chart(label_bars(result, categories, iou_threshold), categories)
         (built / "detectors.svg").write_text(chart, encoding="utf-8")

@@ -1,10 +1,10 @@
 """Read one layer's dissection (``result.csv``, ``summary.json``) and count its detectors.
 
-``result.csv`` is the single source of the numbers a report shows (spec/dissection.md §6): one row
+``result.csv`` is the single source of the numbers a report shows (docs/dissection.md §6): one row
 per unit, ``unit,category,label,score`` and then, for every category in category.csv order,
 ``<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou``. ``summary.json`` only supplies
 names and settings (model, layer, dataset, iou_threshold); the counts are recomputed here from
-result.csv with the definitions of spec §5, so the per-layer report and the cross-network summary
+result.csv with the definitions of docs/dissection.md §5 (:mod:`netdissect.score`), so the per-layer report and the cross-network summary
 always agree with the file users plot from.
 """
 
@@ -13,35 +13,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from netdissect import score as scoring
+from netdissect.defaults import IOU_THRESHOLD
 from netdissect.errors import NetDissectError
+from netdissect.score import LayerCounts
 
-DEFAULT_IOU_THRESHOLD = 0.04
 CATEGORY_FIELDS = ("label", "truth", "activation", "intersect", "iou")
 _FIXED_COLUMNS = ("unit", "category", "label", "score")
-
-
-@dataclass(frozen=True)
-class LayerCounts:
-    """Detector counts of one layer (spec/dissection.md §5).
-
-    ``per_category[c]`` holds ``detectors`` (detectors whose overall category is c), ``unique_top``
-    (distinct labels among those) and ``unique_by_category`` (distinct c-best labels among units whose
-    c-best IoU > threshold).
-    """
-
-    units: int
-    detectors: int
-    unique_top: int
-    unique_by_category: int
-    iou_threshold: float
-    per_category: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def result_categories(columns: list[str], source: str = "result.csv") -> list[str]:
@@ -51,7 +35,7 @@ def result_categories(columns: list[str], source: str = "result.csv") -> list[st
         raise NetDissectError(
             f"{source}: missing column(s) {', '.join(missing)}; expected the header "
             "'unit,category,label,score,<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou,...' "
-            "(spec/dissection.md §6). Regenerate it with `netdissect score`."
+            "(docs/dissection.md §6). Regenerate it with `netdissect score`."
         )
     categories = [c[: -len("-label")] for c in columns if c.endswith("-label")]
     for cat in categories:
@@ -64,7 +48,7 @@ def result_categories(columns: list[str], source: str = "result.csv") -> list[st
     if not categories:
         raise NetDissectError(
             f"{source}: no '<category>-label' column; expected one group of five columns "
-            "per category (spec/dissection.md §6)."
+            "per category (docs/dissection.md §6)."
         )
     return categories
 
@@ -159,10 +143,10 @@ def read_summary(path: str | Path) -> dict[str, Any]:
 
 def iou_threshold_of(summary: Mapping[str, Any], source: str = "summary.json") -> float:
     """The IoU threshold a layer was scored with: ``iou_threshold`` at the top level or under
-    ``settings``; the default 0.04 when the summary does not say."""
+    ``settings``; the default (netdissect.defaults.IOU_THRESHOLD) when the summary does not say."""
     value = summary.get("iou_threshold", (summary.get("settings") or {}).get("iou_threshold"))
     if value is None:
-        return DEFAULT_IOU_THRESHOLD
+        return IOU_THRESHOLD
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -173,29 +157,22 @@ def iou_threshold_of(summary: Mapping[str, Any], source: str = "summary.json") -
 
 
 def detector_mask(result: pd.DataFrame, iou_threshold: float) -> np.ndarray:
-    """Boolean per row: the unit is a detector (score ≥ threshold and a non-empty label)."""
-    return (result["score"].to_numpy() >= iou_threshold) & (result["label"].to_numpy() != "")
+    """Boolean per row of a result table: the unit is a detector (:func:`netdissect.score.detector_mask`)."""
+    return scoring.detector_mask(result["score"].to_numpy(), result["label"].to_numpy() != "", iou_threshold)
 
 
 def count_detectors(result: pd.DataFrame, categories: list[str], iou_threshold: float) -> LayerCounts:
-    """Detectors and both unique-detector counts of spec §5, overall and per category."""
-    detectors = result[detector_mask(result, iou_threshold)]
-    per_category: dict[str, dict[str, int]] = {}
-    for cat in categories:
-        of_cat = detectors[detectors["category"] == cat]
-        best = result[(result[f"{cat}-iou"] > iou_threshold) & (result[f"{cat}-label"] != "")]
-        per_category[cat] = {
-            "detectors": len(of_cat),
-            "unique_top": of_cat["label"].nunique(),
-            "unique_by_category": best[f"{cat}-label"].nunique(),
-        }
-    return LayerCounts(
-        units=len(result),
-        detectors=len(detectors),
-        unique_top=detectors["label"].nunique(),
-        unique_by_category=sum(c["unique_by_category"] for c in per_category.values()),
-        iou_threshold=iou_threshold,
-        per_category=per_category,
+    """Detectors and both unique-detector counts of a result table (:func:`netdissect.score.count_units`)."""
+    index = {c: i for i, c in enumerate(categories)}
+    return scoring.count_units(
+        result["score"].to_numpy(),
+        result["label"].to_numpy(),
+        result["category"].map(index).fillna(-1).to_numpy(),
+        np.stack([result[f"{c}-iou"].to_numpy() for c in categories], axis=1),
+        np.stack([result[f"{c}-label"].to_numpy() for c in categories], axis=1),
+        categories,
+        iou_threshold,
+        empty="",
     )
 
 

@@ -1,7 +1,7 @@
 """Image strips: for every unit its top-k images, each shown as image × (0.2 + 0.8·mask).
 
 The mask is the unit's activation map upsampled to the IMAGE size (bilinear, half-pixel centres,
-``align_corners=False``) and compared with the unit's threshold (strict ``>``), spec/dissection.md §7.
+``align_corners=False``) and compared with the unit's threshold (strict ``>``), docs/dissection.md §7.
 Nothing is done twice: the top rows of all units are chosen first, each needed activation row is read
 once, each needed image is decoded once (and dropped after the last unit that shows it), masks are
 upsampled in batches on the tensor side, and each unit's strip (k tiles side by side) is composed
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from netdissect.defaults import JPEG_QUALITY, REPORT_THREADS
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_path
 
@@ -157,7 +158,7 @@ def _as_chw_uint8(image: torch.Tensor | np.ndarray, row: int) -> np.ndarray:
 
 
 def load_images(
-    rows: Sequence[int], load_image: LoadImage, workers: int = 2
+    rows: Sequence[int], load_image: LoadImage, threads: int = REPORT_THREADS
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Decode every row once (threads: JPEG decoding releases the GIL).
 
@@ -169,7 +170,7 @@ def load_images(
         return image, dim(image)
 
     rows = [int(r) for r in rows]
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(max(1, threads)) as pool:
         return dict(zip(rows, pool.map(load, rows)))
 
 
@@ -208,8 +209,8 @@ def render_strips(
     thresholds: np.ndarray,
     load_image: LoadImage,
     *,
-    quality: int = 85,
-    workers: int = 2,
+    quality: int = JPEG_QUALITY,
+    threads: int = REPORT_THREADS,
     units_per_batch: int = _UNITS_PER_BATCH,
 ) -> list[str]:
     """Write one JPEG strip per unit into ``folder``; return the file names (unit order, 1-based names).
@@ -230,11 +231,11 @@ def render_strips(
     np.maximum.at(last, np.searchsorted(rows, top.reshape(-1)), np.repeat(batch_of_unit, top.shape[1]))
     first = batch_of_unit[first // top.shape[1]]
     images: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(max(1, threads)) as pool:
         in_flight: list = []
         for batch, start in enumerate(range(0, units, units_per_batch)):
             stop = min(start + units_per_batch, units)
-            images.update(load_images(rows[first == batch], load_image, workers))
+            images.update(load_images(rows[first == batch], load_image, threads))
             sizes = np.array([[images[int(r)][0].shape[1:] for r in unit] for unit in top[start:stop]])
             masks = unit_masks(top[start:stop], maps[start:stop], thresholds[start:stop], sizes)
             for job in in_flight:  # the previous batch is written: drop its last images

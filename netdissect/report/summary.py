@@ -1,7 +1,7 @@
 """The summary across models and layers (``report-all``): a table, a CSV and the paper's stacked bars.
 
 For every model × layer: units, detectors and unique detectors, overall and per category, under both
-definitions of spec/dissection.md §5 (``unique_top`` and ``unique_by_category``, the paper's figure).
+definitions of docs/dissection.md §5 (``unique_top`` and ``unique_by_category``, the paper's figure).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from netdissect.io import atomic_write_text
 from netdissect.report.charts import category_colors, stacked_bar_chart
-from netdissect.report.results import LayerCounts
 from netdissect.report.templating import environment, static_file
+from netdissect.score import LayerCounts
 
 COUNT_KINDS = ("detectors", "unique_top", "unique_by_category")
 

@@ -1,0 +1,34 @@
+"""Every default value of the dissection, and the choices of its options, in one place (no imports:
+the command registrations read it).
+
+The CLI (``--help`` shows these), the library functions and the report read them from here. The
+workflow's defaults are in config/schema.yaml and config/config.yaml; a test checks that those equal
+the values below, key by key (the workflow stores activations as float16 by default, a documented
+choice: a workflow keeps every shard on disk; see config/schema.yaml ``dissect.dtype``).
+"""
+
+# Thresholds and scores (docs/dissection.md §2, §5)
+QUANTILE = 0.005  # q: each unit's threshold is the exact (1 - q) quantile of its values
+IOU_THRESHOLD = 0.04  # a unit is a detector when its score >= this
+UNION = "paper"  # the category-restricted activation rule (docs/dissection.md §4)
+UNIONS = ("paper", "lite")
+UPSAMPLE = "bilinear"  # how maps are upsampled to the segmentation grid (docs/dissection.md §3)
+
+# Running the stages
+BATCH_SIZE = 32  # images per batch: forward pass, tally, report
+DTYPE = "float32"  # storage type of activations in the shards
+DTYPES = ("float32", "float16")
+DEVICE = "cpu"
+
+# Models (docs/dissection.md §1)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT_SEED = 0  # seed of the random initialisation of torchvision and factory models
+
+# Reports (docs/dissection.md §7)
+TOPK = 10  # top images shown per unit
+JPEG_QUALITY = 85  # of the image strips
+REPORT_THREADS = 2  # threads decoding and encoding images
+
+# The demo network
+DEMO_EPOCHS = 6

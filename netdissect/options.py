@@ -1,0 +1,79 @@
+"""Argument types and option groups shared by the commands (argparse only: this module stays light).
+
+Two words for two things: ``--workers N`` is always N *processes* (DataLoader workers or a process
+pool) and ``--threads N`` is always N *threads* of the command's own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from netdissect.defaults import BATCH_SIZE, DEVICE
+from netdissect.errors import NetDissectError
+
+
+def floats(text: str) -> list[float]:
+    """``1,2,3`` -> [1.0, 2.0, 3.0]."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def names(text: str) -> list[str]:
+    """``a,b,a`` -> ["a", "b"] (no duplicates, order kept)."""
+    found = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not found:
+        raise argparse.ArgumentTypeError("expected comma-separated names")
+    return found
+
+
+def model_options(p: argparse.ArgumentParser) -> None:
+    """``--model SPEC --weights FILE --mean --std``."""
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="torchvision architecture (resnet18), TorchScript file, or package.module:factory",
+    )
+    p.add_argument("--weights", metavar="FILE", help="state_dict or checkpoint holding one")
+    p.add_argument("--mean", type=floats, help="input normalisation mean per RGB channel (default ImageNet's)")
+    p.add_argument("--std", type=floats, help="input normalisation std per RGB channel (default ImageNet's)")
+
+
+def batch_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"images per batch (default {BATCH_SIZE})")
+
+
+def workers_option(p: argparse.ArgumentParser, what: str = "DataLoader worker processes decoding the images") -> None:
+    p.add_argument("--workers", type=int, default=0, help=f"{what} (default 0: none, the main process reads)")
+
+
+def threads_option(p: argparse.ArgumentParser, what: str, default: int = 1) -> None:
+    p.add_argument("--threads", type=int, default=default, help=f"{what} (default {default})")
+
+
+def device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=DEVICE, help=f"cpu or cuda (default {DEVICE})")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def labels_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--labels",
+        metavar="PACK",
+        help="packed labels of the dataset (`netdissect broden pack-labels`): read them instead of "
+        "decoding the label PNGs",
+    )
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Logging for a command, and a clear refusal of ``--device cuda`` where there is none."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="netdissect: %(message)s")
+    if getattr(args, "device", "cpu") != "cpu":
+        import torch
+
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise NetDissectError(f"--device {args.device}: no CUDA device is available; use --device cpu")

@@ -1,0 +1,76 @@
+"""Every default has one home: netdissect/defaults.py for the package and CLI, config/schema.yaml for
+the workflow, and the shipped config/config.yaml says the same as the schema."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from netdissect import defaults
+from netdissect.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _schema_defaults(section: str) -> dict:
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    return {key: spec.get("default") for key, spec in schema["properties"][section]["properties"].items()}
+
+
+def test_shipped_config_equals_the_schema_defaults():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for section in ("dissect", "resources"):
+        schema = _schema_defaults(section)
+        assert set(config[section]) == set(schema), section
+        for key, value in config[section].items():
+            assert schema[key] == value, (
+                f"config/config.yaml {section}.{key} = {value!r}, schema default {schema[key]!r}"
+            )
+
+
+def test_workflow_and_package_defaults_agree():
+    schema = _schema_defaults("dissect")
+    same = {"quantile": "QUANTILE", "iou_threshold": "IOU_THRESHOLD", "union": "UNION", "batch_size": "BATCH_SIZE"}
+    same |= {"topk": "TOPK", "device": "DEVICE"}
+    for key, name in same.items():
+        assert schema[key] == getattr(defaults, name), key
+    # the one documented difference: a workflow keeps every shard on disk, so it stores float16
+    assert schema["dtype"] == "float16" and defaults.DTYPE == "float32"
+
+
+def test_command_defaults_come_from_defaults_py():
+    parser = build_parser()
+    args = parser.parse_args(["dissect", "--dataset", "D", "--model", "M", "--layers", "a", "--out", "O"])
+    assert (args.quantile, args.iou_threshold, args.union, args.batch_size, args.dtype, args.device) == (
+        defaults.QUANTILE,
+        defaults.IOU_THRESHOLD,
+        defaults.UNION,
+        defaults.BATCH_SIZE,
+        defaults.DTYPE,
+        defaults.DEVICE,
+    )
+    args = parser.parse_args(
+        ["tally", "--dataset", "D", "--shard", "S", "--layer", "a", "--thresholds", "T"] + ["--out", "O"]
+    )
+    assert args.batch_size == defaults.BATCH_SIZE and args.threads == 1 and args.workers == 0
+    args = parser.parse_args(["report", "--dataset", "D", "--layer-dir", "L", "--shards", "S", "--out", "O"])
+    assert (args.topk, args.quality, args.threads) == (defaults.TOPK, defaults.JPEG_QUALITY, defaults.REPORT_THREADS)
+
+
+def test_no_default_is_written_twice_in_the_package():
+    """No function default or ``default=`` option of netdissect/ spells out a value of defaults.py."""
+    values = {0.04, 0.005, "paper", "bilinear"}
+    for path in sorted((REPO / "netdissect").rglob("*.py")):
+        if path.name == "defaults.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            found = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found = node.args.defaults + [d for d in node.args.kw_defaults if d is not None]
+            elif isinstance(node, ast.Call):
+                found = [k.value for k in node.keywords if k.arg == "default"]
+            for value in found:
+                if isinstance(value, ast.Constant) and value.value in values and not isinstance(value.value, bool):
+                    raise AssertionError(f"{path.relative_to(REPO)}:{value.lineno}: default {value.value!r}")
