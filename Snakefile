@@ -1,7 +1,7 @@
 # Network Dissection as a workflow of file targets (see README "Workflow" and docs/interfaces.md).
 #   snakemake --cores 8 report_all                      # the embedded default: offline, synthetic data
 #   snakemake --cores 8 report_all --configfile config/examples/released_broden.yaml
-#   snakemake report_all --profile config/profiles/slurm   # as SLURM jobs
+#   snakemake report_all --profile profiles/slurm   # as SLURM jobs
 # Rules only call `netdissect <command>`; every computation lives in the netdissect package.
 
 from pathlib import Path

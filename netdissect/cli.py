@@ -15,9 +15,11 @@ from netdissect.errors import NetDissectError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from netdissect import demo, engine_cli
+    from netdissect import engine_cli, fetch
     from netdissect.broden import cli as broden_cli
     from netdissect.broden.sources import cli as sources_cli
+    from netdissect.demo import cli as demo_cli
+    from netdissect.models import cli as models_cli
     from netdissect.report import cli as report_cli
 
     parser = argparse.ArgumentParser(prog="netdissect", description=__doc__.splitlines()[0])
@@ -26,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     broden = sub.add_parser("broden", help="check or regenerate a Broden-format dataset")
     broden_sub = broden.add_subparsers(dest="broden_command", required=True, metavar="COMMAND")
 
-    broden_cli.register(sub, broden_sub)  # synth, broden check
-    sources_cli.register(sub, broden_sub)  # fetch, broden regenerate
-    engine_cli.register(sub)  # layers, extract, quantile, tally, merge, score, dissect
-    demo.register(sub)  # train-demo
+    broden_cli.register(sub, broden_sub)  # synth, broden check, broden pack-labels
+    sources_cli.register(sub, broden_sub)  # broden regenerate
+    fetch.register(sub)  # fetch
+    models_cli.register(sub)  # layers, random-weights
+    engine_cli.register(sub)  # extract, quantile, tally, merge, score, dissect
+    demo_cli.register(sub)  # train-demo
     report_cli.register(sub)  # report, report-all
     return parser
 

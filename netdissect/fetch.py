@@ -8,6 +8,8 @@
 - the finished file is checked against ``sha256`` (when given; otherwise its sha256 is printed so the
   user can pin it) and only then renamed to ``out``: ``out`` exists only when complete and verified.
 
+``netdissect fetch`` (:func:`register`) is the command for datasets, source archives and weights.
+
 ``extract(archive, dest)`` unpacks a zip, tar, tar.gz (any compression tarfile reads) into a temporary
 folder beside ``dest`` and renames it to ``dest`` when every member is out: a member with an absolute
 path, a ``..`` component, or a link pointing outside the archive's folder is refused, and nothing is
@@ -16,7 +18,7 @@ written outside the temporary folder.
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import http.client
 import os
 import shutil
@@ -30,7 +32,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from netdissect.errors import NetDissectError
-from netdissect.io import atomic_dir
+from netdissect.io import atomic_dir, sha256_file
 
 CHUNK = 1 << 20
 # HTTP statuses worth retrying: timeouts, rate limiting, server-side trouble.
@@ -39,15 +41,6 @@ RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
 class _Retryable(Exception):
     """A transfer problem that a later attempt may not have (network, stall, 5xx)."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(
@@ -309,3 +302,46 @@ def _extract_zip(archive: Path, tmp: Path, strip: int) -> None:
             f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
             f"delete it and fetch it again"
         ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: `netdissect fetch` (datasets, source archives, weights)
+
+
+def register(sub, *groups) -> None:
+    """Add ``fetch`` to the top-level commands."""
+    p = sub.add_parser(
+        "fetch",
+        help="download a file (resumable, verified, atomic), optionally extract it",
+        description="Download URL to --out: resumed from OUT.part with HTTP Range, retried with "
+        "back-off, checked against --sha256 (printed when not given), renamed to OUT "
+        "only when complete. --extract unpacks a zip/tar archive into a new folder, "
+        "refusing members that would land outside it.",
+    )
+    p.add_argument("url")
+    p.add_argument("--out", required=True, help="where the downloaded file goes")
+    p.add_argument("--sha256", help="expected sha256 (64 hex digits)")
+    p.add_argument("--extract", metavar="DIR", help="unpack the archive into this new folder")
+    p.add_argument(
+        "--strip",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drop N leading path components of archive members (like tar --strip-components)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds without data before a connection counts as stalled (default 60)",
+    )
+    p.add_argument("--retries", type=int, default=5, help="attempts after the first (default 5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_fetch)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    fetch(args.url, args.out, args.sha256, timeout=args.timeout, retries=args.retries, progress=not args.no_progress)
+    if args.extract:
+        extract(args.out, args.extract, strip=args.strip)
+    return 0

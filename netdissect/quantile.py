@@ -1,4 +1,4 @@
-"""Exact per-unit thresholds (spec §2), mergeable across shards with bounded memory.
+"""Exact per-unit thresholds (docs/dissection.md §2), mergeable across shards with bounded memory.
 
 The threshold of unit u is ``numpy.quantile(values, 1 - q)`` over all ``n = N·H·W`` values of that
 unit in the whole dataset (linear interpolation between order statistics). numpy computes it as::

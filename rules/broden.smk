@@ -72,11 +72,11 @@ rule check_dataset:
 
 
 rule pack_labels:
-    """Every label PNG of the dataset decoded once into results/{dataset}/labels, read by every tally."""
+    """Every label PNG of the dataset decoded once into results/labels/{dataset}, read by every tally."""
     input:
         dataset_index,
     output:
-        directory("results/{dataset}/labels"),
+        directory("results/labels/{dataset}"),
     log:
         "logs/{dataset}/pack_labels.log",
     conda:

@@ -1,5 +1,11 @@
 # Helpers shared by the rules: names -> paths, config -> command-line options, targets.
 # No computation on data happens here; these functions only read the (validated) config.
+#
+# results/ holds one level per kind of output, so no dataset, model or layer name can collide with them:
+#   results/labels/{dataset}/                   packed labels (rule pack_labels)
+#   results/shards/{dataset}/{model}/{k}/       activations of shard k, all layers (rule extract)
+#   results/layers/{dataset}/{model}/{layer}/   thresholds, tallies, counts, result.csv, summary, report/
+#   results/checks/  results/report/            layer checks; the cross-run report
 
 import os
 import re
@@ -13,7 +19,7 @@ SHARDS = list(range(DISSECT["shards"]))
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    layer=r"(?!shards$|report$)[^/,\s]+",
+    layer=r"[^/,\s]+",
     k=r"\d+",
 
 
@@ -32,11 +38,6 @@ def _check_names():
                     f"(defined: {', '.join(config['models'])})"
                 )
     for name, model in config["models"].items():
-        if name == "labels":
-            raise ValueError(
-                "config models.labels: the model name 'labels' is reserved (results/<dataset>/labels "
-                "holds the packed labels); rename the model"
-            )
         weights = model["weights"]
         if weights["source"] == "train" and weights["dataset"] not in config["datasets"]:
             raise ValueError(
@@ -133,8 +134,13 @@ def models_with_weights(*sources):
 
 
 # -- shards and layers ----------------------------------------------------------------------------
+def labels_dir(wildcards):
+    """The packed labels of the dataset a job works on."""
+    return f"results/labels/{wildcards.dataset}"
+
+
 def shard_dir(dataset, model, k):
-    return f"results/{dataset}/{model}/shards/{k}"
+    return f"results/shards/{dataset}/{model}/{k}"
 
 
 def all_shard_dirs(wildcards):
@@ -142,7 +148,7 @@ def all_shard_dirs(wildcards):
 
 
 def layer_dir(dataset, model, layer):
-    return f"results/{dataset}/{model}/{layer}"
+    return f"results/layers/{dataset}/{model}/{layer}"
 
 
 def thresholds_input(wildcards):
@@ -168,12 +174,12 @@ def res(stage, key):
     return RESOURCES[stage][key]
 
 
-def tally_workers(wildcards, threads):
-    """`netdissect tally --workers`: on the CPU its counting threads (the job's threads; 1 = the main
-    thread alone), on a GPU the configured loader processes."""
+def tally_parallel(wildcards, threads):
+    """How a tally reads and counts: on the CPU with the job's threads (`--threads`), on a GPU with the
+    configured loader processes (`--workers`)."""
     if DISSECT["device"] == "cpu":
-        return threads if threads > 1 else 0
-    return DISSECT["workers"]
+        return f"--threads {threads}"
+    return f"--workers {DISSECT['workers']}"
 
 
 # -- regeneration (rules/sources.smk) -------------------------------------------------------------

@@ -9,7 +9,7 @@ rule extract:
         weights=weights_input,
         layers=ancient(layers_ok),
     output:
-        directory("results/{dataset}/{model}/shards/{k}"),
+        directory("results/shards/{dataset}/{model}/{k}"),
     log:
         "logs/{dataset}/{model}/extract.{k}.log",
     conda:
@@ -44,8 +44,8 @@ rule quantile:
         shards=all_shard_dirs,
         thresholds_file=thresholds_input,
     output:
-        thresholds="results/{dataset}/{model}/{layer}/thresholds.npy",
-        imgmax="results/{dataset}/{model}/{layer}/imgmax.npy",
+        thresholds="results/layers/{dataset}/{model}/{layer}/thresholds.npy",
+        source="results/layers/{dataset}/{model}/{layer}/thresholds.json",
     log:
         "logs/{dataset}/{model}/{layer}/quantile.log",
     conda:
@@ -66,11 +66,12 @@ rule tally:
     """Counts (label areas, intersections, category activations) of shard k under the thresholds."""
     input:
         index=dataset_index,
-        shard="results/{dataset}/{model}/shards/{k}",
-        thresholds="results/{dataset}/{model}/{layer}/thresholds.npy",
-        labels="results/{dataset}/labels",
+        shard="results/shards/{dataset}/{model}/{k}",
+        thresholds="results/layers/{dataset}/{model}/{layer}/thresholds.npy",
+        source="results/layers/{dataset}/{model}/{layer}/thresholds.json",
+        labels=labels_dir,
     output:
-        "results/{dataset}/{model}/{layer}/tally/{k}.npz",
+        "results/layers/{dataset}/{model}/{layer}/tally/{k}.npz",
     log:
         "logs/{dataset}/{model}/{layer}/tally.{k}.log",
     conda:
@@ -86,21 +87,21 @@ rule tally:
         categories=categories_option(),
         device=DISSECT["device"],
         batch_size=DISSECT["batch_size"],
-        workers=tally_workers,
+        parallel=tally_parallel,
     shell:
         "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {wildcards.layer}"
         " --thresholds {input.thresholds} --labels {input.labels} --out {output}"
         " --union {params.union} {params.categories}"
-        " --device {params.device} --batch-size {params.batch_size} --workers {params.workers} --no-progress"
+        " --device {params.device} --batch-size {params.batch_size} {params.parallel} --no-progress"
         " > {log} 2>&1"
 
 
 rule merge:
     """Counts of the whole dataset: the shards' counts added up (exact integers)."""
     input:
-        tallies=lambda wc: expand("results/{dataset}/{model}/{layer}/tally/{k}.npz", k=SHARDS, **wc),
+        tallies=lambda wc: expand("results/layers/{dataset}/{model}/{layer}/tally/{k}.npz", k=SHARDS, **wc),
     output:
-        "results/{dataset}/{model}/{layer}/counts.npz",
+        "results/layers/{dataset}/{model}/{layer}/counts.npz",
     log:
         "logs/{dataset}/{model}/{layer}/merge.log",
     conda:
@@ -117,10 +118,10 @@ rule score:
     """IoU of every unit with every label; the unit's label, detectors, unique detectors."""
     input:
         index=dataset_index,
-        counts="results/{dataset}/{model}/{layer}/counts.npz",
+        counts="results/layers/{dataset}/{model}/{layer}/counts.npz",
     output:
-        result="results/{dataset}/{model}/{layer}/result.csv",
-        summary="results/{dataset}/{model}/{layer}/summary.json",
+        result="results/layers/{dataset}/{model}/{layer}/result.csv",
+        summary="results/layers/{dataset}/{model}/{layer}/summary.json",
     log:
         "logs/{dataset}/{model}/{layer}/score.log",
     conda:

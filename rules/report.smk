@@ -5,13 +5,12 @@ rule report_layer:
     """Per-layer report: headline, bar graph of detectors, top images of every unit."""
     input:
         index=dataset_index,
-        result="results/{dataset}/{model}/{layer}/result.csv",
-        summary="results/{dataset}/{model}/{layer}/summary.json",
-        thresholds="results/{dataset}/{model}/{layer}/thresholds.npy",
-        imgmax="results/{dataset}/{model}/{layer}/imgmax.npy",
+        result="results/layers/{dataset}/{model}/{layer}/result.csv",
+        summary="results/layers/{dataset}/{model}/{layer}/summary.json",
+        thresholds="results/layers/{dataset}/{model}/{layer}/thresholds.npy",
         shards=all_shard_dirs,
     output:
-        "results/{dataset}/{model}/{layer}/report/index.html",
+        "results/layers/{dataset}/{model}/{layer}/report/index.html",
     log:
         "logs/{dataset}/{model}/{layer}/report.log",
     conda:

@@ -1,4 +1,4 @@
-# Regenerating Broden from its source datasets (spec: broden-sources.md; README "Regenerating Broden").
+# Regenerating Broden from its source datasets (docs/broden-sources.md; README "Regenerating Broden").
 #   datasets/sources/{source}/{path}   <- fetch_source_archive / fetch_source_file (config `sources.<source>.downloads`)
 #   datasets/{dataset}/index.csv       <- regenerate_broden (config `datasets.<name>` with `source: regenerate`)
 # Config keys read here: datasets.<name>.{size, sources, min_frequency, min_coverage, color_table} and

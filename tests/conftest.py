@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-- ``broden_example``: the 4-image worked example of spec/broden-format.md §11, written by hand in
+- ``broden_example``: the 4-image worked example of docs/broden-format.md §11, written by hand in
   the released byte layout (CRLF), in a fresh folder per test.
 - ``synth_dataset``: a small synthetic Broden dataset (session-scoped, read-only: copy it before
   changing anything), made by ``netdissect.broden.synth``.
@@ -154,7 +154,7 @@ def write_worked_example(root: Path) -> Path:
 
 @pytest.fixture
 def broden_example(tmp_path: Path) -> Path:
-    """A fresh copy of the spec's §11 worked example (CRLF, hand-written)."""
+    """A fresh copy of the worked example of docs/broden-format.md §11 (CRLF, hand-written)."""
     return write_worked_example(tmp_path / "worked")
 
 

@@ -40,7 +40,7 @@ def test_anchors(rgb: tuple[int, int, int], name: str) -> None:
 
 
 def test_documented_miss_of_the_fallback() -> None:
-    """The spec says the fallback passes every anchor except (150,100,50) (brown in the real table)."""
+    """docs/broden-sources.md §5: the fallback passes every anchor except (150,100,50) (brown in the real table)."""
     assert COLOR_NAMES[name_colors(np.array([150, 100, 50], np.uint8))] == "orange"
 
 

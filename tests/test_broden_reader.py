@@ -1,4 +1,4 @@
-"""BrodenDataset on the hand-written worked example of spec/broden-format.md §11."""
+"""BrodenDataset on the hand-written worked example of docs/broden-format.md §11."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from netdissect.cli import main
 from netdissect.errors import NetDissectError
 
 # ---------------------------------------------------------------------------------------------------
-# naming (spec §6.2-6.3)
+# naming (docs/broden-sources.md §6.2-6.3)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,9 @@ def test_resize_labels_matches_brute_force_and_zoom(shape):
         ]
     )
     np.testing.assert_array_equal(out, brute)
-    zoomed = scipy.ndimage.zoom(labels[0], (side / h, side / w), order=0, grid_mode=False)  # spec: the same
+    zoomed = scipy.ndimage.zoom(
+        labels[0], (side / h, side / w), order=0, grid_mode=False
+    )  # docs/broden-sources.md §6.6: the same
     assert zoomed.shape == (side, side)
     np.testing.assert_array_equal(out[0], zoomed)
 

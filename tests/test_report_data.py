@@ -1,7 +1,7 @@
 """Synthetic inputs for the report tests (imported by the other ``test_report_*`` files).
 
 A layer here is everything ``render_layer_report`` needs, made from a seeded RNG: a result.csv
-written in the spec §6 format, activations (N, U, H, W), their imgmax and thresholds, and RGB images.
+written in docs/dissection.md §6 format, activations (N, U, H, W), their imgmax and thresholds, and RGB images.
 The one test in this file checks that the builder's result.csv reads back unchanged.
 """
 
@@ -45,7 +45,7 @@ class SyntheticLayer:
 
 
 def result_rows(rng: np.random.Generator, units: int, categories=CATEGORIES, labels=LABELS) -> list[dict]:
-    """Random result.csv rows (spec §6): per category a label with IoU in [0, 0.12) or none; the unit's
+    """Random result.csv rows (docs/dissection.md §6): per category a label with IoU in [0, 0.12) or none; the unit's
     label is its best category's; unit 1 is an object detector labelled with a script tag."""
     rows = []
     for unit in range(1, units + 1):

@@ -41,7 +41,7 @@ def test_workflow_runs_as_slurm_jobs_and_matches_the_local_result(cluster: Slurm
     proc = snakemake(
         tmp_path,
         "--profile",
-        str(REPO / "config" / "profiles" / "slurm"),
+        str(REPO / "profiles" / "slurm"),
         "--jobs",
         "8",
         # the test cluster has no accounting database: query jobs with squeue, submit without account
@@ -90,7 +90,7 @@ def test_workflow_runs_as_slurm_jobs_and_matches_the_local_result(cluster: Slurm
     for rule in expected_jobs:
         assert list((slurm_logs / f"rule_{rule}").rglob("*.log")), rule
 
-    layer_dir = tmp_path / "results" / "tiny" / "r18" / "layer3"
+    layer_dir = tmp_path / "results" / "layers" / "tiny" / "r18" / "layer3"
     assert (layer_dir / "report" / "index.html").is_file()
     local = tmp_path / "local"
     oneshot = subprocess.run(

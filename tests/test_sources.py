@@ -1,4 +1,4 @@
-"""Source adapters read fixtures written in each source's real on-disk format (broden-sources.md §1-4)."""
+"""Source adapters read fixtures written in each source's real on-disk format (docs/broden-sources.md §1-4)."""
 
 from __future__ import annotations
 

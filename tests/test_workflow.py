@@ -52,9 +52,10 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
         "datasets/synth/index.csv",
         "models/demo.pt",
         "models/resnet18_random.pt",
-        "results/synth/demo/shards/0",
-        "results/synth/resnet18_random/layer4/tally/3.npz",
-        "results/synth/demo/conv4/result.csv",
+        "results/shards/synth/demo/0",
+        "results/layers/synth/resnet18_random/layer4/tally/3.npz",
+        "results/layers/synth/demo/conv4/result.csv",
+        "results/labels/synth",
         "results/report/index.html",
     ):
         assert path in proc.stdout, path
@@ -68,10 +69,6 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
         ({"dissect": {"union": "maybe"}}, ["union", "maybe"]),
         ({"models": {"bad": {"spec": "resnet18"}}}, ["layers", "required"]),
         ({"runs": [{"dataset": "synth", "models": ["nosuchmodel"]}]}, ["runs[0].models", "nosuchmodel"]),
-        (
-            {"models": {"labels": {"spec": "resnet18", "layers": ["layer4"], "weights": {"source": "random"}}}},
-            ["models.labels", "reserved"],
-        ),
     ],
 )
 def test_config_that_breaks_the_schema_names_the_key(tmp_path: Path, change: dict, words: list[str]):
@@ -93,7 +90,7 @@ def test_bad_layer_fails_before_any_long_job(tmp_path: Path, broden_example: Pat
     assert "has no layer 'layer9'" in log and "Closest: layer4" in log
     assert "rule check_layers" in proc.stdout + proc.stderr
     assert not (tmp_path / "models").exists()  # weights were never made
-    assert not (tmp_path / "results" / "worked" / "r18").exists()  # nor any extraction started (labels may be packed)
+    assert not (tmp_path / "results" / "shards").exists()  # nor any extraction started (labels may be packed)
     assert not (tmp_path / "results" / "checks" / "r18.layers.ok").exists()
 
 
@@ -108,7 +105,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_tiny_run_produces_every_target(tiny_run: Path):
     for model, layer in (("r18", "layer3"), ("tinydemo", "conv4")):
-        layer_dir = tiny_run / "results" / "tiny" / model / layer
+        layer_dir = tiny_run / "results" / "layers" / "tiny" / model / layer
         rows = read_csv(layer_dir / "result.csv")
         assert rows[0][:4] == ["unit", "category", "label", "score"]
         summary = json.loads((layer_dir / "summary.json").read_text())
@@ -143,7 +140,7 @@ def test_tiny_run_equals_the_one_process_dissection(tiny_run: Path, tmp_path: Pa
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert read_csv(out / "layer3" / "result.csv") == read_csv(tiny_run / "results/tiny/r18/layer3/result.csv")
+    assert read_csv(out / "layer3" / "result.csv") == read_csv(tiny_run / "results/layers/tiny/r18/layer3/result.csv")
 
 
 def test_second_run_does_nothing(tiny_run: Path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from netdissect.cli import main
-from netdissect.demo import DEMO_SPEC, DemoNet, coverage_targets, target_labels, train_demo
+from netdissect.demo import DEMO_SPEC, DemoNet
+from netdissect.demo.train import coverage_targets, target_labels, train_demo
 from netdissect.models import layer_shapes, load_model
 
 
@@ -115,6 +116,7 @@ def test_random_weights_are_seeded(tmp_path: Path, spec: str, first: str):
         assert main(["random-weights", "--model", spec, "--seed", str(seed), "--out", str(paths[name])]) == 0
     a, b, c = (torch.load(paths[n], weights_only=True)["state_dict"] for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert paths["a"].read_bytes() == paths["b"].read_bytes()  # same weights, same file (same sha256 in results)
     assert not torch.equal(a[first], c[first])
     if spec != DEMO_SPEC:
         return

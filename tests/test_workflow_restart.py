@@ -34,7 +34,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, brod
         "dissect": {"shards": shards, "batch_size": 1, "dtype": "float32"},
     }
     write_config(tmp_path, config)
-    shard_root = tmp_path / "results" / "worked" / "r18" / "shards"
+    shard_root = tmp_path / "results" / "shards" / "worked" / "r18"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # One core: shards are extracted one after the other. Stop (Ctrl-C = SIGINT to the process group)
     # once two shards are written, while the third is in flight.
@@ -62,7 +62,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, brod
     finished = [
         k
         for k in range(shards)
-        if (shard_root / str(k) / "meta.json").exists() and f"results/worked/r18/shards/{k}" not in incomplete
+        if (shard_root / str(k) / "meta.json").exists() and f"results/shards/worked/r18/{k}" not in incomplete
     ]
     assert finished, "no shard had finished when the run was stopped"
     assert len(finished) < shards, "every shard had finished: the run was stopped too late to test anything"
@@ -73,8 +73,8 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, brod
     log = rerun.stdout + rerun.stderr  # Snakemake reports jobs on stderr
     for k in finished:
         assert _snapshot(shard_root / str(k)) == before[k], f"shard {k} was rewritten"
-        assert f"output: results/worked/r18/shards/{k}\n" not in log
-    redone = [k for k in range(shards) if f"output: results/worked/r18/shards/{k}\n" in log]
+        assert f"output: results/shards/worked/r18/{k}\n" not in log
+    redone = [k for k in range(shards) if f"output: results/shards/worked/r18/{k}\n" in log]
     assert sorted(finished + redone) == list(range(shards))
 
     oneshot = tmp_path / "oneshot"
@@ -99,5 +99,5 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path: Path, brod
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    workflow_rows = read_csv(tmp_path / "results" / "worked" / "r18" / "layer3" / "result.csv")
+    workflow_rows = read_csv(tmp_path / "results" / "layers" / "worked" / "r18" / "layer3" / "result.csv")
     assert workflow_rows == read_csv(oneshot / "layer3" / "result.csv")

@@ -1,6 +1,6 @@
 """The Broden dataset on disk: reader, writer, checker, color naming and a synthetic generator.
 
-Format: ``spec/broden-format.md``. Public API (docs/interfaces.md):
+Format: docs/broden-format.md. Public API (docs/interfaces.md):
 
 - :class:`BrodenDataset` reads a folder (a torch ``Dataset``; ``loader()`` gives a ``DataLoader``).
 - :func:`write_broden` and :func:`compute_tables` write one (same byte conventions as the original).

@@ -1,6 +1,6 @@
 """``netdissect broden check DIR``: list every defect of a Broden folder, each with its file, row and column.
 
-What is checked (spec/broden-format.md):
+What is checked (docs/broden-format.md):
 
 - tables: category.csv, label.csv and every c_<cat>.csv parse (headers, integers, floats, cat(n)
   items); label numbers have no gaps; names are unique; every number of a c_ file has a label.csv

@@ -1,4 +1,4 @@
-"""Colour naming: RGB pixels -> the 11 Broden colour names (broden-sources.md §5).
+"""Colour naming: RGB pixels -> the 11 Broden colour names (docs/broden-sources.md §5).
 
 A colour table ``T`` is a (32, 32, 32) uint8 array of values 0..10 indexed by ``[R>>3, G>>3, B>>3]``;
 the colour of a pixel is ``COLOR_NAMES[T[...]]`` and its local label number ``T[...] + 1``.

@@ -1,6 +1,6 @@
 """The Broden folder format: parsing and formatting of its CSV files, cells, label PNGs and split hash.
 
-Everything here follows ``spec/broden-format.md``. Parsers never stop at the first bad piece: they
+Everything here follows docs/broden-format.md. Parsers never stop at the first bad piece: they
 report every problem to a :class:`Problems` collector (file, row, column, what was expected) and
 return what they could read, so the same code serves the reader (which raises if anything was
 reported) and ``netdissect broden check`` (which lists everything).
@@ -112,7 +112,7 @@ def read_csv_rows(
     """Read a CSV file (CRLF or LF) into (header, [(line number, row dict)]).
 
     ``columns`` are the expected header names in order; ``required`` (default: all of them) must be
-    present. Unknown extra columns are tolerated (spec §12), missing ones reported.
+    present. Unknown extra columns are tolerated (docs/broden-format.md §12), missing ones reported.
     """
     required = columns if required is None else required
     try:
@@ -164,7 +164,7 @@ def _float(text: str, path: Path, line: int, column: str, problems: Problems) ->
 
 
 def read_label_csv(path: Path, problems: Problems) -> list[LabelRow]:
-    """Parse ``label.csv`` (spec §5). Rows with a defect are reported and left out."""
+    """Parse ``label.csv`` (docs/broden-format.md §5). Rows with a defect are reported and left out."""
     _, rows = read_csv_rows(path, LABEL_COLUMNS, problems, required=["number", "name"])
     out: list[LabelRow] = []
     seen: dict[int, int] = {}
@@ -193,7 +193,7 @@ def read_label_csv(path: Path, problems: Problems) -> list[LabelRow]:
 
 
 def read_category_csv(path: Path, problems: Problems) -> list[CategoryRow]:
-    """Parse ``category.csv`` (spec §6); the returned order is the category order everywhere."""
+    """Parse ``category.csv`` (docs/broden-format.md §6); the returned order is the category order everywhere."""
     _, rows = read_csv_rows(path, CATEGORY_COLUMNS, problems, required=["name"])
     out: list[CategoryRow] = []
     names: set[str] = set()
@@ -216,7 +216,7 @@ def read_category_csv(path: Path, problems: Problems) -> list[CategoryRow]:
 
 
 def read_code_csv(path: Path, problems: Problems) -> list[CodeRow]:
-    """Parse ``c_<category>.csv`` (spec §7)."""
+    """Parse ``c_<category>.csv`` (docs/broden-format.md §7)."""
     _, rows = read_csv_rows(path, CODE_COLUMNS, problems, required=["code", "number"])
     out: list[CodeRow] = []
     for line, row in rows:
@@ -231,12 +231,12 @@ def read_code_csv(path: Path, problems: Problems) -> list[CodeRow]:
 
 
 def parse_cell(text: str) -> list[int | str]:
-    """Split an index.csv category cell into items: ints (image-level labels) and PNG paths (spec §3.1)."""
+    """Split an index.csv category cell into items: ints (image-level labels) and PNG paths (docs/broden-format.md §3.1)."""
     return [int(item) if _INT.match(item) else item for item in text.split(";") if item]
 
 
 def primary_categories(codes: dict[str, list[CodeRow]], categories: list[str], num_labels: int) -> np.ndarray:
-    """Primary category of every label (spec §9): index into ``categories``, -1 where none.
+    """Primary category of every label (docs/broden-format.md §9): index into ``categories``, -1 where none.
 
     Among the categories whose c_ file lists a label, the one with the largest coverage; ties go to
     the later category. Label 0 never has one.
@@ -271,7 +271,7 @@ def format_label_coverage(value: float) -> str:
 
 
 def split_hash(image: str) -> float:
-    """h in [0, 1) of an ``image`` cell: first 8 bytes of its md5, big-endian, over 2**64 (spec §3.3)."""
+    """h in [0, 1) of an ``image`` cell: first 8 bytes of its md5, big-endian, over 2**64 (docs/broden-format.md §3.3)."""
     return int.from_bytes(hashlib.md5(image.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
@@ -285,7 +285,7 @@ def split_of(image: str) -> str:
 
 
 def decode_label_png(path: Path) -> np.ndarray:
-    """Decode a label PNG to an int32 (h, w) map of ``R + 256*G`` (spec §4). Raises OSError if unreadable."""
+    """Decode a label PNG to an int32 (h, w) map of ``R + 256*G`` (docs/broden-format.md §4). Raises OSError if unreadable."""
     with Image.open(path) as img:
         if img.mode != "RGB":
             img = img.convert("RGB")

@@ -15,11 +15,11 @@ the materials they are made of); every texture one pattern with random colours a
 
 Geometry is drawn at the image side S, and every label map is derived from the same S x S id maps:
 statistics (frequency, coverage) are taken there (the "source resolution"), and the label PNGs are
-their nearest-neighbour reduction to s = S // 2 on the corner-aligned grid of broden-sources.md §6.6.
+their nearest-neighbour reduction to s = S // 2 on the corner-aligned grid of docs/broden-sources.md §6.6.
 Colour labels name the colour of each rendered pixel BEFORE JPEG encoding (the JPEG is lossy, so
 naming the decoded JPEG can differ by a bin); the colour table is the fallback rule unless one is given.
 
-Numbering follows broden-sources.md §6.4-6.5 (:func:`netdissect.broden.writer.compute_tables`), so the
+Numbering follows docs/broden-sources.md §6.4-6.5 (:func:`netdissect.broden.writer.compute_tables`), so the
 generator runs twice over the images: once for the statistics, once to write with final numbers.
 Every image is a pure function of (seed, row number), hence the output is the same for a seed
 whatever the number of worker processes.
@@ -761,7 +761,7 @@ def render_image(i: int, seed: int, size: int, color_table: np.ndarray | None = 
 
 
 def image_statistics(item: SynthImage) -> dict[tuple[str, str], float]:
-    """``(label name, category) -> coverage`` of one image at S x S (broden-sources.md §6.1)."""
+    """``(label name, category) -> coverage`` of one image at S x S (docs/broden-sources.md §6.1)."""
     out: dict[tuple[str, str], float] = {}
     for category, labels in item.maps.items():
         area = labels.shape[-1] * labels.shape[-2]

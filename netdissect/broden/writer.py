@@ -1,4 +1,4 @@
-"""Writing a Broden folder with the original byte conventions (spec/broden-format.md, broden-sources.md §6).
+"""Writing a Broden folder with the original byte conventions (docs/broden-format.md, docs/broden-sources.md §6).
 
 Two steps, so that images can be written in parallel:
 
@@ -78,7 +78,7 @@ def compute_tables(
     min_frequency: int = 1,
     min_coverage: float = 0.0,
 ) -> BrodenTables:
-    """Number the labels and build every table (broden-sources.md §6.4-6.5).
+    """Number the labels and build every table (docs/broden-sources.md §6.4-6.5).
 
     Args:
         stats: ``(label name, category) -> (n, c)``: n = images having the label in that category,
@@ -144,7 +144,7 @@ def compute_tables(
 
 
 def image_statistics(data: LayerData) -> dict[int, float]:
-    """One image's share of the statistics in one category (broden-sources.md §6.1).
+    """One image's share of the statistics in one category (docs/broden-sources.md §6.1).
 
     ``data`` is a (h, w) map or (k, h, w) stack of label numbers, or a list of image-level labels.
     Returns ``label -> coverage`` for every nonzero label present: its pixel count over all layers
@@ -252,7 +252,7 @@ def write_image(out_dir: str | Path, image: str, rgb: np.ndarray, layers: Mappin
 
 @lru_cache(maxsize=16)
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source rows of a corner-aligned nearest resize (broden-sources.md §6.6):
+    """Source rows of a corner-aligned nearest resize (docs/broden-sources.md §6.6):
     ``floor(i * (n_in - 1) / (n_out - 1) + 0.5)`` in float64."""
     if n_out == 1:
         return np.zeros(1, dtype=np.intp)
@@ -273,7 +273,7 @@ def write_label_layers(
     and the (sh, sw) of its maps (None if it has none)."""
     if not image.endswith(".jpg") or image.count("/") != 1:
         raise NetDissectError(f"image name {image!r}: expected '<source>/<stem>.jpg'")
-    stem = image[: -len(".jpg")]  # never an end-anchored regex (spec §12)
+    stem = image[: -len(".jpg")]  # never an end-anchored regex (docs/broden-format.md §12)
     images = Path(out_dir) / "images"
     shape: tuple[int, int] | None = None
     cells: dict[str, list[int | str]] = {}

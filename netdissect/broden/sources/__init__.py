@@ -1,4 +1,4 @@
-"""Regenerating Broden from its constituent datasets (spec: broden-sources.md).
+"""Regenerating Broden from its constituent datasets (docs/broden-sources.md).
 
 - :mod:`.base`: the adapter contract (:class:`Source`, :class:`SourceImage`).
 - :mod:`.ade20k`, :mod:`.pascal`, :mod:`.opensurfaces`, :mod:`.dtd`: one adapter per source, reading

@@ -1,4 +1,4 @@
-"""ADE20K (2016 full release) → object, part (several levels), scene. Spec: broden-sources.md §1.
+"""ADE20K (2016 full release) → object, part (several levels), scene. See docs/broden-sources.md §1.
 
 Layout: ``<root>/ADE20K_2016_07_26/index_ade20k.mat`` and, per image,
 ``<root>/<folder>/<name>.jpg``, ``..._seg.png``, ``..._parts_1.png``, ``..._parts_2.png``, ...

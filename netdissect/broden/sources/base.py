@@ -1,4 +1,4 @@
-"""The adapter contract shared by the source converters (spec: broden-sources.md §0.1).
+"""The adapter contract shared by the source converters (docs/broden-sources.md §0.1).
 
 An adapter reads one source dataset as it ships on disk. It lists the source's images
 (:meth:`Source.images`, cheap: paths only) and, per image, loads the label data of each category

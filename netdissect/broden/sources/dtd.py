@@ -1,4 +1,4 @@
-"""DTD r1.0.1 → texture (multi-label, image-level). Spec: broden-sources.md §4.
+"""DTD r1.0.1 → texture (multi-label, image-level). See docs/broden-sources.md §4.
 
 Layout: ``<root>/images/<class>/<class>_<4 digits>.jpg`` and ``<root>/labels/labels_joint_anno.txt``
 (one line per image: the path relative to ``images/`` then its attribute words). The root may also be

@@ -1,6 +1,6 @@
 """Tiny source datasets written in each source's real on-disk format (for tests and the benchmark).
 
-Formats as in broden-sources.md: ``scipy.io.savemat`` for MATLAB files, Pillow for JPEGs and PNGs,
+Formats as in docs/broden-sources.md: ``scipy.io.savemat`` for MATLAB files, Pillow for JPEGs and PNGs,
 CSV and text files as the sources ship them. Every writer takes the pixel content from the caller,
 so a test knows what each pixel should become.
 """

@@ -1,4 +1,4 @@
-"""Merge source datasets into one Broden folder (spec: broden-sources.md §6; ``netdissect broden regenerate``).
+"""Merge source datasets into one Broden folder (docs/broden-sources.md §6; ``netdissect broden regenerate``).
 
 Two passes over the images, each parallel over images with a process pool (bounded memory: a worker
 holds one image at a time; the parent holds per-key counters and one short index row per image):
@@ -67,7 +67,7 @@ def remap(labels: np.ndarray, lookup: np.ndarray) -> np.ndarray:
 
 
 def label_shares(data: LabelData) -> dict[int, float]:
-    """One image's statistics in one category (spec §6.1): local label → coverage.
+    """One image's statistics in one category (docs/broden-sources.md §6.1): local label → coverage.
 
     Maps and stacks: every nonzero value, its pixel count over all layers / (H·W). Image-level labels:
     1.0 per listing (label 0 included, as in the original; it is named ``-`` and never kept).
@@ -287,7 +287,7 @@ def load_table(path: str | os.PathLike | None) -> tuple[np.ndarray, bool]:
             f"[r][g][b] bytes must be {colors.ORIGINAL_TABLE_SHA256}; cells per colour found: "
             f"{found}; expected black 194, blue 6071, brown 743, grey 293, green 9573, "
             f"orange 1698, pink 2748, purple 6749, red 1725, white 209, yellow 2765). "
-            f"Rebuild it as broden-sources.md §5 says, or leave the option out to use the "
+            f"Rebuild it as docs/broden-sources.md §5 says, or leave the option out to use the "
             f"approximate fallback rule"
         )
     return table, True
@@ -325,7 +325,7 @@ def readme_text(
     color_note = (
         "colour labels from the published colour-name table (van de Weijer et al. 2009)"
         if original_colors
-        else "colour labels from the APPROXIMATE fallback rule (broden-sources.md §5), not the published "
+        else "colour labels from the APPROXIMATE fallback rule (docs/broden-sources.md §5), not the published "
         "table: this dataset is not Broden-identical in its colour labels"
     )
     return (
@@ -337,7 +337,7 @@ def readme_text(
         f"Generated {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')} "
         f"by netdissect broden regenerate.\n\n"
         f"Labels were named, merged across sources and categories, filtered and numbered as described in "
-        f"broden-sources.md §6; {color_note}. syns.txt lists which source labels were merged.\n"
+        f"docs/broden-sources.md §6; {color_note}. syns.txt lists which source labels were merged.\n"
     )
 
 

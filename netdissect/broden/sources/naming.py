@@ -1,4 +1,4 @@
-"""Naming: one English label name per key (source, category, local label). Spec: broden-sources.md §6.2-6.3.
+"""Naming: one English label name per key (source, category, local label). See docs/broden-sources.md §6.2-6.3.
 
 Keys are visited by descending frequency. Each claims the names it lists that no earlier key owns; it
 is named by its first owned name, or else merges into the label of an owner of one of its names
@@ -165,7 +165,7 @@ class Naming:
 
 
 def name_keys(freq: Mapping[Key, int], cov: Mapping[Key, float], names_of: Callable[[Key], list[str]]) -> Naming:
-    """Choose a label name for every key (spec §6.2).
+    """Choose a label name for every key (docs/broden-sources.md §6.2).
 
     ``freq``/``cov``: per key, number of images and summed coverage; ``names_of(key)``: the adapter's
     names of the key, preferred first.

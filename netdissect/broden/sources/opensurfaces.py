@@ -1,4 +1,4 @@
-"""OpenSurfaces (release 0) → material. Spec: broden-sources.md §3.
+"""OpenSurfaces (release 0) → material. See docs/broden-sources.md §3.
 
 Layout under the root: ``photos.csv``, ``label-substance-colors.csv``, ``photos/<id>.jpg``,
 ``photos-labels/<id>.png``. The label PNG's R channel holds the substance's ``red_color`` value

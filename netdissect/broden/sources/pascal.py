@@ -1,4 +1,4 @@
-"""PASCAL: VOC2010 images + PASCAL-Context objects + PASCAL-Part parts. Spec: broden-sources.md §2.
+"""PASCAL: VOC2010 images + PASCAL-Context objects + PASCAL-Part parts. See docs/broden-sources.md §2.
 
 Layout under the root: ``VOC2010/JPEGImages/<id>.jpg``, ``context/labels.txt``,
 ``context/trainval/<id>.mat`` (``LabelMap``), ``part/part2ind.m``, ``part/Annotations_Part/<id>.mat``.
@@ -64,7 +64,7 @@ def readable(name: str) -> str:
 def parse_part2ind(text: str) -> dict[int, tuple[str, dict[str, str]]]:
     """Parse PASCAL-Part's ``part2ind.m``: object index → (object name, {part key: readable part name}).
 
-    Only the line forms listed in the spec are recognised; everything else is ignored (``remove`` too).
+    Only the line forms listed in docs/broden-sources.md §2 are recognised; everything else is ignored (``remove`` too).
     """
     objects: dict[int, tuple[str, dict[str, str]]] = {}
     header, last_index, loop_n, copy_from = "", 0, 0, None

@@ -1,0 +1,157 @@
+"""Capturing layer outputs: layer names, the check that they exist, hooks, and output shapes.
+
+Layers of ordinary modules are named by module path (``layer4``, ``features.28``) and captured with
+forward hooks (:func:`capture`); the forward pass stops once every requested layer has run. When a
+module runs several times in one forward pass (torchvision's ResNet blocks call their ``relu``
+twice), its LAST output of the pass is the layer's output. A TorchScript module cannot be hooked:
+its layers are its outputs (``output`` when forward returns one tensor, the keys of a dict of
+tensors, ``0``, ``1``, ... for a tuple).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from netdissect.errors import NetDissectError
+from netdissect.models.loading import LoadedModel, few
+
+
+class _StopForward(Exception):
+    """Raised from the last hook to end the forward pass once every requested layer is captured."""
+
+
+def layer_names(model: LoadedModel) -> list[str]:
+    """Candidate layer names: every named submodule (ordinary model) or output names (TorchScript)."""
+    if model.scripted:
+        return list(_script_outputs(model, torch.zeros(1, 3, 64, 64)).keys())
+    return [name for name, _ in model.module.named_modules() if name]
+
+
+def check_layers(model: LoadedModel, layers: Sequence[str]) -> None:
+    """Raise a NetDissectError naming every unknown layer, the closest names, and the valid ones."""
+    if not layers:
+        raise NetDissectError("--layers: no layer given; `netdissect layers --model SPEC` lists them")
+    names = layer_names(model)
+    known = set(names)
+    for layer in layers:
+        if layer not in known:
+            close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+            hint = f" Closest: {', '.join(close)}." if close else ""
+            raise NetDissectError(
+                f"--layers: model {model.spec} has no layer {layer!r}.{hint} Layers: "
+                f"{few(names, 40)} (see `netdissect layers --model {model.spec}`)"
+            )
+
+
+def _script_outputs(model: LoadedModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = model.module(x)
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    if isinstance(out, dict):
+        return {str(k): v for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return {str(i): v for i, v in enumerate(out)}
+    raise NetDissectError(
+        f"--model {model.spec}: TorchScript forward returned {type(out).__name__}; expected a "
+        f"tensor, a dict of tensors or a tuple of tensors"
+    )
+
+
+class LayerCapture:
+    """Runs the model and returns the outputs of the requested layers, stopping after the last one.
+
+    Use through :func:`capture`. ``calls`` = how many times each layer's module runs per forward pass;
+    it is measured by the first call (which runs the whole model) and then used to stop early.
+    """
+
+    def __init__(self, model: LoadedModel, layers: Sequence[str]):
+        self.model = model
+        self.layers = list(layers)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.seen: dict[str, int] = {}
+        self.calls: dict[str, int] | None = None
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inputs, output) -> None:
+            self.outputs[name] = output
+            self.seen[name] = self.seen.get(name, 0) + 1
+            if self.calls is not None and all(self.seen.get(n, 0) >= c for n, c in self.calls.items()):
+                raise _StopForward
+
+        return hook
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Outputs of the requested layers for the normalised batch ``x``."""
+        with torch.inference_mode():
+            if self.model.scripted:
+                outs = _script_outputs(self.model, x)
+                return {n: outs[n] for n in self.layers}
+            self.outputs, self.seen = {}, {}
+            try:
+                self.model.module(x)
+            except _StopForward:
+                pass
+            if self.calls is None:
+                self.calls = dict(self.seen)
+            missing = [n for n in self.layers if n not in self.outputs]
+            if missing:
+                raise NetDissectError(
+                    f"--layers: module(s) {', '.join(missing)} of model {self.model.spec} never "
+                    f"ran in the forward pass; choose layers that compute features"
+                )
+            return {n: self.outputs[n] for n in self.layers}
+
+
+@contextlib.contextmanager
+def capture(model: LoadedModel, layers: Sequence[str]) -> Iterator[LayerCapture]:
+    """Hook ``layers`` of ``model`` for the duration of the block; yields a callable batch -> outputs."""
+    check_layers(model, layers)
+    cap = LayerCapture(model, layers)
+    if not model.scripted:
+        modules = dict(model.module.named_modules())
+        cap._handles = [modules[n].register_forward_hook(cap._hook(n)) for n in layers]
+    try:
+        yield cap
+    finally:
+        for h in cap._handles:
+            h.remove()
+
+
+def layer_shapes(
+    model: LoadedModel, layers: Sequence[str] | None = None, size: int = 224
+) -> dict[str, tuple[int, ...] | str]:
+    """Output shape (without batch) of each layer for one ``size``×``size`` image; non-tensors by type."""
+    if model.scripted:
+        names = layer_names(model) if layers is None else list(layers)
+    else:
+        names = [n for n, m in model.module.named_modules() if n] if layers is None else list(layers)
+    x = model.normalise(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+    if model.scripted:
+        with torch.inference_mode():
+            outs = _script_outputs(model, x)
+        return {n: tuple(outs[n].shape[1:]) for n in names if n in outs}
+    shapes: dict[str, tuple[int, ...] | str] = {}
+    modules = dict(model.module.named_modules())
+
+    def hook(name):
+        def f(_m, _i, out):
+            shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+
+        return f
+
+    if layers is not None:
+        check_layers(model, names)
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.inference_mode():
+            model.module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: shapes[n] for n in names if n in shapes}
