@@ -37,6 +37,7 @@ from torch import nn
 from netdissect.defaults import IMAGENET_MEAN, IMAGENET_STD, RANDOM_INIT_SEED
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_write_bytes, sha256_file
+from netdissect.models.fieldmap import FieldMap
 
 
 def normalise(
@@ -63,6 +64,9 @@ class LoadedModel:
     weights: str | None = None
     weights_sha256: str | None = None
     scripted: bool = field(default=False)
+    # layer -> receptive-field map, for models whose layers are not torch modules (e.g. converted
+    # Caffe nets); None: derived from the module structure when the fieldmap upsampling asks for it
+    field_maps: dict[str, FieldMap] | None = None
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) RGB -> float32 ``(x/255 - mean) / std`` with this model's mean and std."""
