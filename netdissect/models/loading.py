@@ -41,10 +41,19 @@ from netdissect.models.fieldmap import FieldMap
 
 
 def normalise(
-    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    images: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    divisor: float = 255.0,
+    bgr: bool = False,
 ) -> torch.Tensor:
-    """uint8 (B, 3, H, W) RGB -> float32 ``(x/255 - mean) / std`` per channel, on the images' device."""
-    x = images.to(torch.float32) / 255.0
+    """uint8 (B, 3, H, W) RGB -> float32 ``(v/divisor - mean) / std`` per channel, on the images' device.
+
+    ``divisor`` 255 gives [0, 1] inputs (torchvision), 1 keeps 0–255 values (Caffe); ``bgr`` reverses the
+    channel order first (Caffe models), so ``mean`` and ``std`` are then given in B, G, R order."""
+    x = images.to(torch.float32) / divisor
+    if bgr:
+        x = x.flip(1)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
@@ -67,10 +76,12 @@ class LoadedModel:
     # layer -> receptive-field map, for models whose layers are not torch modules (e.g. converted
     # Caffe nets); None: derived from the module structure when the fieldmap upsampling asks for it
     field_maps: dict[str, FieldMap] | None = None
+    divisor: float = 255.0  # pixel values are divided by this before the mean is subtracted
+    bgr: bool = False  # the model reads B, G, R channels (mean and std are then in that order)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) RGB -> float32 ``(x/255 - mean) / std`` with this model's mean and std."""
-        return normalise(images, self.mean, self.std)
+        """uint8 (B, 3, H, W) RGB -> the model's float32 input (:func:`normalise` with this model's values)."""
+        return normalise(images, self.mean, self.std, self.divisor, self.bgr)
 
 
 def load_model(
