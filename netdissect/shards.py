@@ -67,7 +67,7 @@ class NpyRowWriter:
 
     def write(self, block: np.ndarray) -> None:
         assert block.shape[1:] == self.shape[1:] and block.dtype == self.dtype
-        self.f.write(np.ascontiguousarray(block).tobytes())
+        self.f.write(np.ascontiguousarray(block))  # the buffer itself: no copy to bytes
         self.rows += block.shape[0]
 
     def close(self) -> None:
