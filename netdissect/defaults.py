@@ -23,7 +23,8 @@ DEVICE = "cpu"
 # Models (docs/dissection.md §1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RANDOM_INIT_SEED = 0  # seed of the random initialisation of torchvision and factory models
+RANDOM_INIT_SEED = 0  # seed of the random initialisation of torchvision, timm and factory models
+TOKEN_MODES = ("spatial", "cls")  # --tokens: a token layer's patch grid (default) or its class token
 
 # Reports (docs/dissection.md §7)
 TOPK = 10  # top images shown per unit

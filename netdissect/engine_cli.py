@@ -16,6 +16,7 @@ from netdissect.options import (
     names,
     setup,
     threads_option,
+    tokens_option,
     workers_option,
 )
 
@@ -48,6 +49,7 @@ def register(sub, *groups) -> None:
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--out", required=True, metavar="SHARD_DIR")
+    tokens_option(p)
     _dtype_option(p)
     _quantile_option(p)
     batch_option(p)
@@ -101,6 +103,7 @@ def register(sub, *groups) -> None:
     model_options(p)
     p.add_argument("--layers", required=True, type=names, help="comma-separated layer names")
     p.add_argument("--out", required=True, metavar="DIR")
+    tokens_option(p)
     _quantile_option(p)
     p.add_argument("--thresholds", metavar="FILE", help="thresholds .npy; with several layers use {layer} in it")
     _scoring_options(p)
@@ -132,6 +135,7 @@ def _extract(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         quantile=args.quantile,
+        tokens=args.tokens,
         progress=args.progress,
     )
     return 0
@@ -212,6 +216,7 @@ def _dissect(args: argparse.Namespace) -> int:
         device=args.device,
         categories=args.categories,
         dtype=args.dtype,
+        tokens=args.tokens,
         progress=args.progress,
         labels=args.labels,
     )

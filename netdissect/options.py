@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import BATCH_SIZE, DEVICE
+from netdissect.defaults import BATCH_SIZE, DEVICE, TOKEN_MODES
 from netdissect.errors import NetDissectError
 
 
@@ -34,11 +34,21 @@ def model_options(p: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         metavar="SPEC",
-        help="torchvision architecture (resnet18), TorchScript file, or package.module:factory",
+        help="torchvision architecture (resnet18), timm:NAME, TorchScript or ONNX file, or package.module:factory",
     )
-    p.add_argument("--weights", metavar="FILE", help="state_dict or checkpoint holding one")
+    p.add_argument("--weights", metavar="FILE", help="state_dict, checkpoint holding one, or .safetensors file")
     p.add_argument("--mean", type=floats, help="input normalisation mean per RGB channel (default ImageNet's)")
     p.add_argument("--std", type=floats, help="input normalisation std per RGB channel (default ImageNet's)")
+
+
+def tokens_option(p: argparse.ArgumentParser) -> None:
+    """``--tokens spatial|cls``: how token layers (batch × tokens × channels) are read."""
+    p.add_argument(
+        "--tokens",
+        choices=TOKEN_MODES,
+        help="token layers (ViT blocks): 'spatial' = one map per channel over the patch grid (the default), "
+        "'cls' = the class token, a 1x1 map (docs/models.md)",
+    )
 
 
 def batch_option(p: argparse.ArgumentParser) -> None:

@@ -56,6 +56,7 @@ def extract(
     device: str = DEVICE,
     dtype: str = DTYPE,
     quantile: float = QUANTILE,
+    tokens: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`)."""
@@ -76,6 +77,7 @@ def extract(
         device=device,
         dtype=dtype,
         quantile=quantile,
+        tokens=tokens,
         progress=progress,
     )
 
@@ -243,6 +245,7 @@ def dissect(
     device: str = DEVICE,
     categories: Sequence[str] | None = None,
     dtype: str = DTYPE,
+    tokens: str | None = None,
     progress: bool = True,
     labels: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
@@ -258,6 +261,8 @@ def dissect(
             "--layers: a layer named 'shards' would share OUT/shards with the activations; "
             "dissect it with the stage commands (docs/interfaces.md)"
         )
+    from netdissect.shards import layer_file_name
+
     out = Path(out)
     shard_dir = out / "shards" / "0"
     extract(
@@ -275,11 +280,12 @@ def dissect(
         device=device,
         dtype=dtype,
         quantile=q,
+        tokens=tokens,
         progress=progress,
     )
     summaries = {}
     for layer in layers:
-        layer_dir = out / layer
+        layer_dir = out / layer_file_name(layer)
         file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
         quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
         tally(

@@ -15,8 +15,12 @@ meta.json (``format: "netdissect-shard"``, ``version: 1``)::
      "image_size": [ih, iw], "dataset": str, "dataset_fingerprint": sha256 hex,
      "model": SPEC, "weights": path or null, "weights_sha256": hex or null, "mean": [3], "std": [3],
      "quantile": q the candidates were kept for, "dtype": "float32" | "float16",
+     "tokens": --tokens given (null, "spatial" or "cls"),
      "layers": {layer: {"units": U, "height": H, "width": W, "flat": true if the output was N×U
-                        (stored as 1×1 maps), "num_values": N·H·W (whole dataset), "candidates": k_shard}}}
+                        (stored as 1×1 maps), "readout": {"kind": "conv" | "channels_last" | "tokens" | "cls"
+                        | "flat", "prefix": tokens before the patch grid, "grid": [h, w] or null} (how the
+                        output became maps: netdissect/models/readout.py), "num_values": N·H·W (whole
+                        dataset), "candidates": k_shard}}}
 
 Activations are written row block by row block (:class:`NpyRowWriter`) and read by rows
 (:func:`read_npy_rows`), so no stage holds a whole shard in memory.
@@ -29,6 +33,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import numpy as np
 
@@ -62,7 +67,7 @@ class NpyRowWriter:
 
     def write(self, block: np.ndarray) -> None:
         assert block.shape[1:] == self.shape[1:] and block.dtype == self.dtype
-        self.f.write(np.ascontiguousarray(block).tobytes())
+        self.f.write(np.ascontiguousarray(block))  # the buffer itself: no copy to bytes
         self.rows += block.shape[0]
 
     def close(self) -> None:
@@ -100,9 +105,17 @@ def read_npy_rows(path: str | Path, rows: Sequence[int] | np.ndarray | slice) ->
         return out
 
 
+def layer_file_name(layer: str) -> str:
+    """A layer name as one file name: letters, digits and ``_ . + -`` stay, every other character (the
+    ``/`` and ``:`` of ONNX node names) becomes ``%XX`` (its UTF-8 bytes), as does a leading dot; module
+    paths (``layer4``, ``blocks.6``) are unchanged and different names stay different."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "_.+-") else quote(c, safe="") for c in layer)
+    return "%2E" + safe[1:] if safe.startswith(".") else safe
+
+
 def shard_file(shard_dir: str | Path, layer: str, kind: str) -> Path:
     """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax`` or ``topk``."""
-    return Path(shard_dir) / f"{layer}.{kind}.npy"
+    return Path(shard_dir) / f"{layer_file_name(layer)}.{kind}.npy"
 
 
 def check_contiguous(parts: Sequence[tuple[str, int, int]], total: int | None, prefix: str = "") -> None:

@@ -111,6 +111,12 @@ def normalisation_options(wildcards):
     return " ".join(opts)
 
 
+def tokens_option(wildcards):
+    """--tokens of the model, when the config sets it (token layers: patch grid or class token)."""
+    tokens = model_entry(wildcards)["tokens"]
+    return f"--tokens {tokens}" if tokens else ""
+
+
 def model_layers(model):
     return config["models"][model]["layers"]
 

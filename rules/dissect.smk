@@ -25,6 +25,7 @@ rule extract:
         weights=weights_option,
         layers=layers_option,
         norm=normalisation_options,
+        tokens=tokens_option,
         shards=DISSECT["shards"],
         batch_size=DISSECT["batch_size"],
         workers=DISSECT["workers"],
@@ -35,7 +36,8 @@ rule extract:
         "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
         " --layers {params.layers} --shard {wildcards.k} --shards {params.shards} --out {output}"
         " --batch-size {params.batch_size} --workers {params.workers} --device {params.device}"
-        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} --no-progress > {log} 2>&1"
+        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} {params.tokens} --no-progress"
+        " > {log} 2>&1"
 
 
 rule quantile:

@@ -74,6 +74,7 @@ def test_flat_layer_is_treated_as_1x1_maps_with_a_warning(tiny, tmp_path, caplog
         "height": 1,
         "width": 1,
         "flat": True,
+        "readout": {"kind": "flat", "prefix": 0, "grid": None},
         "num_values": 6,
         "candidates": 2,
     }

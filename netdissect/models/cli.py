@@ -6,12 +6,18 @@ import argparse
 
 from netdissect.defaults import RANDOM_INIT_SEED
 from netdissect.errors import NetDissectError
-from netdissect.options import model_options, names, setup
+from netdissect.options import model_options, names, setup, tokens_option
 
 
 def register(sub, *groups) -> None:
-    p = sub.add_parser("layers", help="list a model's layers and their output shapes")
+    p = sub.add_parser(
+        "layers",
+        help="list a model's layers, their output shapes and how each is read as unit maps",
+        description="One line per layer: name, output shape without the batch, and how the output is read "
+        "(conv, channels_last, tokens, cls or flat; docs/models.md) for --size images.",
+    )
     model_options(p)
+    tokens_option(p)
     p.add_argument("--size", type=int, default=224, help="image side of the dummy input (default 224)")
     p.add_argument(
         "--check",
@@ -27,7 +33,9 @@ def register(sub, *groups) -> None:
         description="Build the model SPEC with torch seeded by --seed and save its state_dict, so "
         "that every job dissecting an untrained network sees the same weights.",
     )
-    r.add_argument("--model", required=True, metavar="SPEC", help="torchvision name or package.module:factory")
+    r.add_argument(
+        "--model", required=True, metavar="SPEC", help="torchvision name, timm:NAME or package.module:factory"
+    )
     r.add_argument("--seed", type=int, default=RANDOM_INIT_SEED, help=f"torch seed (default {RANDOM_INIT_SEED})")
     r.add_argument("--out", required=True, metavar="FILE.pt", help="weights file to write")
     r.set_defaults(func=_random_weights)
@@ -35,12 +43,21 @@ def register(sub, *groups) -> None:
 
 def _layers(args: argparse.Namespace) -> int:
     from netdissect.models import layer_shapes, load_model
+    from netdissect.models.readout import plan_readout, token_layout
 
     setup(args)
     model = load_model(args.model, args.weights, args.mean, args.std)
+    layout = token_layout(model.module)
     for name, shape in layer_shapes(model, args.check, size=args.size).items():
-        shape_text = "x".join(str(s) for s in shape) if isinstance(shape, tuple) else shape
-        print(f"{name}\t{shape_text}")
+        if isinstance(shape, tuple):
+            shape_text = "x".join(str(s) for s in shape)
+            try:
+                reading = plan_readout(shape, name, (args.size, args.size), layout, args.tokens).describe(shape)
+            except NetDissectError as err:
+                reading = f"not read: {err}"
+        else:
+            shape_text, reading = shape, f"not read: the output is a {shape}, not a tensor"
+        print(f"{name}\t{shape_text}\t{reading}")
     return 0
 
 
@@ -48,9 +65,9 @@ def _random_weights(args: argparse.Namespace) -> int:
     from netdissect.models import load_model, save_checkpoint
 
     model = load_model(args.model, seed=args.seed)
-    if model.scripted:
+    if model.weights_sha256 is not None:
         raise NetDissectError(
-            f"--model {args.model}: a TorchScript file carries its own weights; use it as SPEC "
+            f"--model {args.model}: a TorchScript or ONNX file carries its own weights; use it as SPEC "
             f"with weights source `none` instead"
         )
     save_checkpoint(args.out, model.module.state_dict(), spec=args.model, seed=args.seed)

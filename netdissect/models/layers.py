@@ -5,7 +5,8 @@ forward hooks (:func:`capture`); the forward pass stops once every requested lay
 module runs several times in one forward pass (torchvision's ResNet blocks call their ``relu``
 twice), its LAST output of the pass is the layer's output. A TorchScript module cannot be hooked:
 its layers are its outputs (``output`` when forward returns one tensor, the keys of a dict of
-tensors, ``0``, ``1``, ... for a tuple).
+tensors, ``0``, ``1``, ... for a tuple). A model with ``layer_modules`` (ONNX graphs) names its layers
+itself; each is captured by its module's hook (:meth:`LoadedModel.layer_module`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def layer_names(model: LoadedModel) -> list[str]:
     """Candidate layer names: every named submodule (ordinary model) or output names (TorchScript)."""
     if model.scripted:
         return list(_script_outputs(model, torch.zeros(1, 3, 64, 64)).keys())
+    if model.layer_modules is not None:
+        return list(model.layer_modules)
     return [name for name, _ in model.module.named_modules() if name]
 
 
@@ -105,7 +108,7 @@ class LayerCapture:
                     f"--layers: module(s) {', '.join(missing)} of model {self.model.spec} never "
                     f"ran in the forward pass; choose layers that compute features"
                 )
-            return {n: self.outputs[n] for n in self.layers}
+            return {n: self.model.layer_output(n, self.outputs[n]) for n in self.layers}
 
 
 @contextlib.contextmanager
@@ -115,7 +118,7 @@ def capture(model: LoadedModel, layers: Sequence[str]) -> Iterator[LayerCapture]
     cap = LayerCapture(model, layers)
     if not model.scripted:
         modules = dict(model.module.named_modules())
-        cap._handles = [modules[n].register_forward_hook(cap._hook(n)) for n in layers]
+        cap._handles = [modules[model.layer_module(n)].register_forward_hook(cap._hook(n)) for n in layers]
     try:
         yield cap
     finally:
@@ -130,7 +133,7 @@ def layer_shapes(
     if model.scripted:
         names = layer_names(model) if layers is None else list(layers)
     else:
-        names = [n for n, m in model.module.named_modules() if n] if layers is None else list(layers)
+        names = layer_names(model) if layers is None else list(layers)
     x = model.normalise(torch.zeros(1, 3, size, size, dtype=torch.uint8))
     if model.scripted:
         with torch.inference_mode():
@@ -141,13 +144,14 @@ def layer_shapes(
 
     def hook(name):
         def f(_m, _i, out):
+            out = model.layer_output(name, out)
             shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
 
         return f
 
     if layers is not None:
         check_layers(model, names)
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    handles = [modules[model.layer_module(n)].register_forward_hook(hook(n)) for n in names]
     try:
         with torch.inference_mode():
             model.module(x)

@@ -7,16 +7,20 @@ A model SPEC is one of
 * a TorchScript file (``*.pt`` / ``*.pth`` loadable by ``torch.jit.load``). Forward hooks cannot be
   attached inside a TorchScript module, so its layers are its *outputs* (:mod:`netdissect.models.layers`);
 * ``package.module:factory``, a callable returning an ``nn.Module`` (named architectures of the
-  examples: :mod:`netdissect.models.zoo`).
+  examples: :mod:`netdissect.models.zoo`);
+* ``timm:NAME``, a timm architecture built with ``pretrained=False`` (:mod:`netdissect.models.timm_models`);
+* an ONNX file (``*.onnx``), converted to torch; its layers are the graph's node output names
+  (:mod:`netdissect.models.onnx_models`).
 
-Torchvision and factory models are built under a fixed random seed (``seed``, default
+Torchvision, timm and factory models are built under a fixed random seed (``seed``, default
 ``RANDOM_INIT_SEED``) without touching the caller's random state, so every process, hence every
 shard, gets the same random initialisation.
 
 ``weights`` is a state_dict or a checkpoint dict holding one under ``state_dict``, ``model``,
-``model_state_dict`` or ``net``; DataParallel's ``module.`` path components are stripped
-(also inside a key, e.g. ``features.module.0.weight``). Files are always read
-with ``torch.load(..., weights_only=True)``; :func:`save_checkpoint` writes them.
+``model_state_dict`` or ``net``, or a ``.safetensors`` file; DataParallel's ``module.`` path components
+are stripped (also inside a key, e.g. ``features.module.0.weight``). Files are always read
+with ``torch.load(..., weights_only=True)`` (safetensors files with ``safetensors.torch.load_file``);
+:func:`save_checkpoint` writes them. Every kind of model: docs/models.md.
 """
 
 from __future__ import annotations
@@ -78,6 +82,20 @@ class LoadedModel:
     field_maps: dict[str, FieldMap] | None = None
     divisor: float = 255.0  # pixel values are divided by this before the mean is subtracted
     bgr: bool = False  # the model reads B, G, R channels (mean and std are then in that order)
+    # layer -> (module path, output position), for models whose layers are not module paths (ONNX
+    # graphs: node output names); None: a layer is named by its module path
+    layer_modules: dict[str, tuple[str, int]] | None = None
+    fixed_batch: int | None = None  # the model runs batches of exactly this many images (ONNX graphs)
+
+    def layer_module(self, layer: str) -> str:
+        """The path of the module whose forward hook captures ``layer``."""
+        return self.layer_modules[layer][0] if self.layer_modules is not None else layer
+
+    def layer_output(self, layer: str, output: Any) -> Any:
+        """The layer's value among its module's outputs (a module with several returns a tuple)."""
+        if self.layer_modules is not None and isinstance(output, (tuple, list)):
+            return output[self.layer_modules[layer][1]]
+        return output
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) RGB -> the model's float32 input (:func:`normalise` with this model's values)."""
@@ -94,37 +112,63 @@ def load_model(
     """Build the model a SPEC names (see module docstring), load ``weights``, put it in eval mode.
     ``seed`` fixes the random initialisation of torchvision and factory models."""
     scripted = False
+    own_weights = None  # the kind of file that carries its own weights (TorchScript, ONNX)
+    own_norm: dict[str, Any] = {}  # the model's own mean/std (timm's pretrained_cfg)
+    extra: dict[str, Any] = {}
     factory = ":" in spec and not Path(spec).exists()
-    if not factory and (Path(spec).suffix in (".pt", ".pth", ".ts") or Path(spec).exists()):
+    if spec.startswith("timm:"):
+        from netdissect.models.timm_models import build_timm
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module, own_norm = build_timm(spec)
+    elif Path(spec).suffix.lower() == ".onnx":
+        from netdissect.models.onnx_models import load_onnx
+
+        module, extra = load_onnx(spec)
+        own_weights = "an ONNX file"
+    elif not factory and (Path(spec).suffix in (".pt", ".pth", ".ts") or Path(spec).exists()):
         module = _from_torchscript(spec)
         scripted = True
+        own_weights = "a TorchScript file"
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = _from_factory(spec) if factory else _from_torchvision(spec)
     weights_sha = None
     if weights is not None:
-        if scripted:
+        if own_weights:
             raise NetDissectError(
-                f"--weights {weights}: model {spec} is a TorchScript file, which carries its "
-                f"own weights; drop --weights"
+                f"--weights {weights}: model {spec} is {own_weights}, which carries its own weights; drop --weights"
             )
         load_weights(module, weights)
         weights_sha = sha256_file(weights)
-    elif scripted:
-        weights_sha = sha256_file(spec)  # a TorchScript file carries its weights
+    elif own_weights:
+        weights_sha = sha256_file(spec)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
     return LoadedModel(
         module=module,
         spec=spec,
-        mean=_triple(mean, IMAGENET_MEAN, "--mean"),
-        std=_triple(std, IMAGENET_STD, "--std"),
+        mean=_triple(mean, own_norm.get("mean", IMAGENET_MEAN), "--mean"),
+        std=_triple(std, own_norm.get("std", IMAGENET_STD), "--std"),
         weights=str(weights) if weights is not None else None,
         weights_sha256=weights_sha,
         scripted=scripted,
+        **extra,
     )
+
+
+def require(package: str, extra: str, spec: str) -> Any:
+    """Import an optional package, or say which extra of netdissect installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise NetDissectError(
+            f"{spec} needs the {package.split('.')[0]} package, which is not installed; install it with "
+            f'pip install "netdissect[{extra}]"'
+        ) from None
 
 
 def _triple(
@@ -150,8 +194,8 @@ def _from_torchvision(name: str) -> nn.Module:
         close = difflib.get_close_matches(name, available, n=3)
         hint = f" Closest: {', '.join(close)}." if close else ""
         raise NetDissectError(
-            f"--model {name}: not a torchvision architecture, an existing TorchScript file, "
-            f"nor package.module:factory.{hint}"
+            f"--model {name}: not a torchvision architecture, an existing TorchScript or ONNX file, "
+            f"timm:NAME nor package.module:factory.{hint}"
         )
     return torchvision.models.get_model(name, weights=None)
 
@@ -189,16 +233,11 @@ def _from_factory(spec: str) -> nn.Module:
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:
-    """Load a state_dict (or a checkpoint holding one) into ``module``; every key must fit."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise NetDissectError(f"--weights {path}: file not found") from None
-    except Exception as err:
-        raise NetDissectError(
-            f"--weights {path}: not a loadable state_dict ({str(err).splitlines()[0]}); save "
-            f"weights with torch.save(model.state_dict(), path)"
-        ) from None
+    """Load a state_dict (or a checkpoint holding one, or a .safetensors file) into ``module``; every key must fit."""
+    if Path(path).suffix.lower() == ".safetensors":
+        state = _load_safetensors(path)
+    else:
+        state = _load_torch_file(path)
     if isinstance(state, dict):
         for key in _CHECKPOINT_KEYS:
             if key in state and isinstance(state[key], dict):
@@ -230,6 +269,31 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
             + ". Check that --model names the architecture the weights were trained with."
         )
     module.load_state_dict(state)
+
+
+def _load_torch_file(path: str | Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise NetDissectError(f"--weights {path}: file not found") from None
+    except Exception as err:
+        raise NetDissectError(
+            f"--weights {path}: not a loadable state_dict ({str(err).splitlines()[0]}); save "
+            f"weights with torch.save(model.state_dict(), path)"
+        ) from None
+
+
+def _load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    st = require("safetensors.torch", "safetensors", f"--weights {path}")
+    if not Path(path).is_file():
+        raise NetDissectError(f"--weights {path}: file not found")
+    try:
+        return st.load_file(str(path), device="cpu")
+    except Exception as err:
+        raise NetDissectError(
+            f"--weights {path}: not a readable safetensors file ({str(err).splitlines()[0]}); write one with "
+            f"safetensors.torch.save_file(model.state_dict(), path)"
+        ) from None
 
 
 def _without_data_parallel(key: str, own: dict[str, torch.Tensor]) -> str:
