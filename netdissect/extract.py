@@ -23,6 +23,7 @@ from netdissect.defaults import BATCH_SIZE, DTYPE, QUANTILE
 from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.io import atomic_path, save_json, save_npy
 from netdissect.models import LoadedModel, capture
+from netdissect.models.fieldmaps import field_map_json, trace_field_maps
 from netdissect.quantile import TopK, candidate_count
 from netdissect.shards import NUMPY_DTYPES, SHARD_FORMAT, SHARD_VERSION, NpyRowWriter, shard_file, shard_range
 
@@ -76,11 +77,15 @@ def extract_shard(
     quantile: float = QUANTILE,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    preset: str | None = None,
+    copy_all: bool = False,
 ) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
 
     ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
-    whole batch loop: decoding, forward, writing, candidates).
+    whole batch loop: decoding, forward, writing, candidates). ``preset`` is only recorded (the model's
+    input convention and ``quantile`` already follow it); ``copy_all`` copies every captured output
+    (:func:`netdissect.models.capture`, to measure the cost).
     """
     import time
 
@@ -103,7 +108,8 @@ def extract_shard(
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
-    with capture(model, layers) as run:
+    fields = trace_field_maps(model, layers, (ih, iw))
+    with capture(model, layers, copy_all) as run:
         probe = run(model.normalise(torch.zeros(1, 3, ih, iw, dtype=torch.uint8, device=device)))
         shapes = {}
         for layer in layers:
@@ -125,6 +131,7 @@ def extract_shard(
                 "flat": probe[layer].dim() == 2,
                 "num_values": values,
                 "candidates": min(candidate_count(values, quantile), (stop - start) * height * width),
+                **field_map_json(fields[layer]),
             }
         with contextlib.ExitStack() as stack:
             writers, topks, imgmax = {}, {}, {}
@@ -183,8 +190,8 @@ def extract_shard(
         "model": model.spec,
         "weights": model.weights,
         "weights_sha256": model.weights_sha256,
-        "mean": list(model.mean),
-        "std": list(model.std),
+        "preset": preset,
+        **model.input_settings(),
         "quantile": quantile,
         "dtype": dtype,
         "layers": layer_info,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import BATCH_SIZE, DEVICE
+from netdissect.defaults import BATCH_SIZE, DEVICE, PRESETS, UPSAMPLE, UPSAMPLES
 from netdissect.errors import NetDissectError
 
 
@@ -39,6 +39,25 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help="state_dict or checkpoint holding one")
     p.add_argument("--mean", type=floats, help="input normalisation mean per RGB channel (default ImageNet's)")
     p.add_argument("--std", type=floats, help="input normalisation std per RGB channel (default ImageNet's)")
+
+
+def preset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="set every convention of one system: original (paper union, fieldmap, q = 5/999, the "
+        "original's input) or lite (NetDissect-Lite's union, bilinear, q = 5/999, Lite's input); explicit "
+        "options override it (logged). See netdissect/presets.py",
+    )
+
+
+def upsample_option(p: argparse.ArgumentParser, default: str = f"{UPSAMPLE}, or the preset's") -> None:
+    p.add_argument(
+        "--upsample",
+        choices=UPSAMPLES,
+        help=f"how maps are upsampled to masks: bilinear, or fieldmap (linear between the centres of the "
+        f"units' receptive fields, as the original system did) (default {default})",
+    )
 
 
 def batch_option(p: argparse.ArgumentParser) -> None:

@@ -6,11 +6,17 @@ import argparse
 
 from netdissect.defaults import RANDOM_INIT_SEED
 from netdissect.errors import NetDissectError
-from netdissect.options import model_options, names, setup
+from netdissect.options import model_options, names, setup, upsample_option
 
 
 def register(sub, *groups) -> None:
-    p = sub.add_parser("layers", help="list a model's layers and their output shapes")
+    p = sub.add_parser(
+        "layers",
+        help="list a model's layers, their output shapes and field maps",
+        description="Print one line per layer: name, output shape (units x height x width) for one "
+        "--size image, and its field map (offset, size, step of its units' receptive fields in input "
+        "pixels, y,x; docs/dissection.md §3) or why it has none.",
+    )
     model_options(p)
     p.add_argument("--size", type=int, default=224, help="image side of the dummy input (default 224)")
     p.add_argument(
@@ -19,6 +25,8 @@ def register(sub, *groups) -> None:
         metavar="L1,L2",
         help="only these layers: fail (exit 2) naming any the model lacks, else list them",
     )
+    upsample_option(p, "bilinear")
+    p.epilog = "With --check and --upsample fieldmap, a layer without a field map also fails (exit 2)."
     p.set_defaults(func=_layers)
 
     r = sub.add_parser(
@@ -34,13 +42,22 @@ def register(sub, *groups) -> None:
 
 
 def _layers(args: argparse.Namespace) -> int:
+    from netdissect.masks import upsampling
     from netdissect.models import layer_shapes, load_model
+    from netdissect.models.fieldmap import FieldMap
+    from netdissect.models.fieldmaps import field_map_text, trace_field_maps
 
     setup(args)
     model = load_model(args.model, args.weights, args.mean, args.std)
-    for name, shape in layer_shapes(model, args.check, size=args.size).items():
+    shapes = layer_shapes(model, args.check, size=args.size)
+    fields = trace_field_maps(model, list(shapes), (args.size, args.size))
+    if args.upsample:
+        for name in shapes:
+            field = fields[name]
+            upsampling(args.upsample, field if isinstance(field, FieldMap) else None, args.size, name, field)
+    for name, shape in shapes.items():
         shape_text = "x".join(str(s) for s in shape) if isinstance(shape, tuple) else shape
-        print(f"{name}\t{shape_text}")
+        print(f"{name}\t{shape_text}\t{field_map_text(fields[name])}")
     return 0
 
 
