@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 import torch
-import torchvision
 
 from netdissect import pipeline
 from netdissect.broden import BrodenDataset

@@ -34,7 +34,7 @@ def test_shipped_config_equals_the_schema_defaults():
 def test_workflow_and_package_defaults_agree():
     schema = _schema_defaults("dissect")
     same = {"quantile": "QUANTILE", "iou_threshold": "IOU_THRESHOLD", "union": "UNION", "batch_size": "BATCH_SIZE"}
-    same |= {"topk": "TOPK", "device": "DEVICE"}
+    same |= {"topk": "TOPK", "device": "DEVICE", "upsample": "UPSAMPLE", "preset": "PRESET"}
     for key, name in same.items():
         assert schema[key] == getattr(defaults, name), key
     # the one documented difference: a workflow keeps every shard on disk, so it stores float16
