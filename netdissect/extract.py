@@ -108,7 +108,13 @@ def extract_shard(
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
-    fields = trace_field_maps(model, layers, (ih, iw))
+    try:
+        fields = trace_field_maps(model, layers, (ih, iw))
+    except Exception as err:  # only --upsample fieldmap needs them: record why, extract anyway
+        log.warning(
+            "field maps of %s could not be traced (%s); --upsample fieldmap will refuse its layers", model.spec, err
+        )
+        fields = {layer: f"tracing the model's operations failed: {err}" for layer in layers}
     with capture(model, layers, copy_all) as run:
         probe = run(model.normalise(torch.zeros(1, 3, ih, iw, dtype=torch.uint8, device=device)))
         shapes = {}
