@@ -13,6 +13,9 @@ IOU_THRESHOLD = 0.04  # a unit is a detector when its score >= this
 UNION = "paper"  # the category-restricted activation rule (docs/dissection.md §4)
 UNIONS = ("paper", "lite")
 UPSAMPLE = "bilinear"  # how maps are upsampled to the segmentation grid (docs/dissection.md §3)
+UPSAMPLES = ("bilinear", "fieldmap")
+PRESET = None  # a named preset sets every convention of one system at once (netdissect/presets.py)
+PRESETS = ("original", "lite")
 
 # Running the stages
 BATCH_SIZE = 32  # images per batch: forward pass, tally, report
@@ -23,6 +26,8 @@ DEVICE = "cpu"
 # Models (docs/dissection.md §1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DIVISOR = 255.0  # pixel values are divided by this before the mean is subtracted ([0, 1] inputs)
+MEAN_PRECISIONS = ("float32", "float64")  # the arithmetic the mean is subtracted in (then float32)
 RANDOM_INIT_SEED = 0  # seed of the random initialisation of torchvision, timm and factory models
 TOKEN_MODES = ("spatial", "cls")  # --tokens: a token layer's patch grid (default) or its class token
 

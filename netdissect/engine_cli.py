@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, QUANTILE, UNION, UNIONS
+from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, PRESETS, QUANTILE, UNION, UNIONS
 from netdissect.options import (
     batch_option,
     device_options,
     labels_option,
     model_options,
     names,
+    preset_option,
     setup,
     threads_option,
     tokens_option,
+    upsample_option,
     workers_option,
 )
 
@@ -25,12 +27,16 @@ GPU_WORKERS = "DataLoader worker processes reading batches when counting on a GP
 
 
 def _quantile_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quantile", type=float, default=QUANTILE, help=f"top fraction q (default {QUANTILE})")
+    p.add_argument("--quantile", type=float, help=f"top fraction q (default {QUANTILE}, or the preset's)")
+
+
+def _union_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--union", choices=UNIONS, help=f"category rule of the counts (default {UNION}, or the preset's)")
 
 
 def _scoring_options(p: argparse.ArgumentParser, union: bool = True) -> None:
     if union:
-        p.add_argument("--union", default=UNION, choices=UNIONS, help=f"category rule of the counts (default {UNION})")
+        _union_option(p)
         p.add_argument("--categories", type=names, help="comma-separated subset of categories (default: all)")
     p.add_argument(
         "--iou-threshold", type=float, default=IOU_THRESHOLD, help=f"detector threshold (default {IOU_THRESHOLD})"
@@ -50,6 +56,7 @@ def register(sub, *groups) -> None:
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--out", required=True, metavar="SHARD_DIR")
     tokens_option(p)
+    preset_option(p)
     _dtype_option(p)
     _quantile_option(p)
     batch_option(p)
@@ -77,7 +84,14 @@ def register(sub, *groups) -> None:
         help="per-unit thresholds; FILE.json beside it (written by `netdissect quantile`) says where they came from",
     )
     p.add_argument("--out", required=True, metavar="TALLY.npz")
-    p.add_argument("--union", default=UNION, choices=UNIONS, help=f"category rule of the counts (default {UNION})")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="set the union rule and upsampling of one system (original or lite; default: the preset the "
+        "shard was extracted with); --union and --upsample override it",
+    )
+    _union_option(p)
+    upsample_option(p)
     p.add_argument("--categories", type=names, help="comma-separated subset of categories (default: all)")
     labels_option(p)
     batch_option(p)
@@ -106,6 +120,8 @@ def register(sub, *groups) -> None:
     tokens_option(p)
     _quantile_option(p)
     p.add_argument("--thresholds", metavar="FILE", help="thresholds .npy; with several layers use {layer} in it")
+    preset_option(p)
+    upsample_option(p)
     _scoring_options(p)
     _dtype_option(p)
     labels_option(p)
@@ -137,6 +153,7 @@ def _extract(args: argparse.Namespace) -> int:
         quantile=args.quantile,
         tokens=args.tokens,
         progress=args.progress,
+        preset=args.preset,
     )
     return 0
 
@@ -160,6 +177,8 @@ def _tally(args: argparse.Namespace) -> int:
         args.thresholds,
         args.out,
         union=args.union,
+        upsample=args.upsample,
+        preset=args.preset,
         categories=args.categories,
         device=args.device,
         batch_size=args.batch_size,
@@ -209,6 +228,8 @@ def _dissect(args: argparse.Namespace) -> int:
         q=args.quantile,
         thresholds_file=args.thresholds,
         union=args.union,
+        upsample=args.upsample,
+        preset=args.preset,
         iou_threshold=args.iou_threshold,
         batch_size=args.batch_size,
         workers=args.workers,

@@ -23,6 +23,7 @@ from netdissect.defaults import BATCH_SIZE, DTYPE, QUANTILE
 from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.io import atomic_path, save_json, save_npy
 from netdissect.models import LoadedModel, capture
+from netdissect.models.fieldmaps import field_map_json, trace_field_maps
 from netdissect.models.readout import Readout, output_shape, plan_readout, read_maps, token_layout
 from netdissect.quantile import TopK, candidate_count
 from netdissect.shards import NUMPY_DTYPES, SHARD_FORMAT, SHARD_VERSION, NpyRowWriter, shard_file, shard_range
@@ -61,13 +62,17 @@ def extract_shard(
     tokens: str | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    preset: str | None = None,
+    copy_all: bool = False,
 ) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
 
     Each layer's output is read as unit maps the way :func:`netdissect.models.readout.plan_readout`
     decides on a probe image (``tokens``: ``--tokens spatial|cls`` for token layers); meta.json records it.
     ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
-    whole batch loop: decoding, forward, writing, candidates).
+    whole batch loop: decoding, forward, writing, candidates). ``preset`` is only recorded (the model's
+    input convention and ``quantile`` already follow it); ``copy_all`` copies every captured output
+    (:func:`netdissect.models.capture`, to measure the cost).
     """
     import time
 
@@ -95,8 +100,14 @@ def extract_shard(
             "model %s takes batches of %d only: --batch-size %d ignored", model.spec, model.fixed_batch, batch_size
         )
         batch_size = model.fixed_batch
-
-    with capture(model, layers) as run:
+    try:
+        fields = trace_field_maps(model, layers, (ih, iw))
+    except Exception as err:  # only --upsample fieldmap needs them: record why, extract anyway
+        log.warning(
+            "field maps of %s could not be traced (%s); --upsample fieldmap will refuse its layers", model.spec, err
+        )
+        fields = {layer: f"tracing the model's operations failed: {err}" for layer in layers}
+    with capture(model, layers, copy_all) as run:
         probe = _probe(run, model, ih, iw, device)
         layout = token_layout(model.module)
         readouts: dict[str, Readout] = {}
@@ -122,6 +133,7 @@ def extract_shard(
                 "readout": readouts[layer].to_json(),
                 "num_values": values,
                 "candidates": min(candidate_count(values, quantile), (stop - start) * height * width),
+                **field_map_json(fields[layer]),
             }
         with contextlib.ExitStack() as stack:
             writers, topks, imgmax = {}, {}, {}
@@ -186,8 +198,8 @@ def extract_shard(
         "model": model.spec,
         "weights": model.weights,
         "weights_sha256": model.weights_sha256,
-        "mean": list(model.mean),
-        "std": list(model.std),
+        "preset": preset,
+        **model.input_settings(),
         "quantile": quantile,
         "dtype": dtype,
         "tokens": tokens,

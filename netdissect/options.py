@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import BATCH_SIZE, DEVICE, TOKEN_MODES
+from netdissect.defaults import BATCH_SIZE, DEVICE, PRESETS, TOKEN_MODES, UPSAMPLE, UPSAMPLES
 from netdissect.errors import NetDissectError
 
 
@@ -48,6 +48,25 @@ def tokens_option(p: argparse.ArgumentParser) -> None:
         choices=TOKEN_MODES,
         help="token layers (ViT blocks): 'spatial' = one map per channel over the patch grid (the default), "
         "'cls' = the class token, a 1x1 map (docs/models.md)",
+    )
+
+
+def preset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="set every convention of one system: original (paper union, fieldmap, q = 5/999, the "
+        "original's input) or lite (NetDissect-Lite's union, bilinear, q = 5/999, Lite's input); explicit "
+        "options override it (logged). See netdissect/presets.py",
+    )
+
+
+def upsample_option(p: argparse.ArgumentParser, default: str = f"{UPSAMPLE}, or the preset's") -> None:
+    p.add_argument(
+        "--upsample",
+        choices=UPSAMPLES,
+        help=f"how maps are upsampled to masks: bilinear, or fieldmap (linear between the centres of the "
+        f"units' receptive fields, as the original system did) (default {default})",
     )
 
 

@@ -16,15 +16,19 @@ tally and the report read them.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from netdissect.defaults import BATCH_SIZE, DEVICE, DTYPE, IOU_THRESHOLD, QUANTILE, UNION
+from netdissect.defaults import BATCH_SIZE, DEVICE, DIVISOR, DTYPE, IOU_THRESHOLD, MEAN_PRECISIONS
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
+from netdissect.presets import resolve
+
+log = logging.getLogger(__name__)
 
 
 def open_dataset(
@@ -55,15 +59,18 @@ def extract(
     workers: int = 0,
     device: str = DEVICE,
     dtype: str = DTYPE,
-    quantile: float = QUANTILE,
+    quantile: float | None = None,
     tokens: str | None = None,
     progress: bool = True,
+    preset: str | None = None,
 ) -> dict[str, Any]:
-    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`)."""
+    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`). ``quantile``
+    and the model's input convention: as given, else ``preset``'s, else the defaults (netdissect/presets.py)."""
     from netdissect.extract import extract_shard
     from netdissect.models import load_model
 
-    model = load_model(model_spec, weights, mean, std)
+    quantile = resolve(preset, quantile=quantile)["quantile"]
+    model = load_model(model_spec, weights, mean, std, preset=preset)
     ds = open_dataset(dataset, labels=False)
     return extract_shard(
         ds,
@@ -79,6 +86,7 @@ def extract(
         quantile=quantile,
         tokens=tokens,
         progress=progress,
+        preset=preset,
     )
 
 
@@ -125,7 +133,9 @@ def tally(
     thresholds_path: str | Path,
     out: str | Path,
     *,
-    union: str = UNION,
+    union: str | None = None,
+    upsample: str | None = None,
+    preset: str | None = None,
     categories: Sequence[str] | None = None,
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,
@@ -136,15 +146,26 @@ def tally(
 ) -> dict[str, np.ndarray]:
     """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz). The
     labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs;
-    ``threads`` count on the CPU, ``workers`` loader processes feed a GPU."""
+    ``threads`` count on the CPU, ``workers`` loader processes feed a GPU. ``union`` and ``upsample``:
+    as given, else ``preset``'s (default: the preset the shard was extracted with), else the defaults."""
     from netdissect.counts import save_counts
-    from netdissect.masks import BILINEAR
     from netdissect.quantile import load_thresholds
     from netdissect.shards import layer_meta, load_meta, shard_file
     from netdissect.tally import tally_shard
 
     meta = load_meta(shard_dir)
     info = layer_meta(meta, layer, shard_dir)
+    if preset is None:
+        preset = meta.get("preset")
+    elif meta.get("preset") != preset:
+        log.warning(
+            "%s was extracted with preset %s (its input convention and quantile); counting with preset %s",
+            shard_dir,
+            meta.get("preset"),
+            preset,
+        )
+    chosen = resolve(preset, union=union, upsample=upsample)
+    union = chosen["union"]
     ds = open_dataset(dataset, categories, images=False, labels=labels is None)
     if len(ds) != meta["num_images"] or ds.fingerprint() != meta["dataset_fingerprint"]:
         raise NetDissectError(
@@ -159,7 +180,9 @@ def tally(
         from netdissect.broden.pack import PackedLabels
 
         packed = PackedLabels(labels, ds)
-    upsample = BILINEAR
+    mode = layer_upsampling(chosen["upsample"], info, meta, layer)
+    for sh, sw in sorted(set(map(tuple, ds.index[["sh", "sw"]].to_numpy().tolist()))):
+        mode.tables(info["height"], info["width"], int(sh), int(sw))  # refuses knots that coincide
     counts = tally_shard(
         ds,
         shard_file(shard_dir, layer, "act"),
@@ -168,7 +191,7 @@ def tally(
         meta["start"],
         meta["stop"],
         union=union,
-        upsample=upsample,
+        upsample=mode,
         batch_size=batch_size,
         threads=threads,
         workers=workers,
@@ -184,13 +207,18 @@ def tally(
         "quantile": source.get("quantile"),
         "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
         "union": union,
-        "upsample": upsample.name,
+        "upsample": mode.name,
+        "field_map": info.get("field_map") if mode.name == "fieldmap" else None,
+        "preset": preset,
         "categories": list(ds.categories),
         "model": meta["model"],
         "weights": meta["weights"],
         "weights_sha256": meta["weights_sha256"],
         "mean": meta["mean"],
         "std": meta["std"],
+        "divisor": meta.get("divisor", DIVISOR),
+        "bgr": meta.get("bgr", False),
+        "mean_precision": meta.get("mean_precision", MEAN_PRECISIONS[0]),
         "dtype": meta["dtype"],
         "dataset": str(dataset),
         "dataset_fingerprint": meta["dataset_fingerprint"],
@@ -198,6 +226,18 @@ def tally(
     }
     save_counts(out, counts, thresholds, meta["start"], meta["stop"], settings)
     return counts
+
+
+def layer_upsampling(name: str, info: dict[str, Any], meta: dict[str, Any], layer: str):
+    """The upsampling mode ``name`` of a layer of a shard (``info``: its meta.json entry; ``meta``:
+    the shard's meta.json, for the image size)."""
+    from netdissect.masks import upsampling
+    from netdissect.models.fieldmaps import field_map_from_json
+
+    why = (
+        info.get("field_map_none") or "the shard records none: it was extracted before field maps were; re-run extract"
+    )
+    return upsampling(name, field_map_from_json(info), int(meta["image_size"][1]), layer, why)
 
 
 def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
@@ -235,9 +275,11 @@ def dissect(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    q: float = QUANTILE,
+    q: float | None = None,
     thresholds_file: str | None = None,
-    union: str = UNION,
+    union: str | None = None,
+    upsample: str | None = None,
+    preset: str | None = None,
     iou_threshold: float = IOU_THRESHOLD,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
@@ -250,7 +292,9 @@ def dissect(
     labels: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
-    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
+    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``.
+    ``q``, ``union``, ``upsample`` and the input convention: as given, else ``preset``'s, else the defaults."""
+    chosen = resolve(preset, quantile=q, union=union, upsample=upsample)
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
@@ -282,12 +326,18 @@ def dissect(
         quantile=q,
         tokens=tokens,
         progress=progress,
+        preset=preset,
     )
+    from netdissect.shards import load_meta
+
+    meta = load_meta(shard_dir)
+    for layer in layers:  # a layer without a field map fails before any tally
+        layer_upsampling(chosen["upsample"], meta["layers"][layer], meta, layer)
     summaries = {}
     for layer in layers:
         layer_dir = out / layer_file_name(layer)
         file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
-        quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
+        quantile([shard_dir], layer, layer_dir, q=chosen["quantile"], thresholds_file=file)
         tally(
             dataset,
             shard_dir,
@@ -295,6 +345,8 @@ def dissect(
             layer_dir / "thresholds.npy",
             layer_dir / "counts.npz",
             union=union,
+            upsample=upsample,
+            preset=preset,
             categories=categories,
             device=device,
             batch_size=batch_size,

@@ -13,14 +13,22 @@ meta.json (``format: "netdissect-shard"``, ``version: 1``)::
     {"format": "netdissect-shard", "version": 1,
      "shard": k, "shards": n, "start": first row, "stop": row after the last, "num_images": N (whole dataset),
      "image_size": [ih, iw], "dataset": str, "dataset_fingerprint": sha256 hex,
-     "model": SPEC, "weights": path or null, "weights_sha256": hex or null, "mean": [3], "std": [3],
+     "model": SPEC, "weights": path or null, "weights_sha256": hex or null,
+     "preset": "original" | "lite" | null (netdissect/presets.py),
+     "mean": [3], "std": [3], "divisor": d, "bgr": bool, "mean_precision": "float32" | "float64"
+         (the input: float32 (v/d − mean)/std per channel, netdissect.models.normalise),
      "quantile": q the candidates were kept for, "dtype": "float32" | "float16",
      "tokens": --tokens given (null, "spatial" or "cls"),
      "layers": {layer: {"units": U, "height": H, "width": W, "flat": true if the output was N×U
                         (stored as 1×1 maps), "readout": {"kind": "conv" | "channels_last" | "tokens" | "cls"
                         | "flat", "prefix": tokens before the patch grid, "grid": [h, w] or null} (how the
                         output became maps: netdissect/models/readout.py), "num_values": N·H·W (whole
-                        dataset), "candidates": k_shard}}}
+                        dataset), "candidates": k_shard,
+                        "field_map": {"offset": [y, x], "size": [y, x], "step": [y, x]} or null,
+                        "field_map_none": why there is none, or null}}}
+
+(Shards written before field maps were recorded lack the last four top-level keys and the field
+map keys; readers treat them as the defaults and as "no field map recorded".)
 
 Activations are written row block by row block (:class:`NpyRowWriter`) and read by rows
 (:func:`read_npy_rows`), so no stage holds a whole shard in memory.

@@ -9,7 +9,9 @@
 
 import os
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+
+import yaml
 
 DISSECT = config["dissect"]
 RESOURCES = config["resources"]
@@ -164,9 +166,37 @@ def thresholds_input(wildcards):
 
 
 def quantile_option(wildcards, input):
+    """A thresholds file, or the configured q; with a preset and the default q, nothing: the q the
+    shards were extracted for (the preset's)."""
     if input.thresholds_file:
         return f"--thresholds {input.thresholds_file[0]}"
-    return f"--quantile {DISSECT['quantile']!r}"
+    return f"--quantile {DISSECT['quantile']!r}" if _given("quantile") else ""
+
+
+_DISSECT_SCHEMA = yaml.safe_load(Path(workflow.basedir, "config", "schema.yaml").read_text())["properties"]["dissect"]
+
+
+def _given(key):
+    """Whether `dissect.<key>` is the user's choice: always without a preset; with one, when it differs
+    from the schema's default (keys left at their defaults take the preset's values)."""
+    return DISSECT["preset"] is None or DISSECT[key] != _DISSECT_SCHEMA["properties"][key]["default"]
+
+
+def convention_options(*keys):
+    """`--preset P` (when configured) and `--<key> value` for each given convention key."""
+    opts = [f"--preset {DISSECT['preset']}"] if DISSECT["preset"] else []
+    for key in keys:
+        if _given(key):
+            value = DISSECT[key]
+            opts.append(f"--{key} {value!r}" if isinstance(value, float) else f"--{key} {value}")
+    return " ".join(opts)
+
+
+def upsample_check_option():
+    """`--upsample fieldmap` for the layer check when the masks need field maps (a layer without one fails first)."""
+    preset = DISSECT["preset"]
+    upsample = DISSECT["upsample"] if _given("upsample") else {"original": "fieldmap"}.get(preset, "bilinear")
+    return "--upsample fieldmap" if upsample == "fieldmap" else ""
 
 
 def categories_option():

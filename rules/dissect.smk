@@ -31,13 +31,12 @@ rule extract:
         workers=DISSECT["workers"],
         device=DISSECT["device"],
         dtype=DISSECT["dtype"],
-        quantile=DISSECT["quantile"],
+        conventions=convention_options("quantile"),
     shell:
         "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
         " --layers {params.layers} --shard {wildcards.k} --shards {params.shards} --out {output}"
         " --batch-size {params.batch_size} --workers {params.workers} --device {params.device}"
-        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} {params.tokens} --no-progress"
-        " > {log} 2>&1"
+        " --dtype {params.dtype} {params.conventions} {params.norm} {params.tokens} --no-progress > {log} 2>&1"
 
 
 rule quantile:
@@ -85,7 +84,7 @@ rule tally:
         gpu=res("tally", "gpu"),
     params:
         dataset=dataset_option,
-        union=DISSECT["union"],
+        conventions=convention_options("union", "upsample"),
         categories=categories_option(),
         device=DISSECT["device"],
         batch_size=DISSECT["batch_size"],
@@ -93,7 +92,7 @@ rule tally:
     shell:
         "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {wildcards.layer}"
         " --thresholds {input.thresholds} --labels {input.labels} --out {output}"
-        " --union {params.union} {params.categories}"
+        " {params.conventions} {params.categories}"
         " --device {params.device} --batch-size {params.batch_size} {params.parallel} --no-progress"
         " > {log} 2>&1"
 

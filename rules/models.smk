@@ -18,8 +18,9 @@ rule check_layers:
     params:
         spec=lambda wc: model_entry(wc)["spec"],
         layers=layers_option,
+        upsample=upsample_check_option(),
     shell:
-        "netdissect layers --model {params.spec} --check {params.layers} > {output} 2> {log}"
+        "netdissect layers --model {params.spec} --check {params.layers} {params.upsample} > {output} 2> {log}"
 
 
 rule train_demo:

@@ -94,6 +94,76 @@ def test_bad_layer_fails_before_any_long_job(tmp_path: Path, broden_example: Pat
     assert not (tmp_path / "results" / "checks" / "r18.layers.ok").exists()
 
 
+def shell_commands(workdir: Path, config: dict) -> dict[str, list[str]]:
+    """The shell commands a dry run plans, by netdissect subcommand."""
+    proc = snakemake(workdir, "--dry-run", "--printshellcmds", "results", config=config)
+    assert proc.returncode == 0, proc.stderr
+    commands: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        words = line.removeprefix("Shell command:").split()
+        if len(words) > 1 and words[0] == "netdissect":
+            commands.setdefault(words[1], []).append(line)
+    return commands
+
+
+@pytest.mark.parametrize(
+    "dissect, expected",
+    [
+        (
+            {},
+            {
+                "extract": ["--quantile 0.005"],
+                "quantile": ["--quantile 0.005"],
+                "tally": ["--union paper", "--upsample bilinear"],
+            },
+        ),
+        (
+            {"preset": "original"},
+            {"extract": ["--preset original"], "tally": ["--preset original"], "layers": ["--upsample fieldmap"]},
+        ),
+        (
+            {"preset": "lite", "union": "paper", "upsample": "fieldmap", "quantile": 0.01},
+            {
+                "extract": ["--preset lite", "--quantile 0.01"],
+                "quantile": ["--quantile 0.01"],
+                "tally": ["--preset lite", "--upsample fieldmap"],
+                "layers": ["--upsample fieldmap"],
+            },
+        ),
+    ],
+)
+def test_presets_and_conventions_reach_the_commands(tmp_path: Path, dissect: dict, expected: dict):
+    """With a preset, keys left at their defaults take the preset's values (no option); others override it."""
+    config = tiny_config(demo=False)
+    config["dissect"].update(dissect)
+    commands = shell_commands(tmp_path, config)
+    for command, words in expected.items():
+        for line in commands[command]:
+            for word in words:
+                assert word in line, (word, line)
+    if dissect.get("preset"):  # union paper is the default: the preset's rule wins, no option
+        assert not any("--union" in line for line in commands["tally"])
+    if dissect.get("preset") == "original":  # the default q yields to the preset's: the shards' q is used
+        assert not any("--quantile" in line for line in commands["extract"] + commands["quantile"])
+    if not dissect:
+        assert not any("--preset" in line or "--upsample" in line for line in commands["layers"])
+
+
+def test_fieldmap_on_a_layer_without_one_fails_at_the_check(tmp_path: Path, broden_example: Path):
+    config = {
+        "datasets": {"worked": {"source": "path", "path": str(broden_example)}},
+        "models": {"r18": {"spec": "resnet18", "weights": {"source": "random"}, "layers": ["layer2", "avgpool"]}},
+        "runs": [{"dataset": "worked", "models": ["r18"]}],
+        "dissect": {"upsample": "fieldmap"},
+    }
+    proc = snakemake(tmp_path, "--cores", "2", "results", config=config)
+    assert proc.returncode != 0
+    log = (tmp_path / "logs" / "checks" / "r18.layers.log").read_text()
+    assert "layer avgpool has no field map: adaptive_avg_pool2d in avgpool changes the map" in log
+    assert "--upsample bilinear" in log
+    assert not (tmp_path / "results" / "shards").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """The tiny configuration run to the end (report_all) once for this module."""

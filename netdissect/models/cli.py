@@ -6,15 +6,17 @@ import argparse
 
 from netdissect.defaults import RANDOM_INIT_SEED
 from netdissect.errors import NetDissectError
-from netdissect.options import model_options, names, setup, tokens_option
+from netdissect.options import model_options, names, setup, tokens_option, upsample_option
 
 
 def register(sub, *groups) -> None:
     p = sub.add_parser(
         "layers",
-        help="list a model's layers, their output shapes and how each is read as unit maps",
-        description="One line per layer: name, output shape without the batch, and how the output is read "
-        "(conv, channels_last, tokens, cls or flat; docs/models.md) for --size images.",
+        help="list a model's layers: output shapes, how each is read as unit maps, and field maps",
+        description="One line per layer: name, output shape without the batch for one --size image, how "
+        "the output is read (conv, channels_last, tokens, cls or flat; docs/models.md), and its field map "
+        "(offset, size, step of its units' receptive fields in input pixels, y,x; docs/dissection.md §3) "
+        "or why it has none.",
     )
     model_options(p)
     tokens_option(p)
@@ -25,6 +27,8 @@ def register(sub, *groups) -> None:
         metavar="L1,L2",
         help="only these layers: fail (exit 2) naming any the model lacks, else list them",
     )
+    upsample_option(p, "bilinear")
+    p.epilog = "With --check and --upsample fieldmap, a layer without a field map also fails (exit 2)."
     p.set_defaults(func=_layers)
 
     r = sub.add_parser(
@@ -42,13 +46,22 @@ def register(sub, *groups) -> None:
 
 
 def _layers(args: argparse.Namespace) -> int:
+    from netdissect.masks import upsampling
     from netdissect.models import layer_shapes, load_model
+    from netdissect.models.fieldmap import FieldMap
+    from netdissect.models.fieldmaps import field_map_text, trace_field_maps
     from netdissect.models.readout import plan_readout, token_layout
 
     setup(args)
     model = load_model(args.model, args.weights, args.mean, args.std)
     layout = token_layout(model.module)
-    for name, shape in layer_shapes(model, args.check, size=args.size).items():
+    shapes = layer_shapes(model, args.check, size=args.size)
+    fields = trace_field_maps(model, list(shapes), (args.size, args.size))
+    if args.upsample:
+        for name in shapes:
+            field = fields[name]
+            upsampling(args.upsample, field if isinstance(field, FieldMap) else None, args.size, name, field)
+    for name, shape in shapes.items():
         if isinstance(shape, tuple):
             shape_text = "x".join(str(s) for s in shape)
             try:
@@ -57,7 +70,7 @@ def _layers(args: argparse.Namespace) -> int:
                 reading = f"not read: {err}"
         else:
             shape_text, reading = shape, f"not read: the output is a {shape}, not a tensor"
-        print(f"{name}\t{shape_text}\t{reading}")
+        print(f"{name}\t{shape_text}\t{reading}\t{field_map_text(fields[name])}")
     return 0
 
 

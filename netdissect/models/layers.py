@@ -3,7 +3,14 @@
 Layers of ordinary modules are named by module path (``layer4``, ``features.28``) and captured with
 forward hooks (:func:`capture`); the forward pass stops once every requested layer has run. When a
 module runs several times in one forward pass (torchvision's ResNet blocks call their ``relu``
-twice), its LAST output of the pass is the layer's output. A TorchScript module cannot be hooked:
+twice), its LAST output of the pass is the layer's output.
+
+A captured output is the layer's own value whatever runs after it: an in-place operation later in
+the pass (``ReLU(inplace=True)`` after a convolution, ``out += identity`` after a ResNet block's
+``bn2``) would overwrite a tensor kept by reference. Every captured tensor's version counter (which
+torch bumps on each in-place change) is checked at the end of the pass; a layer whose output was
+changed is copied in its hook from then on, and the batch is run again, so no pass ever returns a
+changed value and layers nothing changes are never copied. A TorchScript module cannot be hooked:
 its layers are its outputs (``output`` when forward returns one tensor, the keys of a dict of
 tensors, ``0``, ``1``, ... for a tuple). A model with ``layer_modules`` (ONNX graphs) names its layers
 itself; each is captured by its module's hook (:meth:`LoadedModel.layer_module`).
@@ -70,18 +77,26 @@ class LayerCapture:
 
     Use through :func:`capture`. ``calls`` = how many times each layer's module runs per forward pass;
     it is measured by the first call (which runs the whole model) and then used to stop early.
+    ``copied``: the layers whose output a later in-place operation changes, copied in the hook (all
+    of them with ``copy_all``).
     """
 
-    def __init__(self, model: LoadedModel, layers: Sequence[str]):
+    def __init__(self, model: LoadedModel, layers: Sequence[str], copy_all: bool = False):
         self.model = model
         self.layers = list(layers)
         self.outputs: dict[str, torch.Tensor] = {}
+        self.versions: dict[str, int] = {}
         self.seen: dict[str, int] = {}
         self.calls: dict[str, int] | None = None
+        self.copied: set[str] = set(self.layers) if copy_all else set()
         self._handles: list = []
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs, output) -> None:
+            if isinstance(output, torch.Tensor):
+                if name in self.copied:
+                    output = output.clone()
+                self.versions[name] = output._version
             self.outputs[name] = output
             self.seen[name] = self.seen.get(name, 0) + 1
             if self.calls is not None and all(self.seen.get(n, 0) >= c for n, c in self.calls.items()):
@@ -89,17 +104,31 @@ class LayerCapture:
 
         return hook
 
+    def changed(self) -> list[str]:
+        """The captured layers (not copied) whose tensor an in-place operation changed after the hook."""
+        return [
+            n
+            for n, out in self.outputs.items()
+            if n not in self.copied and isinstance(out, torch.Tensor) and out._version != self.versions[n]
+        ]
+
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs of the requested layers for the normalised batch ``x``."""
-        with torch.inference_mode():
+        # no_grad, not inference_mode: inference tensors have no version counter
+        with torch.no_grad():
             if self.model.scripted:
                 outs = _script_outputs(self.model, x)
                 return {n: outs[n] for n in self.layers}
-            self.outputs, self.seen = {}, {}
-            try:
-                self.model.module(x)
-            except _StopForward:
-                pass
+            while True:
+                self.outputs, self.seen, self.versions = {}, {}, {}
+                try:
+                    self.model.module(x)
+                except _StopForward:
+                    pass
+                changed = self.changed()
+                if not changed:
+                    break
+                self.copied.update(changed)  # their values were overwritten: copy them and run again
             if self.calls is None:
                 self.calls = dict(self.seen)
             missing = [n for n in self.layers if n not in self.outputs]
@@ -112,10 +141,12 @@ class LayerCapture:
 
 
 @contextlib.contextmanager
-def capture(model: LoadedModel, layers: Sequence[str]) -> Iterator[LayerCapture]:
-    """Hook ``layers`` of ``model`` for the duration of the block; yields a callable batch -> outputs."""
+def capture(model: LoadedModel, layers: Sequence[str], copy_all: bool = False) -> Iterator[LayerCapture]:
+    """Hook ``layers`` of ``model`` for the duration of the block; yields a callable batch -> outputs.
+    ``copy_all`` copies every captured output (to measure what copying costs; the default copies the
+    ones an in-place operation changes)."""
     check_layers(model, layers)
-    cap = LayerCapture(model, layers)
+    cap = LayerCapture(model, layers, copy_all)
     if not model.scripted:
         modules = dict(model.module.named_modules())
         cap._handles = [modules[model.layer_module(n)].register_forward_hook(cap._hook(n)) for n in layers]

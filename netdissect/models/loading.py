@@ -38,29 +38,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from netdissect.defaults import IMAGENET_MEAN, IMAGENET_STD, RANDOM_INIT_SEED
+from netdissect.defaults import DIVISOR, IMAGENET_MEAN, IMAGENET_STD, MEAN_PRECISIONS, RANDOM_INIT_SEED
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_write_bytes, sha256_file
 from netdissect.models.fieldmap import FieldMap
+from netdissect.presets import apply_input
 
 
 def normalise(
     images: torch.Tensor,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    divisor: float = 255.0,
+    divisor: float = DIVISOR,
     bgr: bool = False,
+    mean_precision: str = MEAN_PRECISIONS[0],
 ) -> torch.Tensor:
     """uint8 (B, 3, H, W) RGB -> float32 ``(v/divisor - mean) / std`` per channel, on the images' device.
 
     ``divisor`` 255 gives [0, 1] inputs (torchvision), 1 keeps 0–255 values (Caffe); ``bgr`` reverses the
-    channel order first (Caffe models), so ``mean`` and ``std`` are then given in B, G, R order."""
-    x = images.to(torch.float32) / divisor
+    channel order first (Caffe models), so ``mean`` and ``std`` are then given in B, G, R order.
+    ``mean_precision`` ``float32``: every step in float32; ``float64``: ``v/divisor - mean`` in float64,
+    rounded to float32, then divided by ``std`` in float32 (NetDissect-Lite's arithmetic, netdissect/presets.py)."""
+    if mean_precision not in MEAN_PRECISIONS:
+        raise NetDissectError(f"mean precision {mean_precision}: expected one of {', '.join(MEAN_PRECISIONS)}")
+    dtype = torch.float64 if mean_precision == "float64" else torch.float32
+    x = images.to(dtype) / divisor
     if bgr:
         x = x.flip(1)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    return (x - mean_t).to(torch.float32) / std_t
 
 
 _CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -80,8 +87,9 @@ class LoadedModel:
     # layer -> receptive-field map, for models whose layers are not torch modules (e.g. converted
     # Caffe nets); None: derived from the module structure when the fieldmap upsampling asks for it
     field_maps: dict[str, FieldMap] | None = None
-    divisor: float = 255.0  # pixel values are divided by this before the mean is subtracted
+    divisor: float = DIVISOR  # pixel values are divided by this before the mean is subtracted
     bgr: bool = False  # the model reads B, G, R channels (mean and std are then in that order)
+    mean_precision: str = MEAN_PRECISIONS[0]  # the arithmetic the mean is subtracted in (:func:`normalise`)
     # layer -> (module path, output position), for models whose layers are not module paths (ONNX
     # graphs: node output names); None: a layer is named by its module path
     layer_modules: dict[str, tuple[str, int]] | None = None
@@ -99,7 +107,17 @@ class LoadedModel:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) RGB -> the model's float32 input (:func:`normalise` with this model's values)."""
-        return normalise(images, self.mean, self.std, self.divisor, self.bgr)
+        return normalise(images, self.mean, self.std, self.divisor, self.bgr, self.mean_precision)
+
+    def input_settings(self) -> dict[str, Any]:
+        """The input convention as recorded in shard meta.json and the counts' settings."""
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "divisor": self.divisor,
+            "bgr": self.bgr,
+            "mean_precision": self.mean_precision,
+        }
 
 
 def load_model(
@@ -108,9 +126,12 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     seed: int = RANDOM_INIT_SEED,
+    preset: str | None = None,
 ) -> LoadedModel:
     """Build the model a SPEC names (see module docstring), load ``weights``, put it in eval mode.
-    ``seed`` fixes the random initialisation of torchvision and factory models."""
+    ``seed`` fixes the random initialisation of torchvision and factory models. The input convention
+    is ImageNet's ``mean`` / ``std`` on [0, 1] values, or ``preset``'s (netdissect/presets.py), with an
+    explicit ``mean`` / ``std`` on top."""
     scripted = False
     own_weights = None  # the kind of file that carries its own weights (TorchScript, ONNX)
     own_norm: dict[str, Any] = {}  # the model's own mean/std (timm's pretrained_cfg)
@@ -148,16 +169,18 @@ def load_model(
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return LoadedModel(
+    model = LoadedModel(
         module=module,
         spec=spec,
-        mean=_triple(mean, own_norm.get("mean", IMAGENET_MEAN), "--mean"),
-        std=_triple(std, own_norm.get("std", IMAGENET_STD), "--std"),
+        mean=tuple(float(v) for v in own_norm.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in own_norm.get("std", IMAGENET_STD)),
         weights=str(weights) if weights is not None else None,
         weights_sha256=weights_sha,
         scripted=scripted,
         **extra,
     )
+    apply_input(model, preset, _triple(mean, "--mean"), _triple(std, "--std"))
+    return model
 
 
 def require(package: str, extra: str, spec: str) -> Any:
@@ -171,11 +194,10 @@ def require(package: str, extra: str, spec: str) -> Any:
         ) from None
 
 
-def _triple(
-    values: Sequence[float] | None, default: tuple[float, float, float], option: str
-) -> tuple[float, float, float]:
+def _triple(values: Sequence[float] | None, option: str) -> tuple[float, float, float] | None:
+    """An option's 1 or 3 numbers as one per channel (None when not given)."""
     if values is None:
-        return default
+        return None
     values = tuple(float(v) for v in values)
     if len(values) == 1:
         values = values * 3

@@ -7,9 +7,11 @@ inside them so that ``netdissect --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from netdissect.defaults import JPEG_QUALITY, REPORT_THREADS, TOPK
+from netdissect.defaults import JPEG_QUALITY, REPORT_THREADS, TOPK, UPSAMPLE
+from netdissect.options import setup, upsample_option
 
 
 def register(sub, *groups) -> None:
@@ -49,6 +51,7 @@ def register(sub, *groups) -> None:
         default=REPORT_THREADS,
         help=f"threads decoding and encoding images (default {REPORT_THREADS})",
     )
+    upsample_option(report, "the one of summary.json's settings, i.e. of the counts")
     report.set_defaults(func=run_report)
 
     report_all = sub.add_parser(
@@ -94,10 +97,12 @@ def run_report(args: argparse.Namespace) -> int:
 
     from netdissect.broden import BrodenDataset
     from netdissect.errors import NetDissectError
+    from netdissect.pipeline import layer_upsampling
     from netdissect.report.layer import render_layer_report
     from netdissect.report.results import read_result_csv, read_summary
-    from netdissect.shards import read_activations, read_imgmax
+    from netdissect.shards import layer_shards, read_activations, read_imgmax
 
+    setup(args)
     _check_int(args.topk, "--topk", 1, 1000)
     _check_int(args.quality, "--quality", 1, 95)
     _check_int(args.threads, "--threads", 1, 64)
@@ -115,6 +120,16 @@ def run_report(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         raise NetDissectError(f"{path}: not a readable .npy array ({err}); rerun `netdissect quantile`.") from err
     imgmax = read_imgmax(args.shards, layer)
+    counted_with = (summary.get("settings") or {}).get("upsample")
+    if args.upsample and counted_with and args.upsample != counted_with:
+        logging.getLogger(__name__).warning(
+            "--upsample %s: the counts of %s used %s; the masks shown will differ from the counted ones",
+            args.upsample,
+            layer_dir,
+            counted_with,
+        )
+    _, meta = layer_shards(args.shards, layer)[0]
+    upsample = layer_upsampling(args.upsample or counted_with or UPSAMPLE, meta["layers"][layer], meta, layer)
     dataset = BrodenDataset(args.dataset, load_labels=False)
     if imgmax.shape[0] != len(dataset):
         raise NetDissectError(
@@ -133,6 +148,7 @@ def run_report(args: argparse.Namespace) -> int:
         topk=args.topk,
         quality=args.quality,
         threads=args.threads,
+        upsample=upsample,
     )
     print(index)
     return 0
