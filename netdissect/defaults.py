@@ -23,6 +23,10 @@ DEVICE = "cpu"
 # Models (docs/dissection.md §1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe models (docs/caffe-models.md §3): B, G, R pixel values 0–255 minus this mean, the original
+# system's value for every network; std 1
+CAFFE_MEAN = (109.5388, 118.6897, 124.6901)
+CAFFE_STD = (1.0, 1.0, 1.0)
 RANDOM_INIT_SEED = 0  # seed of the random initialisation of torchvision and factory models
 
 # Reports (docs/dissection.md §7)

@@ -25,6 +25,7 @@ import numpy as np
 from netdissect.defaults import BATCH_SIZE, DEVICE, DTYPE, IOU_THRESHOLD, QUANTILE, UNION
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
+from netdissect.names import layer_file_name
 
 
 def open_dataset(
@@ -51,6 +52,7 @@ def extract(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    mean_file: str | None = None,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
     device: str = DEVICE,
@@ -62,7 +64,7 @@ def extract(
     from netdissect.extract import extract_shard
     from netdissect.models import load_model
 
-    model = load_model(model_spec, weights, mean, std)
+    model = load_model(model_spec, weights, mean, std, mean_file=mean_file)
     ds = open_dataset(dataset, labels=False)
     return extract_shard(
         ds,
@@ -189,6 +191,9 @@ def tally(
         "weights_sha256": meta["weights_sha256"],
         "mean": meta["mean"],
         "std": meta["std"],
+        "channel_order": meta.get("channel_order", "RGB"),  # shards written before these keys: torch models
+        "divisor": meta.get("divisor", 255.0),
+        "mean_file": meta.get("mean_file"),
         "dtype": meta["dtype"],
         "dataset": str(dataset),
         "dataset_fingerprint": meta["dataset_fingerprint"],
@@ -233,6 +238,7 @@ def dissect(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    mean_file: str | None = None,
     q: float = QUANTILE,
     thresholds_file: str | None = None,
     union: str = UNION,
@@ -247,7 +253,9 @@ def dissect(
     labels: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
-    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
+    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``.
+    <layer> is the layer's file name (:func:`netdissect.names.layer_file_name`: ``/`` becomes ``%2F``),
+    also in ``thresholds_file``."""
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
@@ -270,6 +278,7 @@ def dissect(
         weights=weights,
         mean=mean,
         std=std,
+        mean_file=mean_file,
         batch_size=batch_size,
         workers=workers,
         device=device,
@@ -279,8 +288,8 @@ def dissect(
     )
     summaries = {}
     for layer in layers:
-        layer_dir = out / layer
-        file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
+        layer_dir = out / layer_file_name(layer)
+        file = thresholds_file.replace("{layer}", layer_file_name(layer)) if thresholds_file else None
         quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
         tally(
             dataset,

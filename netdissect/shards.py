@@ -14,6 +14,8 @@ meta.json (``format: "netdissect-shard"``, ``version: 1``)::
      "shard": k, "shards": n, "start": first row, "stop": row after the last, "num_images": N (whole dataset),
      "image_size": [ih, iw], "dataset": str, "dataset_fingerprint": sha256 hex,
      "model": SPEC, "weights": path or null, "weights_sha256": hex or null, "mean": [3], "std": [3],
+     "channel_order": "RGB" | "BGR", "divisor": 255 (inputs in [0, 1]) or 1 (0–255, Caffe),
+     "mean_file": path or null (the Caffe mean image the mean came from),
      "quantile": q the candidates were kept for, "dtype": "float32" | "float16",
      "layers": {layer: {"units": U, "height": H, "width": W, "flat": true if the output was N×U
                         (stored as 1×1 maps), "num_values": N·H·W (whole dataset), "candidates": k_shard}}}
@@ -33,6 +35,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from netdissect.errors import NetDissectError
+from netdissect.names import layer_file_name
 
 SHARD_FORMAT = "netdissect-shard"
 
@@ -101,8 +104,9 @@ def read_npy_rows(path: str | Path, rows: Sequence[int] | np.ndarray | slice) ->
 
 
 def shard_file(shard_dir: str | Path, layer: str, kind: str) -> Path:
-    """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax`` or ``topk``."""
-    return Path(shard_dir) / f"{layer}.{kind}.npy"
+    """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax`` or ``topk``; the
+    layer's name as a file name is :func:`netdissect.names.layer_file_name` (``inception_5b%2Foutput``)."""
+    return Path(shard_dir) / f"{layer_file_name(layer)}.{kind}.npy"
 
 
 def check_contiguous(parts: Sequence[tuple[str, int, int]], total: int | None, prefix: str = "") -> None:

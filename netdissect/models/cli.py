@@ -12,7 +12,11 @@ from netdissect.options import model_options, names, setup
 def register(sub, *groups) -> None:
     p = sub.add_parser("layers", help="list a model's layers and their output shapes")
     model_options(p)
-    p.add_argument("--size", type=int, default=224, help="image side of the dummy input (default 224)")
+    p.add_argument(
+        "--size",
+        type=int,
+        help="image side of the dummy input (default 224; a Caffe model: the input size its prototxt declares)",
+    )
     p.add_argument(
         "--check",
         type=names,
@@ -37,7 +41,7 @@ def _layers(args: argparse.Namespace) -> int:
     from netdissect.models import layer_shapes, load_model
 
     setup(args)
-    model = load_model(args.model, args.weights, args.mean, args.std)
+    model = load_model(args.model, args.weights, args.mean, args.std, mean_file=args.mean_file)
     for name, shape in layer_shapes(model, args.check, size=args.size).items():
         shape_text = "x".join(str(s) for s in shape) if isinstance(shape, tuple) else shape
         print(f"{name}\t{shape_text}")
@@ -46,7 +50,13 @@ def _layers(args: argparse.Namespace) -> int:
 
 def _random_weights(args: argparse.Namespace) -> int:
     from netdissect.models import load_model, save_checkpoint
+    from netdissect.models.loading import is_caffe_spec
 
+    if is_caffe_spec(args.model):
+        raise NetDissectError(
+            f"--model {args.model}: a Caffe model's weights come from its .caffemodel (--weights, or weights "
+            f"source download/path in the workflow)"
+        )
     model = load_model(args.model, seed=args.seed)
     if model.scripted:
         raise NetDissectError(

@@ -5,7 +5,9 @@ forward hooks (:func:`capture`); the forward pass stops once every requested lay
 module runs several times in one forward pass (torchvision's ResNet blocks call their ``relu``
 twice), its LAST output of the pass is the layer's output. A TorchScript module cannot be hooked:
 its layers are its outputs (``output`` when forward returns one tensor, the keys of a dict of
-tensors, ``0``, ``1``, ... for a tuple).
+tensors, ``0``, ``1``, ... for a tuple). A module that computes named blobs itself (a converted Caffe
+net, :class:`netdissect.models.caffe.graph.CaffeNet`: ``blob_names`` and ``forward(x, blobs=names)``)
+has its blobs as layers, each with its own value after in-place layers, and needs no hooks.
 """
 
 from __future__ import annotations
@@ -25,8 +27,16 @@ class _StopForward(Exception):
     """Raised from the last hook to end the forward pass once every requested layer is captured."""
 
 
+def _named_blobs(model: LoadedModel) -> bool:
+    """Whether the module computes named blobs itself (converted Caffe nets)."""
+    return hasattr(model.module, "blob_names")
+
+
 def layer_names(model: LoadedModel) -> list[str]:
-    """Candidate layer names: every named submodule (ordinary model) or output names (TorchScript)."""
+    """Candidate layer names: every named submodule (ordinary model), output names (TorchScript), or
+    blob names (converted Caffe nets)."""
+    if _named_blobs(model):
+        return list(model.module.blob_names)
     if model.scripted:
         return list(_script_outputs(model, torch.zeros(1, 3, 64, 64)).keys())
     return [name for name, _ in model.module.named_modules() if name]
@@ -38,12 +48,13 @@ def check_layers(model: LoadedModel, layers: Sequence[str]) -> None:
         raise NetDissectError("--layers: no layer given; `netdissect layers --model SPEC` lists them")
     names = layer_names(model)
     known = set(names)
+    kind = "blob" if _named_blobs(model) else "layer"
     for layer in layers:
         if layer not in known:
             close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
             hint = f" Closest: {', '.join(close)}." if close else ""
             raise NetDissectError(
-                f"--layers: model {model.spec} has no layer {layer!r}.{hint} Layers: "
+                f"--layers: model {model.spec} has no {kind} {layer!r}.{hint} {kind.capitalize()}s: "
                 f"{few(names, 40)} (see `netdissect layers --model {model.spec}`)"
             )
 
@@ -89,6 +100,8 @@ class LayerCapture:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Outputs of the requested layers for the normalised batch ``x``."""
         with torch.inference_mode():
+            if _named_blobs(self.model):
+                return self.model.module(x, blobs=self.layers)
             if self.model.scripted:
                 outs = _script_outputs(self.model, x)
                 return {n: outs[n] for n in self.layers}
@@ -112,8 +125,13 @@ class LayerCapture:
 def capture(model: LoadedModel, layers: Sequence[str]) -> Iterator[LayerCapture]:
     """Hook ``layers`` of ``model`` for the duration of the block; yields a callable batch -> outputs."""
     check_layers(model, layers)
+    if any(t.is_meta for t in (*model.module.parameters(), *model.module.buffers())):
+        raise NetDissectError(
+            f"--weights: model {model.spec} has no weights (a Caffe deploy.prototxt holds none); give "
+            f"--weights net.caffemodel"
+        )
     cap = LayerCapture(model, layers)
-    if not model.scripted:
+    if not model.scripted and not _named_blobs(model):
         modules = dict(model.module.named_modules())
         cap._handles = [modules[n].register_forward_hook(cap._hook(n)) for n in layers]
     try:
@@ -124,9 +142,17 @@ def capture(model: LoadedModel, layers: Sequence[str]) -> Iterator[LayerCapture]
 
 
 def layer_shapes(
-    model: LoadedModel, layers: Sequence[str] | None = None, size: int = 224
+    model: LoadedModel, layers: Sequence[str] | None = None, size: int | None = None
 ) -> dict[str, tuple[int, ...] | str]:
-    """Output shape (without batch) of each layer for one ``size``×``size`` image; non-tensors by type."""
+    """Output shape (without batch) of each layer for one ``size``×``size`` image; non-tensors by type.
+    ``size`` None: the input size a converted Caffe net declares, else 224."""
+    if _named_blobs(model):
+        if layers is not None:
+            check_layers(model, layers)
+        hw = model.module.input_size if size is None else (size, size)
+        shapes = model.module.shapes_at(hw)
+        return {n: shapes[n] for n in (model.module.blob_names if layers is None else layers)}
+    size = 224 if size is None else size
     if model.scripted:
         names = layer_names(model) if layers is None else list(layers)
     else:

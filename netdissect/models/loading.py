@@ -7,7 +7,10 @@ A model SPEC is one of
 * a TorchScript file (``*.pt`` / ``*.pth`` loadable by ``torch.jit.load``). Forward hooks cannot be
   attached inside a TorchScript module, so its layers are its *outputs* (:mod:`netdissect.models.layers`);
 * ``package.module:factory``, a callable returning an ``nn.Module`` (named architectures of the
-  examples: :mod:`netdissect.models.zoo`).
+  examples: :mod:`netdissect.models.zoo`);
+* a Caffe ``deploy.prototxt`` (a path ending in ``.prototxt``), with its ``.caffemodel`` as
+  ``weights``: converted by :mod:`netdissect.models.caffe` (no Caffe needed). Its input is B, G, R,
+  0–255, minus a per-channel mean (docs/caffe-models.md §3).
 
 Torchvision and factory models are built under a fixed random seed (``seed``, default
 ``RANDOM_INIT_SEED``) without touching the caller's random state, so every process, hence every
@@ -78,6 +81,7 @@ class LoadedModel:
     field_maps: dict[str, FieldMap] | None = None
     divisor: float = 255.0  # pixel values are divided by this before the mean is subtracted
     bgr: bool = False  # the model reads B, G, R channels (mean and std are then in that order)
+    mean_file: str | None = None  # the Caffe mean image ``mean`` was computed from
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) RGB -> the model's float32 input (:func:`normalise` with this model's values)."""
@@ -90,9 +94,19 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     seed: int = RANDOM_INIT_SEED,
+    mean_file: str | Path | None = None,
 ) -> LoadedModel:
     """Build the model a SPEC names (see module docstring), load ``weights``, put it in eval mode.
-    ``seed`` fixes the random initialisation of torchvision and factory models."""
+    ``seed`` fixes the random initialisation of torchvision and factory models; ``mean_file`` (Caffe
+    models only) gives the mean as the per-channel means of a mean image."""
+    if is_caffe_spec(spec):
+        from netdissect.models.caffe import load_caffe
+
+        return load_caffe(spec, weights, mean, std, mean_file)
+    if mean_file is not None:
+        raise NetDissectError(
+            f"--mean-file {mean_file}: only for Caffe models (--model deploy.prototxt); give --mean/--std instead"
+        )
     scripted = False
     factory = ":" in spec and not Path(spec).exists()
     if not factory and (Path(spec).suffix in (".pt", ".pth", ".ts") or Path(spec).exists()):
@@ -119,24 +133,30 @@ def load_model(
     return LoadedModel(
         module=module,
         spec=spec,
-        mean=_triple(mean, IMAGENET_MEAN, "--mean"),
-        std=_triple(std, IMAGENET_STD, "--std"),
+        mean=triple(mean, IMAGENET_MEAN, "--mean"),
+        std=triple(std, IMAGENET_STD, "--std"),
         weights=str(weights) if weights is not None else None,
         weights_sha256=weights_sha,
         scripted=scripted,
     )
 
 
-def _triple(
-    values: Sequence[float] | None, default: tuple[float, float, float], option: str
+def is_caffe_spec(spec: str) -> bool:
+    """A SPEC naming a Caffe deploy.prototxt."""
+    return str(spec).lower().endswith(".prototxt")
+
+
+def triple(
+    values: Sequence[float] | None, default: tuple[float, float, float], option: str, channels: str = "RGB"
 ) -> tuple[float, float, float]:
+    """1 or 3 numbers (one per channel, in the order ``channels``) as a triple; ``default`` when None."""
     if values is None:
         return default
     values = tuple(float(v) for v in values)
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:
-        raise NetDissectError(f"{option}: expected 1 or 3 numbers (one per RGB channel), got {len(values)}")
+        raise NetDissectError(f"{option}: expected 1 or 3 numbers (one per {channels} channel), got {len(values)}")
     if option == "--std" and any(v <= 0 for v in values):
         raise NetDissectError(f"{option}: every value must be positive, got {values}")
     return values  # type: ignore[return-value]
@@ -195,8 +215,9 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     except FileNotFoundError:
         raise NetDissectError(f"--weights {path}: file not found") from None
     except Exception as err:
+        caffe = " (a .caffemodel goes with --model deploy.prototxt)" if str(path).endswith(".caffemodel") else ""
         raise NetDissectError(
-            f"--weights {path}: not a loadable state_dict ({str(err).splitlines()[0]}); save "
+            f"--weights {path}: not a loadable state_dict{caffe} ({str(err).splitlines()[0]}); save "
             f"weights with torch.save(model.state_dict(), path)"
         ) from None
     if isinstance(state, dict):
