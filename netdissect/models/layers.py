@@ -121,15 +121,21 @@ class LayerCapture:
             return {n: self.outputs[n] for n in self.layers}
 
 
-@contextlib.contextmanager
-def capture(model: LoadedModel, layers: Sequence[str]) -> Iterator[LayerCapture]:
-    """Hook ``layers`` of ``model`` for the duration of the block; yields a callable batch -> outputs."""
-    check_layers(model, layers)
+def require_weights(model: LoadedModel) -> None:
+    """Refuse a model whose tensors are placeholders (a Caffe deploy.prototxt loaded without its
+    caffemodel: enough for names and shapes, not for values)."""
     if any(t.is_meta for t in (*model.module.parameters(), *model.module.buffers())):
         raise NetDissectError(
             f"--weights: model {model.spec} has no weights (a Caffe deploy.prototxt holds none); give "
             f"--weights net.caffemodel"
         )
+
+
+@contextlib.contextmanager
+def capture(model: LoadedModel, layers: Sequence[str]) -> Iterator[LayerCapture]:
+    """Hook ``layers`` of ``model`` for the duration of the block; yields a callable batch -> outputs."""
+    check_layers(model, layers)
+    require_weights(model)
     cap = LayerCapture(model, layers)
     if not model.scripted and not _named_blobs(model):
         modules = dict(model.module.named_modules())
@@ -150,8 +156,7 @@ def layer_shapes(
         if layers is not None:
             check_layers(model, layers)
         hw = model.module.input_size if size is None else (size, size)
-        shapes = model.module.shapes_at(hw)
-        return {n: shapes[n] for n in (model.module.blob_names if layers is None else layers)}
+        return model.module.shapes_at(hw, layers)
     size = 224 if size is None else size
     if model.scripted:
         names = layer_names(model) if layers is None else list(layers)

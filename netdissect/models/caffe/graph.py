@@ -11,7 +11,8 @@ blob's receptive field (:mod:`netdissect.models.fieldmap`).
 Blobs keep Caffe's names and in-place meaning: layers run in prototxt order, each reads the current
 value of its bottom names and replaces the value of its top names, so a blob holds the output of the
 LAST layer that writes it (CaffeNet's ``conv5`` is the output of ``relu5``). :meth:`CaffeNet.forward`
-returns the requested blobs and stops after the last layer that writes one of them.
+returns the requested blobs and runs only the layers they depend on (none after the last layer that
+writes one of them, no branch they do not read).
 """
 
 from __future__ import annotations
@@ -51,13 +52,9 @@ class CaffeNet(nn.Module):
         for i, step in enumerate(steps):
             last_read.update((name, i) for name in step.bottoms)
             self.last_write.update((name, i) for name in step.tops)
-        self.release: list[list[str]] = [[] for _ in steps]  # per layer: names no later layer needs
-        for name, written in self.last_write.items():
-            last = max(written, last_read.get(name, -1))
-            if last >= 0:
-                self.release[last].append(name)
         # the net's outputs: blobs whose final value no layer reads (an in-place layer reads the value before)
         self.outputs = [n for n in self.blob_names if last_read.get(n, -1) <= self.last_write[n]]
+        self._plans: dict[tuple[str, ...], list[tuple[int, list[str]]]] = {}
         self.blob_shapes: dict[str, Shape] = {}
         self.field_maps: dict[str, FieldMap] = {}
 
@@ -67,14 +64,13 @@ class CaffeNet(nn.Module):
 
     def forward(self, x: torch.Tensor, blobs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """The values of ``blobs`` (default: the net's outputs, the blobs no later layer reads) for the
-        input batch ``x`` (N, 3, H, W), by name, computed up to the last layer that writes one of them."""
+        input batch ``x`` (N, 3, H, W), by name; only the layers they depend on run (:meth:`plan`)."""
         wanted = list(self.outputs if blobs is None else blobs)
         unknown = [n for n in wanted if n not in self.last_write]
         if unknown:
             raise NetDissectError(f"net {self.name}: no blob {', '.join(map(repr, unknown))}")
         values = {self.input_name: x}
-        keep = set(wanted)
-        for i in range(max(self.last_write[n] for n in wanted) + 1):
+        for i, release in self.plan(wanted):
             try:
                 out = self.layers[i](*(values[b] for b in self.bottoms[i]))
             except RuntimeError as err:
@@ -87,17 +83,40 @@ class CaffeNet(nn.Module):
                 ) from None
             for name, value in zip(self.tops[i], out if isinstance(out, tuple) else (out,)):
                 values[name] = value
-            for name in self.release[i]:
-                if name not in keep:
-                    values.pop(name, None)
+            for name in release:
+                del values[name]
         return {n: values[n] for n in wanted}
 
-    def shapes_at(self, size: tuple[int, int]) -> dict[str, Shape]:
-        """Every blob's shape (without the batch axis) for one input of ``size`` (H, W), computed on the
-        ``meta`` device (no memory, no arithmetic; the weights stay where they are)."""
+    def plan(self, wanted: Sequence[str]) -> list[tuple[int, list[str]]]:
+        """The layers that compute ``wanted``, in order, each with the names whose values no later layer of
+        the plan (nor the caller) needs. A layer runs when a later step, or the caller, reads a value it
+        writes: walking back from the last writer of a wanted blob, a layer's tops stop being needed
+        before it and its bottoms become needed (an in-place layer's blob stays needed)."""
+        key = tuple(wanted)
+        if key not in self._plans:
+            needed, run = set(wanted), []
+            for i in range(max(self.last_write[n] for n in wanted), -1, -1):
+                if needed & set(self.tops[i]):
+                    run.append(i)
+                    needed = (needed - set(self.tops[i])) | set(self.bottoms[i])
+            run.reverse()
+            last_use = {}
+            for position, i in enumerate(run):
+                last_use.update((name, position) for name in (*self.bottoms[i], *self.tops[i]))
+            release = [[] for _ in run]
+            for name, position in last_use.items():
+                if name not in key:
+                    release[position].append(name)
+            self._plans[key] = list(zip(run, release))
+        return self._plans[key]
+
+    def shapes_at(self, size: tuple[int, int], blobs: Sequence[str] | None = None) -> dict[str, Shape]:
+        """The shapes (without the batch axis) of ``blobs`` (default: all) for one input of ``size`` (H, W),
+        computed on the ``meta`` device (no memory, no arithmetic; the weights stay where they are)."""
         meta = {name: torch.empty_like(t, device="meta") for name, t in self.named_buffers()}
         x = torch.empty((1, self.input_shape[1], *size), device="meta")
-        values = torch.func.functional_call(self, meta, (x,), {"blobs": self.blob_names})
+        wanted = list(self.blob_names if blobs is None else blobs)
+        values = torch.func.functional_call(self, meta, (x,), {"blobs": wanted})
         return {name: tuple(v.shape[1:]) for name, v in values.items()}
 
 

@@ -300,18 +300,21 @@ class Affine(CaffeLayer):
 
     def __init__(self, kind: str, shape: Shape, axis: int, ndim: int, bias: bool, second_bottom: bool):
         super().__init__()
-        self.kind, self.second_bottom = kind, second_bottom
-        self.view = (1,) * axis + shape + (1,) * (ndim - axis - len(shape))
+        self.kind, self.second_bottom, self.axis, self.ndim = kind, second_bottom, axis, ndim
         if kind == "Scale" and not second_bottom:
             self.add_blob("scale", shape)
         if (kind == "Bias" and not second_bottom) or (kind == "Scale" and bias):
             self.add_blob("bias", shape)
 
+    def _view(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (the shape of axes [axis, axis + k) of the bottom) broadcastable against it."""
+        return values.reshape((1,) * self.axis + tuple(values.shape) + (1,) * (self.ndim - self.axis - values.dim()))
+
     def forward(self, x, other=None):
         if self.kind == "Bias":
-            return x + (other if self.second_bottom else self.bias).reshape(self.view)
-        y = x * (other if self.second_bottom else self.scale).reshape(self.view)
-        return y + self.bias.reshape(self.view) if "bias" in self.blob_names else y
+            return x + self._view(other if self.second_bottom else self.bias)
+        y = x * self._view(other if self.second_bottom else self.scale)
+        return y + self._view(self.bias) if "bias" in self.blob_names else y
 
 
 def _affine(p, bottoms, ctx):

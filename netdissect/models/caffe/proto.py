@@ -3,9 +3,10 @@ in code with the ``protobuf`` runtime, and the readers of both files (docs/caffe
 
 * :func:`read_prototxt`: a ``deploy.prototxt`` (protobuf text format) -> ``NetParameter``, with the
   file line of every layer. Syntax errors name ``file:line:column``. Fields outside the declared
-  subset are skipped when they belong to a net or a layer (data, loss and training parameters);
-  inside the parameters of a layer (``convolution_param { ... }``, declared in full) an unknown
-  field is an error, since its meaning would be lost.
+  subset are skipped when they belong to a net or a layer (data, loss and training parameters: each
+  is blanked out of the text and the text parsed again); inside the parameters of a layer
+  (``convolution_param { ... }``, declared in full) an unknown field is an error, since its meaning
+  would be lost.
 * :func:`read_caffemodel`: a ``.caffemodel`` (binary) -> each layer's blobs as numpy arrays. The
   large float arrays are read straight from the file into their arrays: the walk over the binary
   format (:class:`_Wire`) only locates them, and every other byte is parsed by the protobuf
@@ -416,18 +417,18 @@ def read_prototxt(path: str | Path) -> Prototxt:
             f"--model {path}: not a text file; a Caffe model SPEC is the deploy.prototxt (text), and the "
             f"binary .caffemodel goes to --weights"
         ) from None
-    net = NetParameter()
-    try:
-        text_format.Parse(text, net)
-    except text_format.ParseError as err:
-        unknown = _UNKNOWN_FIELD.search(str(err))
-        if unknown is None or unknown.group(1) not in _LENIENT_SCOPES:
-            raise NetDissectError(_parse_error(path, err, unknown)) from None
-        net = NetParameter()  # an unknown net- or layer-level field (data, loss, training): skipped
+    work = text
+    while True:
+        net = NetParameter()
         try:
-            text_format.Parse(text, net, allow_unknown_field=True)
-        except text_format.ParseError as err2:
-            raise NetDissectError(_parse_error(path, err2, _UNKNOWN_FIELD.search(str(err2)))) from None
+            text_format.Parse(work, net)
+            break
+        except text_format.ParseError as err:
+            unknown = _UNKNOWN_FIELD.search(str(err))
+            if unknown is None or unknown.group(1) not in _LENIENT_SCOPES:
+                raise NetDissectError(_parse_error(path, err, unknown)) from None
+            # an unknown net- or layer-level field (data, loss, training): blanked out, then parsed again
+            work = _without_field(work, err.GetLine(), err.GetColumn())
     if len(net.layer) and len(net.layers):
         raise NetDissectError(
             f"{path}: has both `layer` (current) and `layers` (legacy V1) entries; a net is written in one generation"
@@ -441,7 +442,8 @@ def read_prototxt(path: str | Path) -> Prototxt:
 
 def _parse_error(path: Path, err: text_format.ParseError, unknown: re.Match | None) -> str:
     where = f"{path}:{err.GetLine()}:{err.GetColumn()}" if err.GetLine() else str(path)
-    message = str(err).split(" : ", 1)[-1] if " : " in str(err) else str(err)
+    message = re.sub(r"^\d+:\d+ : ", "", str(err))
+    message = re.sub(r"^'.*?': (?=\S)", "", message)  # protobuf repeats the line of the error
     hint = "; fix the syntax (protobuf text format: `field: value`, `message { ... }`)"
     if unknown is not None:
         hint = (
@@ -449,6 +451,32 @@ def _parse_error(path: Path, err: text_format.ParseError, unknown: re.Match | No
             f"known to this converter: remove it if Caffe's own behaviour is meant"
         )
     return f"{where}: {message}{hint}"
+
+
+_TOKEN = re.compile(r'#[^\n]*|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|[{}<>\[\]:,;]|[^\s{}<>\[\]:,;"\'#]+|\s+')
+
+
+def _without_field(text: str, line: int, column: int) -> str:
+    """``text`` with the field whose name starts at ``line``:``column`` (1-based) and its value (a
+    scalar, a ``[...]`` list or a ``{...}`` message) replaced by spaces; newlines stay, so every later
+    line and column keeps its place."""
+    start = sum(len(row) + 1 for row in text.split("\n")[: line - 1]) + column - 1
+    tokens = (m for m in _TOKEN.finditer(text, start) if not (m.group().isspace() or m.group().startswith("#")))
+    end = next(tokens).end()  # the field name
+    value = next(tokens, None)
+    if value is not None and value.group() == ":":
+        value = next(tokens, None)
+    if value is not None:
+        end, close = value.end(), {"{": "}", "<": ">", "[": "]"}.get(value.group())
+        depth = 1 if close else 0
+        while depth:
+            token = next(tokens, None)
+            if token is None:
+                break
+            depth += token.group() in "{<[" and len(token.group()) == 1
+            depth -= token.group() in "}>]" and len(token.group()) == 1
+            end = token.end()
+    return text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
 
 
 def _layer_lines(text: str, keyword: str) -> list[int]:
@@ -750,10 +778,11 @@ def encode_caffemodel(
             else:
                 header.shape.dim.extend(values.shape)
             data = values.tobytes()
-            blob = [header.SerializeToString(), _encode_varint(_DATA << 3 | _WIRE_LEN), _encode_varint(len(data))]
-            blob_length = sum(len(b) for b in blob) + len(data)
+            # fields in number order, as protobuf writes them: num..width (1-4), data (5), shape (7)
+            before, after = (header.SerializeToString(), b"") if legacy_shapes else (b"", header.SerializeToString())
+            blob = [before, _encode_varint(_DATA << 3 | _WIRE_LEN), _encode_varint(len(data)), data, after]
             body += [_encode_varint(_BLOBS[_LAYER_V1 if v1 else _LAYER_CURRENT] << 3 | _WIRE_LEN)]
-            body += [_encode_varint(blob_length), *blob, data]
+            body += [_encode_varint(sum(len(b) for b in blob)), *blob]
         yield _encode_varint((_LAYER_V1 if v1 else _LAYER_CURRENT) << 3 | _WIRE_LEN)
         yield _encode_varint(sum(len(b) for b in body))
         yield from body
