@@ -59,7 +59,7 @@ def test_every_layer_type_agrees_with_opencv(tmp_path):
     blobs = model.module.blob_names[1:]
     ours, theirs = converted(model, x, blobs), opencv_blobs(prototxt, caffemodel, x, blobs)
     for blob in blobs:
-        assert ours[blob].shape == theirs[blob].shape, blob
+        assert ours[blob].shape == theirs[blob].shape and ours[blob].shape[1:] == model.module.blob_shapes[blob], blob
         assert relative_error(ours[blob], theirs[blob]) < 1e-4, blob
     assert ours["conv2"].min() >= 0  # bn2 -> scale2 -> relu2 in place: conv2 is after the ReLU
     assert not np.array_equal(ours["conv1"], np.maximum(ours["conv1"], 0))  # leaky: negative values kept
@@ -271,7 +271,10 @@ def test_layers_command_lists_every_blob_without_weights(tmp_path, capsys):
     assert main(["layers", "--model", str(prototxt), "--check", "conv2,sm1", "--size", "41"]) == 0
     assert capsys.readouterr().out.splitlines() == ["conv2\t8x10x10", "sm1\t16x10x10"]
     assert main(["layers", "--model", str(prototxt), "--check", "prob", "--size", "41"]) == 2
-    assert "layer 'fc' (InnerProduct) cannot run on bottoms of shape (1, 216)" in capsys.readouterr().err
+    assert (
+        "layer 'fc' (InnerProduct) cannot run on bottoms of shape (216,) per image (input 41x41; the prototxt declares 29x27)"
+        in capsys.readouterr().err
+    )
     assert main(["layers", "--model", str(prototxt), "--check", "conv22"]) == 2
     err = capsys.readouterr().err
     assert "no blob 'conv22'" in err and "Closest: conv2" in err

@@ -4,7 +4,7 @@ blobs (docs/caffe-models.md §3).
 :func:`build_net` does what Caffe's net set-up does for the TEST phase: keeps the layers whose
 include/exclude rules admit the phase and skips data and loss layers, finds the one image input
 (an ``Input`` layer or the net-level ``input``), builds every layer for the shapes of its bottoms
-(:func:`netdissect.models.caffe.layers.build_layer`, shapes propagated on the ``meta`` device), and
+(:func:`netdissect.models.caffe.layers.build_layer`, shapes propagated by :func:`empty_run`), and
 copies the trained blobs by layer name, checking their number and shapes. It also composes every
 blob's receptive field (:mod:`netdissect.models.fieldmap`).
 
@@ -76,10 +76,12 @@ class CaffeNet(nn.Module):
             except RuntimeError as err:
                 if isinstance(err, torch.OutOfMemoryError):
                     raise
-                shapes = ", ".join(str(tuple(values[b].shape)) for b in self.bottoms[i])
+                shapes = ", ".join(str(tuple(values[b].shape[1:])) for b in self.bottoms[i])
+                h, w = x.shape[2:]
                 raise NetDissectError(
                     f"layer {self.layer_names[i]!r} ({self.layer_types[i]}) cannot run on bottoms of shape {shapes} "
-                    f"(input {tuple(x.shape)}; the prototxt declares {self.input_shape}): {str(err).splitlines()[0]}"
+                    f"per image (input {h}x{w}; the prototxt declares {self.input_size[0]}x{self.input_size[1]}): "
+                    f"{str(err).splitlines()[0]}"
                 ) from None
             for name, value in zip(self.tops[i], out if isinstance(out, tuple) else (out,)):
                 values[name] = value
@@ -112,12 +114,26 @@ class CaffeNet(nn.Module):
 
     def shapes_at(self, size: tuple[int, int], blobs: Sequence[str] | None = None) -> dict[str, Shape]:
         """The shapes (without the batch axis) of ``blobs`` (default: all) for one input of ``size`` (H, W),
-        computed on the ``meta`` device (no memory, no arithmetic; the weights stay where they are)."""
-        meta = {name: torch.empty_like(t, device="meta") for name, t in self.named_buffers()}
-        x = torch.empty((1, self.input_shape[1], *size), device="meta")
+        by :func:`empty_run` (no arithmetic, no memory; the weights stay where they are)."""
         wanted = list(self.blob_names if blobs is None else blobs)
-        values = torch.func.functional_call(self, meta, (x,), {"blobs": wanted})
+        x = torch.empty((0, self.input_shape[1], *size))
+        values = empty_run(self, self.layers, x, blobs=wanted)
         return {name: tuple(v.shape[1:]) for name, v in values.items()}
+
+
+def empty_run(module: nn.Module, layers: Sequence[CaffeLayer], *inputs, **kwargs):
+    """``module(*inputs, **kwargs)`` on inputs with a batch of 0, the Caffe blobs of ``layers`` replaced
+    by uninitialised CPU tensors of their shapes for the call: every output shape, with no arithmetic
+    and no memory touched. (The ``meta`` device would do the same, but its kernels of pooling and
+    LRN are Python code that imports sympy: ~150 MB and a second.)"""
+    saved = [[getattr(layer, name) for name in layer.blob_names] for layer in layers]
+    try:
+        for layer, values in zip(layers, saved):
+            layer.set_blobs([torch.empty(v.shape, dtype=v.dtype) for v in values])
+        return module(*inputs, **kwargs)
+    finally:
+        for layer, values in zip(layers, saved):
+            layer.set_blobs(values)
 
 
 @dataclass
@@ -179,7 +195,7 @@ _INPUT_HINT = (
 
 def build_net(proto: Prototxt, weights: CaffeModel | None = None) -> CaffeNet:
     """The :class:`CaffeNet` of a parsed prototxt, with the blobs of ``weights`` (else its buffers stay
-    on the ``meta`` device: enough for names and shapes)."""
+    on the ``meta`` device: enough for names, shapes and field maps)."""
     path = proto.path
     state_msg = proto.net.state
     state = {"phase": _TEST, "level": state_msg.level, "stages": set(state_msg.stage)}
@@ -221,11 +237,11 @@ def build_net(proto: Prototxt, weights: CaffeModel | None = None) -> CaffeNet:
         )
 
     steps, field_maps = [], {input_name: IDENTITY}
-    meta = {input_name: torch.empty(input_shape, device="meta")}
+    shapes = {input_name: tuple(input_shape)}  # with the declared batch size, as the layers are built for
     for layer, ctx in layers:
-        missing = [b for b in layer.bottom if b not in meta]
+        missing = [b for b in layer.bottom if b not in shapes]
         if missing:
-            close = difflib.get_close_matches(missing[0], list(meta), n=3)
+            close = difflib.get_close_matches(missing[0], list(shapes), n=3)
             hint = f" (closest: {', '.join(close)})" if close else ""
             raise NetDissectError(
                 f"{ctx}: reads blob {missing[0]!r}, which no earlier layer writes{hint}"
@@ -233,14 +249,20 @@ def build_net(proto: Prototxt, weights: CaffeModel | None = None) -> CaffeNet:
             )
         if not len(layer.top):
             raise NetDissectError(f"{ctx}: has no top blob")
-        module = build_layer(layer, [tuple(meta[b].shape) for b in layer.bottom], len(layer.top), ctx)
-        out = module(*(meta[b] for b in layer.bottom))
+        module = build_layer(layer, [shapes[b] for b in layer.bottom], len(layer.top), ctx)
+        try:
+            out = empty_run(module, [module], *(torch.empty((0, *shapes[b][1:])) for b in layer.bottom))
+        except RuntimeError as err:
+            bottoms = ", ".join(str(shapes[b]) for b in layer.bottom)
+            raise NetDissectError(
+                f"{ctx}: cannot run on bottoms of shape {bottoms}: {str(err).splitlines()[0]}"
+            ) from None
         outs = out if isinstance(out, tuple) else (out,)
         if len(outs) != len(layer.top):
             raise NetDissectError(f"{ctx}: has {len(layer.top)} tops but computes {len(outs)} blobs")
         fields = _field_map(layer, module, [field_maps.get(b) for b in layer.bottom])
         for top, value in zip(layer.top, outs):
-            meta[top] = value
+            shapes[top] = (input_shape[0], *value.shape[1:])
             if fields is None:
                 field_maps.pop(top, None)
             else:
@@ -250,7 +272,7 @@ def build_net(proto: Prototxt, weights: CaffeModel | None = None) -> CaffeNet:
     if weights is not None:
         _copy_blobs(steps, [ctx for _, ctx in layers], weights)
     net = CaffeNet(proto.net.name or path.stem, input_name, input_shape, steps)
-    net.blob_shapes = {name: tuple(meta[name].shape[1:]) for name in net.blob_names}
+    net.blob_shapes = {name: tuple(shapes[name][1:]) for name in net.blob_names}
     net.field_maps = {name: field_maps[name] for name in net.blob_names if name in field_maps}
     return net
 

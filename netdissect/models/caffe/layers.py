@@ -6,7 +6,7 @@ input size) come from the bottom shapes. A module's Caffe blobs (weights, bias, 
 statistics, ...) are buffers named in ``blob_names``, created on the ``meta`` device with their
 expected shapes; :meth:`CaffeLayer.set_blobs` puts the trained values in. ``forward`` takes the
 bottom tensors and returns one tensor, or a tuple for several tops. Only plain torch operations are
-used, so a module runs wherever its buffers are (CPU, CUDA, or ``meta`` for shapes).
+used, so a module runs wherever its buffers are (CPU or CUDA); a batch of 0 gives shapes only.
 """
 
 from __future__ import annotations
@@ -526,6 +526,11 @@ class Reshape(CaffeLayer):
         self.dims, self.axis, self.num_axes, self.ctx = list(dims), axis, num_axes, ctx
 
     def target(self, shape: Sequence[int]) -> list[int]:
+        if shape[0] == 0:  # a batch of 0 (shapes only): the shape of a batch of 1, the batch axis 0 again
+            out = self.target((1, *shape[1:]))
+            if self.axis > 0 or (self.dims and self.dims[0] == 0):
+                out[0] = 0
+            return out
         end = len(shape) if self.num_axes == -1 else self.axis + self.num_axes
         dims = [shape[self.axis + i] if d == 0 else d for i, d in enumerate(self.dims)]
         out = [*shape[: self.axis], *dims, *shape[end:]]
