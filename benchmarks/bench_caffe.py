@@ -8,9 +8,10 @@ pass against the same network written in torch.
    loading (targets: <= 5 s and <= 2x the file).
 3. Forward passes of --batch-size 227-pixel images up to conv5 (what a dissection of conv5 runs) and
    through prob, converted vs torch (nn.Sequential with the same weights; target: within 1.2x), the
-   best of --repeat after one warm-up, with --threads torch threads; the outputs are checked equal.
+   best of --repeat, the two taking turns, after one warm-up, with --threads torch threads; the outputs
+   are checked equal first.
 
-    python benchmarks/bench_caffe.py [--cache DIR] [--repeat 3] [--batch-size 16] [--threads 2]
+    python benchmarks/bench_caffe.py [--cache DIR] [--repeat 5] [--batch-size 16] [--threads 2]
 """
 
 from __future__ import annotations
@@ -106,20 +107,24 @@ def torch_caffenet() -> nn.Sequential:
     ).eval()  # fmt: skip
 
 
-def best_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        tic = time.perf_counter()
+def best_times(fns, repeat: int) -> list[float]:
+    """The best of ``repeat`` timings of each function, the functions taking turns (so that a busy
+    moment of the machine hits them alike); one warm-up call each first."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - tic)
-    return min(times)
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, kept in zip(fns, times):
+            tic = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - tic)
+    return [min(kept) for kept in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "netdissect-bench-caffe")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child-load", nargs=2, metavar=("PROTOTXT", "CAFFEMODEL"), help=argparse.SUPPRESS)
@@ -163,8 +168,9 @@ def main() -> None:
         assert torch.allclose(model.module(x, blobs=["conv5"])["conv5"], twin[:14](x), rtol=1e-4, atol=1e-5)
         assert torch.allclose(model.module(x, blobs=["prob"])["prob"], twin(x), rtol=1e-4, atol=1e-7)
         for name, stop in (("conv5", 14), ("prob", len(twin))):
-            ours = best_time(lambda name=name: model.module(x, blobs=[name]), args.repeat)
-            theirs = best_time(lambda stop=stop: twin[:stop](x), args.repeat)
+            ours, theirs = best_times(
+                [lambda name=name: model.module(x, blobs=[name]), lambda stop=stop: twin[:stop](x)], args.repeat
+            )
             print(
                 f"forward to {name}, batch {args.batch_size}, {args.threads} threads: converted {ours * 1000:.0f} ms, "
                 f"torch {theirs * 1000:.0f} ms, ratio {ours / theirs:.3f}"
