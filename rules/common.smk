@@ -21,7 +21,7 @@ SHARDS = list(range(DISSECT["shards"]))
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    layer=r"[^/,\s]+",  # a layer's file name (netdissect.names.layer_file_name: "/" is "%2F")
+    layer=r"[^/,\s]+",  # a layer as a file name (netdissect.names.layer_file_name)
     k=r"\d+",
 
 
