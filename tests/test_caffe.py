@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -463,6 +464,10 @@ def test_bad_caffemodels_and_no_finished_output(tmp_path, capsys, synth_dataset)
     torch.save({"w": torch.zeros(3)}, tmp_path / "model.pth")
     assert "zip archive" in _layers_error(capsys, "--model", prototxt, "--weights", tmp_path / "model.pth")
     assert "is text (a prototxt?)" in _layers_error(capsys, "--model", prototxt, "--weights", prototxt)
+    commented = write(tmp_path / "commented.prototxt", "# CaffeNet\n" + SLASH_NET)
+    assert "is text (a prototxt?)" in _layers_error(capsys, "--model", prototxt, "--weights", commented)
+    (tmp_path / "legacy.pth").write_bytes(pickle.dumps({"w": 1}, protocol=2))
+    assert "a Python pickle" in _layers_error(capsys, "--model", prototxt, "--weights", tmp_path / "legacy.pth")
     (tmp_path / "noise.caffemodel").write_bytes(np.random.default_rng(8).bytes(5000))
     assert "not a Caffe .caffemodel" in _layers_error(capsys, "--model", prototxt, "--weights", tmp_path / "noise.caffemodel")  # fmt: skip
     # a dissection that fails on its input leaves nothing that looks finished

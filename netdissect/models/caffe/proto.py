@@ -654,15 +654,21 @@ def read_caffemodel(path: str | Path) -> CaffeModel:
 
 
 def _refuse_other_formats(path: Path, head: bytes) -> None:
-    known = {b"PK\x03\x04": "a zip archive (a PyTorch checkpoint?)", b"\x80\x02": "a Python pickle", b"\x89HDF": "HDF5"}
-    for magic, what in known.items():
-        if head.startswith(magic):
-            raise NetDissectError(
-                f"--weights {path}: is {what}, not a Caffe .caffemodel (binary NetParameter); give the "
-                f"network's .caffemodel"
-            )
+    """Clear errors for files that are evidently something else (no NetParameter starts like these)."""
+    what = None
+    if head.startswith(b"PK\x03\x04"):
+        what = "a zip archive (a PyTorch checkpoint?)"
+    elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        what = "a Python pickle (a PyTorch checkpoint?)"
+    elif head.startswith(b"\x89HDF"):
+        what = "an HDF5 file"
+    if what:
+        raise NetDissectError(
+            f"--weights {path}: is {what}, not a Caffe .caffemodel (binary NetParameter); give the network's "
+            f".caffemodel"
+        )
     text = head.strip()
-    if text and all(32 <= b < 127 or b in b"\t\r\n" for b in head) and re.match(rb"(#|name|layers?|input)\b", text):
+    if text and all(32 <= b < 127 or b in b"\t\r\n" for b in head) and re.match(rb"#|(name|layers?|input)\b", text):
         raise NetDissectError(
             f"--weights {path}: is text (a prototxt?); --weights takes the binary .caffemodel and --model the "
             f"deploy.prototxt"
