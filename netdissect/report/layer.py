@@ -60,7 +60,8 @@ def input_convention(settings: Mapping[str, Any]) -> str | None:
     scale = "0–255" if float(settings.get("divisor", 255.0)) == 1.0 else "0–1"
     source = f" (from {settings['mean_file']})" if settings.get("mean_file") else ""
     numbers = lambda values: ",".join(f"{float(v):g}" for v in values)
-    return f"{settings.get('channel_order', 'RGB')} {scale} − mean {numbers(mean)}{source}, std {numbers(std)}"
+    order = settings.get("channel_order") or ("BGR" if settings.get("bgr") else "RGB")
+    return f"{order} {scale} − mean {numbers(mean)}{source}, std {numbers(std)}"
 
 
 def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float) -> np.ndarray:
