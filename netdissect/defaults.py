@@ -28,6 +28,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DIVISOR = 255.0  # pixel values are divided by this before the mean is subtracted ([0, 1] inputs)
 MEAN_PRECISIONS = ("float32", "float64")  # the arithmetic the mean is subtracted in (then float32)
+# Caffe models (docs/caffe-models.md §3): B, G, R pixel values 0–255 minus this mean, the original
+# system's value for every network; std 1
+CAFFE_MEAN = (109.5388, 118.6897, 124.6901)
+CAFFE_STD = (1.0, 1.0, 1.0)
 RANDOM_INIT_SEED = 0  # seed of the random initialisation of torchvision, timm and factory models
 TOKEN_MODES = ("spatial", "cls")  # --tokens: a token layer's patch grid (default) or its class token
 

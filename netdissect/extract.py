@@ -24,6 +24,7 @@ from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.io import atomic_path, save_json, save_npy
 from netdissect.models import LoadedModel, capture
 from netdissect.models.fieldmaps import field_map_json, trace_field_maps
+from netdissect.models.layers import require_weights
 from netdissect.models.readout import Readout, output_shape, plan_readout, read_maps, token_layout
 from netdissect.quantile import TopK, candidate_count
 from netdissect.shards import NUMPY_DTYPES, SHARD_FORMAT, SHARD_VERSION, NpyRowWriter, shard_file, shard_range
@@ -89,6 +90,7 @@ def extract_shard(
     ih, iw = image_size(ds)
     start, stop = shard_range(num_images, shard, shards)
     np_dtype = NUMPY_DTYPES[dtype]
+    require_weights(model)
     model.module.to(device)
     if device.startswith("cuda"):
         # full float32 convolutions and matmuls (PyTorch lets cuDNN use TF32 by default, ~1e-3 relative)

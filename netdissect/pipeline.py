@@ -26,6 +26,7 @@ import numpy as np
 from netdissect.defaults import BATCH_SIZE, DEVICE, DIVISOR, DTYPE, IOU_THRESHOLD, MEAN_PRECISIONS
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
+from netdissect.names import layer_file_name
 from netdissect.presets import resolve
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def extract(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    mean_file: str | None = None,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
     device: str = DEVICE,
@@ -70,7 +72,7 @@ def extract(
     from netdissect.models import load_model
 
     quantile = resolve(preset, quantile=quantile)["quantile"]
-    model = load_model(model_spec, weights, mean, std, preset=preset)
+    model = load_model(model_spec, weights, mean, std, preset=preset, mean_file=mean_file)
     ds = open_dataset(dataset, labels=False)
     return extract_shard(
         ds,
@@ -219,6 +221,7 @@ def tally(
         "divisor": meta.get("divisor", DIVISOR),
         "bgr": meta.get("bgr", False),
         "mean_precision": meta.get("mean_precision", MEAN_PRECISIONS[0]),
+        "mean_file": meta.get("mean_file"),
         "dtype": meta["dtype"],
         "dataset": str(dataset),
         "dataset_fingerprint": meta["dataset_fingerprint"],
@@ -275,6 +278,7 @@ def dissect(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    mean_file: str | None = None,
     q: float | None = None,
     thresholds_file: str | None = None,
     union: str | None = None,
@@ -293,7 +297,9 @@ def dissect(
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
     thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``.
-    ``q``, ``union``, ``upsample`` and the input convention: as given, else ``preset``'s, else the defaults."""
+    ``q``, ``union``, ``upsample`` and the input convention: as given, else ``preset``'s, else the defaults.
+    <layer> is the layer's file name (:func:`netdissect.names.layer_file_name`: ``/`` becomes ``%2F``),
+    also in ``thresholds_file``."""
     chosen = resolve(preset, quantile=q, union=union, upsample=upsample)
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
@@ -305,8 +311,6 @@ def dissect(
             "--layers: a layer named 'shards' would share OUT/shards with the activations; "
             "dissect it with the stage commands (docs/interfaces.md)"
         )
-    from netdissect.shards import layer_file_name
-
     out = Path(out)
     shard_dir = out / "shards" / "0"
     extract(
@@ -319,6 +323,7 @@ def dissect(
         weights=weights,
         mean=mean,
         std=std,
+        mean_file=mean_file,
         batch_size=batch_size,
         workers=workers,
         device=device,
@@ -336,7 +341,7 @@ def dissect(
     summaries = {}
     for layer in layers:
         layer_dir = out / layer_file_name(layer)
-        file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
+        file = thresholds_file.replace("{layer}", layer_file_name(layer)) if thresholds_file else None
         quantile([shard_dir], layer, layer_dir, q=chosen["quantile"], thresholds_file=file)
         tally(
             dataset,

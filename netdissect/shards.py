@@ -17,6 +17,7 @@ meta.json (``format: "netdissect-shard"``, ``version: 1``)::
      "preset": "original" | "lite" | null (netdissect/presets.py),
      "mean": [3], "std": [3], "divisor": d, "bgr": bool, "mean_precision": "float32" | "float64"
          (the input: float32 (v/d − mean)/std per channel, netdissect.models.normalise),
+     "mean_file": path or null (the Caffe mean image the mean came from),
      "quantile": q the candidates were kept for, "dtype": "float32" | "float16",
      "tokens": --tokens given (null, "spatial" or "cls"),
      "layers": {layer: {"units": U, "height": H, "width": W, "flat": true if the output was N×U
@@ -41,11 +42,11 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
 
 import numpy as np
 
 from netdissect.errors import NetDissectError
+from netdissect.names import layer_file_name
 
 SHARD_FORMAT = "netdissect-shard"
 
@@ -113,16 +114,9 @@ def read_npy_rows(path: str | Path, rows: Sequence[int] | np.ndarray | slice) ->
         return out
 
 
-def layer_file_name(layer: str) -> str:
-    """A layer name as one file name: letters, digits and ``_ . + -`` stay, every other character (the
-    ``/`` and ``:`` of ONNX node names) becomes ``%XX`` (its UTF-8 bytes), as does a leading dot; module
-    paths (``layer4``, ``blocks.6``) are unchanged and different names stay different."""
-    safe = "".join(c if c.isascii() and (c.isalnum() or c in "_.+-") else quote(c, safe="") for c in layer)
-    return "%2E" + safe[1:] if safe.startswith(".") else safe
-
-
 def shard_file(shard_dir: str | Path, layer: str, kind: str) -> Path:
-    """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax`` or ``topk``."""
+    """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax`` or ``topk``; the
+    layer's name as a file name is :func:`netdissect.names.layer_file_name` (``inception_5b%2Foutput``)."""
     return Path(shard_dir) / f"{layer_file_name(layer)}.{kind}.npy"
 
 

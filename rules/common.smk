@@ -13,6 +13,8 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from netdissect.names import layer_file_name, layer_from_file_name
+
 DISSECT = config["dissect"]
 RESOURCES = config["resources"]
 SHARDS = list(range(DISSECT["shards"]))
@@ -21,7 +23,7 @@ SHARDS = list(range(DISSECT["shards"]))
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    layer=r"[^/,\s]+",
+    layer=r"[^/,\s]+",  # a layer as a file name (netdissect.names.layer_file_name)
     k=r"\d+",
 
 
@@ -41,11 +43,28 @@ def _check_names():
                 )
     for name, model in config["models"].items():
         weights = model["weights"]
+        caffe = is_caffe(name)
+        if caffe and weights["source"] not in ("download", "path"):
+            raise ValueError(
+                f"config models.{name}.weights.source: {weights['source']!r}; a Caffe deploy.prototxt needs its "
+                f".caffemodel: `source: download` (with `url`) or `source: path` (with `path`)"
+            )
+        if model["mean_file"] and not caffe:
+            raise ValueError(f"config models.{name}.mean_file: only for Caffe models (spec: .../deploy.prototxt)")
         if weights["source"] == "train" and weights["dataset"] not in config["datasets"]:
             raise ValueError(
                 f"config models.{name}.weights.dataset: {weights['dataset']!r} is not a key of "
                 f"`datasets` (defined: {', '.join(config['datasets'])})"
             )
+
+
+def is_url(text):
+    return re.match(r"https?://", text) is not None
+
+
+def is_caffe(model):
+    """A model whose SPEC is a Caffe deploy.prototxt (a path, or a URL fetched to models/<model>.prototxt)."""
+    return config["models"][model]["spec"].lower().endswith(".prototxt")
 
 
 _check_names()
@@ -81,13 +100,33 @@ def model_entry(wildcards):
     return config["models"][wildcards.model]
 
 
+def spec_path(model):
+    """The SPEC the commands get: the configured one, or where a prototxt URL is fetched to."""
+    spec = config["models"][model]["spec"]
+    return f"models/{model}.prototxt" if is_url(spec) else spec
+
+
+def spec_option(wildcards):
+    return spec_path(wildcards.model)
+
+
+def spec_input(wildcards):
+    """The prototxt of a Caffe model (fetched first when the SPEC is a URL); nothing for other SPECs."""
+    return [spec_path(wildcards.model)] if is_caffe(wildcards.model) else []
+
+
+def models_with_url_spec():
+    names = [n for n, m in config["models"].items() if is_url(m["spec"])]
+    return "|".join(re.escape(n) for n in names) or "^$"
+
+
 def weights_file(model):
     """The weights file a model's config names, or None when its SPEC carries its own weights."""
     weights = config["models"][model]["weights"]
     return {
         "train": f"models/{model}.pt",
         "random": f"models/{model}.pt",
-        "download": f"models/{model}.pth",
+        "download": f"models/{model}.caffemodel" if is_caffe(model) else f"models/{model}.pth",
         "path": weights.get("path"),
         "none": None,
     }[weights["source"]]
@@ -104,12 +143,15 @@ def weights_option(wildcards):
 
 
 def normalisation_options(wildcards):
-    """--mean/--std of the model, when the config sets them (else the engine's ImageNet defaults)."""
+    """--mean/--std/--mean-file of the model, when the config sets them (else the engine's defaults:
+    ImageNet's for torch models, the original system's BGR mean for Caffe models)."""
     entry = model_entry(wildcards)
     opts = []
     for key in ("mean", "std"):
         if entry[key] is not None:
             opts.append(f"--{key} " + ",".join(repr(float(v)) for v in entry[key]))
+    if entry["mean_file"]:
+        opts.append(f"--mean-file {entry['mean_file']}")
     return " ".join(opts)
 
 
@@ -119,12 +161,22 @@ def tokens_option(wildcards):
     return f"--tokens {tokens}" if tokens else ""
 
 
+def mean_file_input(wildcards):
+    path = model_entry(wildcards)["mean_file"]
+    return [path] if path else []
+
+
 def model_layers(model):
     return config["models"][model]["layers"]
 
 
 def layers_option(wildcards):
     return ",".join(model_layers(wildcards.model))
+
+
+def layer_name(wildcards):
+    """The real name of the layer whose file name is the {layer} wildcard."""
+    return layer_from_file_name(wildcards.layer)
 
 
 def layers_ok(wildcards):
@@ -156,7 +208,8 @@ def all_shard_dirs(wildcards):
 
 
 def layer_dir(dataset, model, layer):
-    return f"results/layers/{dataset}/{model}/{layer}"
+    """results/layers/{dataset}/{model}/{layer}, the layer as a file name (inception_5b%2Foutput)."""
+    return f"results/layers/{dataset}/{model}/{layer_file_name(layer)}"
 
 
 def thresholds_input(wildcards):

@@ -6,7 +6,9 @@ rule extract:
     """One forward pass over shard k for ALL layers of the model: activations, imgmax, quantile candidates."""
     input:
         index=dataset_index,
+        spec=spec_input,
         weights=weights_input,
+        mean_file=mean_file_input,
         layers=ancient(layers_ok),
     output:
         directory("results/shards/{dataset}/{model}/{k}"),
@@ -21,7 +23,7 @@ rule extract:
         gpu=res("extract", "gpu"),
     params:
         dataset=dataset_option,
-        spec=lambda wc: model_entry(wc)["spec"],
+        spec=spec_option,
         weights=weights_option,
         layers=layers_option,
         norm=normalisation_options,
@@ -34,7 +36,7 @@ rule extract:
         conventions=convention_options("quantile"),
     shell:
         "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
-        " --layers {params.layers} --shard {wildcards.k} --shards {params.shards} --out {output}"
+        " --layers {params.layers:q} --shard {wildcards.k} --shards {params.shards} --out {output}"
         " --batch-size {params.batch_size} --workers {params.workers} --device {params.device}"
         " --dtype {params.dtype} {params.conventions} {params.norm} {params.tokens} --no-progress > {log} 2>&1"
 
@@ -56,10 +58,11 @@ rule quantile:
         mem_mb=res("quantile", "mem_mb"),
         runtime=res("quantile", "runtime"),
     params:
-        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        out=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
+        layer=layer_name,
         level=quantile_option,
     shell:
-        "netdissect quantile --shards {input.shards} --layer {wildcards.layer} {params.level}"
+        "netdissect quantile --shards {input.shards} --layer {params.layer:q} {params.level}"
         " --out {params.out} > {log} 2>&1"
 
 
@@ -84,13 +87,14 @@ rule tally:
         gpu=res("tally", "gpu"),
     params:
         dataset=dataset_option,
+        layer=layer_name,
         conventions=convention_options("union", "upsample"),
         categories=categories_option(),
         device=DISSECT["device"],
         batch_size=DISSECT["batch_size"],
         parallel=tally_parallel,
     shell:
-        "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {wildcards.layer}"
+        "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {params.layer:q}"
         " --thresholds {input.thresholds} --labels {input.labels} --out {output}"
         " {params.conventions} {params.categories}"
         " --device {params.device} --batch-size {params.batch_size} {params.parallel} --no-progress"
@@ -133,7 +137,7 @@ rule score:
         runtime=res("light", "runtime"),
     params:
         dataset=dataset_option,
-        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        out=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
         iou=DISSECT["iou_threshold"],
     shell:
         "netdissect score --counts {input.counts} --dataset {params.dataset} --out {params.out}"

@@ -21,11 +21,12 @@ rule report_layer:
         runtime=res("report", "runtime"),
     params:
         dataset=dataset_option,
-        layer_dir=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
-        out=lambda wc: f"{layer_dir(wc.dataset, wc.model, wc.layer)}/report",
+        layer=layer_name,
+        layer_dir=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
+        out=lambda wc: f"{layer_dir(wc.dataset, wc.model, layer_name(wc))}/report",
         topk=DISSECT["topk"],
     shell:
-        "netdissect report --dataset {params.dataset} --layer-dir {params.layer_dir} --layer {wildcards.layer}"
+        "netdissect report --dataset {params.dataset} --layer-dir {params.layer_dir} --layer {params.layer:q}"
         " --shards {input.shards} --out {params.out} --topk {params.topk} > {log} 2>&1"
 
 

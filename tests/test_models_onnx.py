@@ -17,7 +17,7 @@ from netdissect import pipeline
 from netdissect.cli import main
 from netdissect.errors import NetDissectError
 from netdissect.models import load_model
-from netdissect.shards import layer_file_name
+from netdissect.names import layer_file_name
 from tests.test_engine_helpers import write_tiny_broden
 
 pytest.importorskip("onnx2pytorch")
@@ -47,8 +47,9 @@ def test_exported_torchvision_model_dissects_like_the_torch_model(tiny, tmp_path
     export(model.module, onnx_file, 32)  # a fixed batch of 1: the extraction runs one image at a time
     assert main(["layers", "--model", str(onnx_file), "--size", "32"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"{LAYERS['layer3']}\t256x2x2\tconv: 256 units, 2x2 maps" in lines
-    assert lines[0] == "/conv1/Conv_output_0\t64x16x16\tconv: 64 units, 16x16 maps"
+    # name, shape, reading, field map (traced through the converted graph: conv1 is 7x7, stride 2, pad 3)
+    assert any(line.startswith(f"{LAYERS['layer3']}\t256x2x2\tconv: 256 units, 2x2 maps\toffset ") for line in lines)
+    assert lines[0] == "/conv1/Conv_output_0\t64x16x16\tconv: 64 units, 16x16 maps\toffset -3,-3 size 7,7 step 2,2"
     assert not any("Constant" in line or line.startswith("onnx::") for line in lines)  # weights are not layers
 
     pipeline.dissect(tiny.root, "resnet18", list(LAYERS), tmp_path / "torch", q=0.05, progress=False)

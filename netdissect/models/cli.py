@@ -20,7 +20,11 @@ def register(sub, *groups) -> None:
     )
     model_options(p)
     tokens_option(p)
-    p.add_argument("--size", type=int, default=224, help="image side of the dummy input (default 224)")
+    p.add_argument(
+        "--size",
+        type=int,
+        help="image side of the dummy input (default 224; a Caffe model: the input size its prototxt declares)",
+    )
     p.add_argument(
         "--check",
         type=names,
@@ -53,30 +57,38 @@ def _layers(args: argparse.Namespace) -> int:
     from netdissect.models.readout import plan_readout, token_layout
 
     setup(args)
-    model = load_model(args.model, args.weights, args.mean, args.std)
+    model = load_model(args.model, args.weights, args.mean, args.std, mean_file=args.mean_file)
     layout = token_layout(model.module)
     shapes = layer_shapes(model, args.check, size=args.size)
-    fields = trace_field_maps(model, list(shapes), (args.size, args.size))
+    hw = tuple(model.module.input_size) if args.size is None and hasattr(model.module, "input_size") else None
+    size = hw or (args.size or 224, args.size or 224)
+    fields = trace_field_maps(model, list(shapes), size)
     if args.upsample:
         for name in shapes:
             field = fields[name]
-            upsampling(args.upsample, field if isinstance(field, FieldMap) else None, args.size, name, field)
+            upsampling(args.upsample, field if isinstance(field, FieldMap) else None, size[1], name, field)
     for name, shape in shapes.items():
         if isinstance(shape, tuple):
             shape_text = "x".join(str(s) for s in shape)
             try:
-                reading = plan_readout(shape, name, (args.size, args.size), layout, args.tokens).describe(shape)
+                reading = plan_readout(shape, name, size, layout, args.tokens).describe(shape)
             except NetDissectError as err:
                 reading = f"not read: {err}"
         else:
             shape_text, reading = shape, f"not read: the output is a {shape}, not a tensor"
-        print(f"{name}\t{shape_text}\t{reading}\t{field_map_text(fields[name])}")
+        print(f"{name}	{shape_text}	{reading}	{field_map_text(fields[name])}")
     return 0
 
 
 def _random_weights(args: argparse.Namespace) -> int:
     from netdissect.models import load_model, save_checkpoint
+    from netdissect.models.loading import is_caffe_spec
 
+    if is_caffe_spec(args.model):
+        raise NetDissectError(
+            f"--model {args.model}: a Caffe model's weights come from its .caffemodel (--weights, or weights "
+            f"source download/path in the workflow)"
+        )
     model = load_model(args.model, seed=args.seed)
     if model.weights_sha256 is not None:
         raise NetDissectError(

@@ -214,6 +214,7 @@ def trace_field_maps(
 
     def record(name: str):
         def hook(_module, _inputs, output) -> None:
+            output = model.layer_output(name, output)  # a module with several outputs (ONNX graphs)
             if isinstance(output, torch.Tensor):
                 found[name] = tracer.fields.get(id(output), "its output does not depend on the input")
             else:
@@ -225,7 +226,9 @@ def trace_field_maps(
         torch.nn.modules.module.register_module_forward_pre_hook(before),
         torch.nn.modules.module.register_module_forward_hook(after),
     ]
-    handles += [named[n].register_forward_hook(record(n)) for n in names if n in named]
+    handles += [
+        named[model.layer_module(n)].register_forward_hook(record(n)) for n in names if model.layer_module(n) in named
+    ]
     device = next(model.module.parameters(), torch.zeros(())).device
     x = model.normalise(torch.zeros(1, 3, *size, dtype=torch.uint8, device=device))
     try:

@@ -14,6 +14,9 @@ changed value and layers nothing changes are never copied. A TorchScript module 
 its layers are its outputs (``output`` when forward returns one tensor, the keys of a dict of
 tensors, ``0``, ``1``, ... for a tuple). A model with ``layer_modules`` (ONNX graphs) names its layers
 itself; each is captured by its module's hook (:meth:`LoadedModel.layer_module`).
+tensors, ``0``, ``1``, ... for a tuple). A module that computes named blobs itself (a converted Caffe
+net, :class:`netdissect.models.caffe.graph.CaffeNet`: ``blob_names`` and ``forward(x, blobs=names)``)
+has its blobs as layers, each with its own value after in-place layers, and needs no hooks.
 """
 
 from __future__ import annotations
@@ -33,8 +36,16 @@ class _StopForward(Exception):
     """Raised from the last hook to end the forward pass once every requested layer is captured."""
 
 
+def _named_blobs(model: LoadedModel) -> bool:
+    """Whether the module computes named blobs itself (converted Caffe nets)."""
+    return hasattr(model.module, "blob_names")
+
+
 def layer_names(model: LoadedModel) -> list[str]:
-    """Candidate layer names: every named submodule (ordinary model) or output names (TorchScript)."""
+    """Candidate layer names: every named submodule (ordinary model), output names (TorchScript), or
+    blob names (converted Caffe nets)."""
+    if _named_blobs(model):
+        return list(model.module.blob_names)
     if model.scripted:
         return list(_script_outputs(model, torch.zeros(1, 3, 64, 64)).keys())
     if model.layer_modules is not None:
@@ -48,12 +59,13 @@ def check_layers(model: LoadedModel, layers: Sequence[str]) -> None:
         raise NetDissectError("--layers: no layer given; `netdissect layers --model SPEC` lists them")
     names = layer_names(model)
     known = set(names)
+    kind = "blob" if _named_blobs(model) else "layer"
     for layer in layers:
         if layer not in known:
             close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
             hint = f" Closest: {', '.join(close)}." if close else ""
             raise NetDissectError(
-                f"--layers: model {model.spec} has no layer {layer!r}.{hint} Layers: "
+                f"--layers: model {model.spec} has no {kind} {layer!r}.{hint} {kind.capitalize()}s: "
                 f"{few(names, 40)} (see `netdissect layers --model {model.spec}`)"
             )
 
@@ -116,6 +128,8 @@ class LayerCapture:
         """Outputs of the requested layers for the normalised batch ``x``."""
         # no_grad, not inference_mode: inference tensors have no version counter
         with torch.no_grad():
+            if _named_blobs(self.model):  # a converted Caffe net returns each blob's final value itself
+                return self.model.module(x, blobs=self.layers)
             if self.model.scripted:
                 outs = _script_outputs(self.model, x)
                 return {n: outs[n] for n in self.layers}
@@ -140,14 +154,25 @@ class LayerCapture:
             return {n: self.model.layer_output(n, self.outputs[n]) for n in self.layers}
 
 
+def require_weights(model: LoadedModel) -> None:
+    """Refuse a model whose tensors are placeholders (a Caffe deploy.prototxt loaded without its
+    caffemodel: enough for names and shapes, not for values)."""
+    if any(t.is_meta for t in (*model.module.parameters(), *model.module.buffers())):
+        raise NetDissectError(
+            f"--weights: model {model.spec} has no weights (a Caffe deploy.prototxt holds none); give "
+            f"--weights net.caffemodel"
+        )
+
+
 @contextlib.contextmanager
 def capture(model: LoadedModel, layers: Sequence[str], copy_all: bool = False) -> Iterator[LayerCapture]:
     """Hook ``layers`` of ``model`` for the duration of the block; yields a callable batch -> outputs.
     ``copy_all`` copies every captured output (to measure what copying costs; the default copies the
     ones an in-place operation changes)."""
     check_layers(model, layers)
+    require_weights(model)
     cap = LayerCapture(model, layers, copy_all)
-    if not model.scripted:
+    if not model.scripted and not _named_blobs(model):
         modules = dict(model.module.named_modules())
         cap._handles = [modules[model.layer_module(n)].register_forward_hook(cap._hook(n)) for n in layers]
     try:
@@ -158,9 +183,16 @@ def capture(model: LoadedModel, layers: Sequence[str], copy_all: bool = False) -
 
 
 def layer_shapes(
-    model: LoadedModel, layers: Sequence[str] | None = None, size: int = 224
+    model: LoadedModel, layers: Sequence[str] | None = None, size: int | None = None
 ) -> dict[str, tuple[int, ...] | str]:
-    """Output shape (without batch) of each layer for one ``size``×``size`` image; non-tensors by type."""
+    """Output shape (without batch) of each layer for one ``size``×``size`` image; non-tensors by type.
+    ``size`` None: the input size a converted Caffe net declares, else 224."""
+    if _named_blobs(model):
+        if layers is not None:
+            check_layers(model, layers)
+        hw = model.module.input_size if size is None else (size, size)
+        return model.module.shapes_at(hw, layers)
+    size = 224 if size is None else size
     if model.scripted:
         names = layer_names(model) if layers is None else list(layers)
     else:

@@ -11,6 +11,9 @@ A model SPEC is one of
 * ``timm:NAME``, a timm architecture built with ``pretrained=False`` (:mod:`netdissect.models.timm_models`);
 * an ONNX file (``*.onnx``), converted to torch; its layers are the graph's node output names
   (:mod:`netdissect.models.onnx_models`).
+* a Caffe ``deploy.prototxt`` (a path ending in ``.prototxt``), with its ``.caffemodel`` as
+  ``weights``: converted by :mod:`netdissect.models.caffe` (no Caffe needed). Its input is B, G, R,
+  0–255, minus a per-channel mean (docs/caffe-models.md §3).
 
 Torchvision, timm and factory models are built under a fixed random seed (``seed``, default
 ``RANDOM_INIT_SEED``) without touching the caller's random state, so every process, hence every
@@ -105,6 +108,8 @@ class LoadedModel:
             return output[self.layer_modules[layer][1]]
         return output
 
+    mean_file: str | None = None  # the Caffe mean image ``mean`` was computed from
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) RGB -> the model's float32 input (:func:`normalise` with this model's values)."""
         return normalise(images, self.mean, self.std, self.divisor, self.bgr, self.mean_precision)
@@ -117,6 +122,7 @@ class LoadedModel:
             "divisor": self.divisor,
             "bgr": self.bgr,
             "mean_precision": self.mean_precision,
+            "mean_file": self.mean_file,
         }
 
 
@@ -127,11 +133,23 @@ def load_model(
     std: Sequence[float] | None = None,
     seed: int = RANDOM_INIT_SEED,
     preset: str | None = None,
+    mean_file: str | Path | None = None,
 ) -> LoadedModel:
     """Build the model a SPEC names (see module docstring), load ``weights``, put it in eval mode.
     ``seed`` fixes the random initialisation of torchvision and factory models. The input convention
-    is ImageNet's ``mean`` / ``std`` on [0, 1] values, or ``preset``'s (netdissect/presets.py), with an
-    explicit ``mean`` / ``std`` on top."""
+    is ImageNet's ``mean`` / ``std`` on [0, 1] values (a timm model's own, a Caffe model's B, G, R
+    0–255 convention), or ``preset``'s (netdissect/presets.py), with an explicit ``mean`` / ``std`` on
+    top; ``mean_file`` (Caffe models only) gives the mean as the per-channel means of a mean image."""
+    if is_caffe_spec(spec):
+        from netdissect.models.caffe import load_caffe
+
+        model = load_caffe(spec, weights, mean, std, mean_file)
+        apply_input(model, preset)  # a Caffe model keeps its own convention (logged)
+        return model
+    if mean_file is not None:
+        raise NetDissectError(
+            f"--mean-file {mean_file}: only for Caffe models (--model deploy.prototxt); give --mean/--std instead"
+        )
     scripted = False
     own_weights = None  # the kind of file that carries its own weights (TorchScript, ONNX)
     own_norm: dict[str, Any] = {}  # the model's own mean/std (timm's pretrained_cfg)
@@ -179,7 +197,7 @@ def load_model(
         scripted=scripted,
         **extra,
     )
-    apply_input(model, preset, _triple(mean, "--mean"), _triple(std, "--std"))
+    apply_input(model, preset, triple(mean, None, "--mean"), triple(std, None, "--std"))
     return model
 
 
@@ -194,15 +212,22 @@ def require(package: str, extra: str, spec: str) -> Any:
         ) from None
 
 
-def _triple(values: Sequence[float] | None, option: str) -> tuple[float, float, float] | None:
-    """An option's 1 or 3 numbers as one per channel (None when not given)."""
+def is_caffe_spec(spec: str) -> bool:
+    """A SPEC naming a Caffe deploy.prototxt."""
+    return str(spec).lower().endswith(".prototxt")
+
+
+def triple(
+    values: Sequence[float] | None, default: tuple[float, float, float] | None, option: str, channels: str = "RGB"
+) -> tuple[float, float, float] | None:
+    """1 or 3 numbers (one per channel, in the order ``channels``) as a triple; ``default`` when None."""
     if values is None:
-        return None
+        return default
     values = tuple(float(v) for v in values)
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:
-        raise NetDissectError(f"{option}: expected 1 or 3 numbers (one per RGB channel), got {len(values)}")
+        raise NetDissectError(f"{option}: expected 1 or 3 numbers (one per {channels} channel), got {len(values)}")
     if option == "--std" and any(v <= 0 for v in values):
         raise NetDissectError(f"{option}: every value must be positive, got {values}")
     return values  # type: ignore[return-value]
@@ -299,8 +324,9 @@ def _load_torch_file(path: str | Path) -> Any:
     except FileNotFoundError:
         raise NetDissectError(f"--weights {path}: file not found") from None
     except Exception as err:
+        caffe = " (a .caffemodel goes with --model deploy.prototxt)" if str(path).endswith(".caffemodel") else ""
         raise NetDissectError(
-            f"--weights {path}: not a loadable state_dict ({str(err).splitlines()[0]}); save "
+            f"--weights {path}: not a loadable state_dict{caffe} ({str(err).splitlines()[0]}); save "
             f"weights with torch.save(model.state_dict(), path)"
         ) from None
 

@@ -3,7 +3,7 @@
 The graph is converted by onnx2pytorch (one torch module per ONNX node, run in the graph's order), so
 the forward hooks of :mod:`netdissect.models.layers` capture node outputs like any module's. A layer is
 named by the ONNX value a node outputs (``/layer4/layer4.1/relu_1/Relu_output_0``, ``onnx::Conv_251``:
-names may hold ``/`` and ``:``; files use :func:`netdissect.shards.layer_file_name`). The layers are
+names may hold ``/`` and ``:``; files use :func:`netdissect.names.layer_file_name`). The layers are
 the outputs of the nodes that depend on the image input (not weights, constants or shapes of constants).
 
 Before the conversion, two rewrites that change no value:

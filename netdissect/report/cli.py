@@ -72,9 +72,13 @@ def register(sub, *groups) -> None:
 
 
 def _names(layer_dir: Path, summary: dict) -> tuple[str, str, str]:
-    """(dataset, model, layer): from summary.json, else from results/{dataset}/{model}/{layer}."""
+    """(dataset, model, layer): from summary.json, else from results/layers/{dataset}/{model}/{layer} (the
+    folder's name decoded: netdissect.names)."""
+    from netdissect.names import layer_from_file_name
+
     parts = layer_dir.resolve().parts
     fallback = dict(zip(("dataset", "model", "layer"), parts[-3:] if len(parts) >= 3 else ("", "", parts[-1])))
+    fallback["layer"] = layer_from_file_name(fallback["layer"])
     names = []
     for key in ("dataset", "model", "layer"):
         value = summary.get(key)

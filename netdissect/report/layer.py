@@ -41,18 +41,32 @@ def settings_line(summary: Mapping[str, Any], masks: str | None = None) -> list[
     for key, name in (
         ("model", "model"),
         ("weights", "weights"),
+        ("input", "input"),
         ("dataset_images", "images"),
         ("preset", "preset"),
         ("quantile", "top fraction q"),
         ("union", "union"),
         ("upsample", "upsample"),
     ):
-        value = settings.get(key)
+        value = input_convention(settings) if key == "input" else settings.get(key)
         if value not in (None, ""):
             shown.append((name, str(value)))
     if masks is not None and settings.get("upsample") not in (None, masks):
         shown.append(("masks shown upsampled by", masks))
     return shown
+
+
+def input_convention(settings: Mapping[str, Any]) -> str | None:
+    """How images were fed to the model: 'BGR 0–255 − mean 109.539,118.69,124.69, std 1,1,1' (Caffe) or
+    'RGB 0–1 − mean ..., std ...' (torch); the mean file when the mean came from one."""
+    mean, std = settings.get("mean"), settings.get("std")
+    if not mean or not std:
+        return None
+    scale = "0–255" if float(settings.get("divisor", 255.0)) == 1.0 else "0–1"
+    source = f" (from {settings['mean_file']})" if settings.get("mean_file") else ""
+    numbers = lambda values: ",".join(f"{float(v):g}" for v in values)
+    order = "BGR" if settings.get("bgr") else "RGB"
+    return f"{order} {scale} − mean {numbers(mean)}{source}, std {numbers(std)}"
 
 
 def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float) -> np.ndarray:
