@@ -109,10 +109,13 @@ def layer_inputs(
 
 
 def dissection_names(layer_dir: Path, summary: dict[str, Any]) -> tuple[str, str, str]:
-    """(dataset, model, layer) shown on the pages: from summary.json, else from the folders
-    results/layers/{dataset}/{model}/{layer}."""
+    """(dataset, model, layer) shown on the pages: from summary.json (the dataset: its folder's name),
+    else from the folders results/layers/{dataset}/{model}/{layer}."""
     parts = layer_dir.resolve().parts
     fallback = dict(zip(("dataset", "model", "layer"), parts[-3:] if len(parts) >= 3 else ("", "", parts[-1])))
+    settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
+    if isinstance(settings.get("dataset"), str) and settings["dataset"]:
+        fallback["dataset"] = Path(settings["dataset"]).name
     names = []
     for key in ("dataset", "model", "layer"):
         value = summary.get(key)

@@ -17,7 +17,7 @@ import csv
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +44,7 @@ class LayerEntry:
     layer: str
     counts: LayerCounts
     report: Path | None = None
-    result: pd.DataFrame | None = None
+    result: pd.DataFrame | None = field(default=None, compare=False)
     categories: tuple[str, ...] = ()
     layout: str = "netdissect"
 
@@ -117,7 +117,7 @@ def units_table(entries: Sequence[LayerEntry]) -> pd.DataFrame:
 def display_names(entries: Sequence[LayerEntry]) -> list[str]:
     """The label of each entry on the charts: "model layer", prefixed with the dataset when the entries
     come from several datasets."""
-    several = len({e.dataset for e in entries}) > 1
+    several = len({e.dataset for e in entries if e.dataset}) > 1
     return [f"{e.dataset} {e.name}".strip() if several else e.name for e in entries]
 
 
