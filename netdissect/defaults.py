@@ -40,5 +40,9 @@ TOPK = 10  # top images shown per unit
 JPEG_QUALITY = 85  # of the image strips
 REPORT_THREADS = 2  # threads decoding and encoding images
 
+# Comparing two result files (`netdissect compare`)
+COMPARE_TOLERANCE = 1e-6  # IoUs closer than this agree (the systems' text formats differ in the last digits)
+COMPARE_LIMIT = 20  # differing units listed
+
 # The demo network
 DEMO_EPOCHS = 6

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, PRESETS, QUANTILE, UNION, UNIONS
+from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, PRESETS, QUANTILE, TOPK, UNION, UNIONS
 from netdissect.options import (
     batch_option,
     device_options,
@@ -109,6 +109,13 @@ def register(sub, *groups) -> None:
     p.add_argument("--counts", required=True, metavar="COUNTS.npz")
     p.add_argument("--dataset", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="LAYER_DIR")
+    p.add_argument(
+        "--shards",
+        nargs="+",
+        default=[],
+        metavar="SHARD_DIR",
+        help="the layer's shard folders, recorded in summary.json so that `netdissect report LAYER_DIR` finds them",
+    )
     _scoring_options(p, union=False)
     p.set_defaults(func=_score)
 
@@ -127,8 +134,15 @@ def register(sub, *groups) -> None:
     labels_option(p)
     batch_option(p)
     workers_option(p)
-    threads_option(p, COUNT_THREADS)
+    threads_option(p, COUNT_THREADS + " and encoding the report's images")
     device_options(p)
+    p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not write the HTML report of each layer (OUT/<layer>/report/index.html)",
+    )
+    p.add_argument("--topk", type=int, default=TOPK, help=f"images shown per unit in the report (default {TOPK})")
     p.set_defaults(func=_dissect)
 
 
@@ -210,7 +224,8 @@ def _score(args: argparse.Namespace) -> int:
     from netdissect import pipeline
 
     setup(args)
-    _print_summary(pipeline.score(args.counts, args.dataset, args.out, iou_threshold=args.iou_threshold))
+    info = pipeline.score(args.counts, args.dataset, args.out, iou_threshold=args.iou_threshold, shards=args.shards)
+    _print_summary(info)
     return 0
 
 
@@ -242,7 +257,11 @@ def _dissect(args: argparse.Namespace) -> int:
         tokens=args.tokens,
         progress=args.progress,
         labels=args.labels,
+        report=args.report,
+        topk=args.topk,
     )
     for layer, info in summaries.items():
         _print_summary(info, f"{layer}: ")
+        if "report" in info:
+            print(f"{layer}: report {info['report']}")
     return 0

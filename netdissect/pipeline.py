@@ -17,13 +17,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from netdissect.defaults import BATCH_SIZE, DEVICE, DIVISOR, DTYPE, IOU_THRESHOLD, MEAN_PRECISIONS
+from netdissect.defaults import (
+    BATCH_SIZE,
+    DEVICE,
+    DIVISOR,
+    DTYPE,
+    IOU_THRESHOLD,
+    MEAN_PRECISIONS,
+    TOPK,
+)
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
 from netdissect.names import layer_file_name
@@ -252,10 +261,26 @@ def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     return merged
 
 
+def relative_paths(layer_dir: str | Path, dataset: str | Path, shards: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """summary.json's ``paths``: the dataset and the shard folders relative to the layer folder, so that
+    ``netdissect report LAYER_DIR`` finds them wherever it runs, and after the tree moves as a whole."""
+    here = os.path.abspath(layer_dir)
+    return {
+        "dataset": Path(os.path.relpath(os.path.abspath(dataset), here)).as_posix(),
+        "shards": [Path(os.path.relpath(os.path.abspath(s), here)).as_posix() for s in shards],
+    }
+
+
 def score(
-    counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_threshold: float = IOU_THRESHOLD
+    counts_path: str | Path,
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    iou_threshold: float = IOU_THRESHOLD,
+    shards: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
-    """Stage 5: result.csv and summary.json from a counts file."""
+    """Stage 5: result.csv and summary.json from a counts file; summary.json records where the dataset
+    and ``shards`` (the activations, for the report) are (:func:`relative_paths`)."""
     from netdissect.counts import load_counts
     from netdissect.score import write_scores
 
@@ -266,7 +291,8 @@ def score(
             f"{counts_path} was counted on another dataset than {dataset} (fingerprints "
             f"differ); score with the dataset the counts came from"
         )
-    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold)
+    paths = relative_paths(out, dataset, shards)
+    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold, paths)
 
 
 def dissect(
@@ -294,18 +320,23 @@ def dissect(
     tokens: str | None = None,
     progress: bool = True,
     labels: str | Path | None = None,
+    report: bool = True,
+    topk: int = TOPK,
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
-    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``.
-    ``q``, ``union``, ``upsample`` and the input convention: as given, else ``preset``'s, else the defaults.
-    <layer> is the layer's file name (:func:`netdissect.names.layer_file_name`: ``/`` becomes ``%2F``),
-    also in ``thresholds_file``."""
+    thresholds.json, counts.npz, result.csv, summary.json} and, unless ``report`` is False, the layer's
+    HTML report OUT/<layer>/report/index.html (``topk`` images per unit). ``thresholds_file`` may
+    contain ``{layer}``. ``q``, ``union``, ``upsample`` and the input convention: as given, else
+    ``preset``'s, else the defaults. <layer> is the layer's file name (:func:`netdissect.names.layer_file_name`:
+    ``/`` becomes ``%2F``), also in ``thresholds_file``."""
     chosen = resolve(preset, quantile=q, union=union, upsample=upsample)
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
             f"contain {{layer}} (e.g. runs/old/{{layer}}/thresholds.npy)"
         )
+    if report and not 1 <= topk <= 1000:
+        raise NetDissectError(f"--topk {topk}: expected a whole number from 1 to 1000 (images shown per unit).")
     if "shards" in layers:
         raise NetDissectError(
             "--layers: a layer named 'shards' would share OUT/shards with the activations; "
@@ -360,5 +391,11 @@ def dissect(
             progress=progress,
             labels=labels,
         )
-        summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
+        summaries[layer] = score(
+            layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold, shards=[shard_dir]
+        )
+        if report:
+            from netdissect.report.build import write_layer_report
+
+            summaries[layer]["report"] = str(write_layer_report(layer_dir, topk=topk, threads=threads))
     return summaries

@@ -356,7 +356,8 @@ def all_results():
 
 
 def all_layer_reports():
-    return [f"{d}/report/index.html" for d in all_layer_dirs()]
+    """The per-layer report folders (rule report_layer; index.html inside)."""
+    return [f"{d}/report" for d in all_layer_dirs()]
 
 
 def all_layer_checks():

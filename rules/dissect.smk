@@ -139,6 +139,7 @@ rule score:
         dataset=dataset_option,
         out=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
         iou=DISSECT["iou_threshold"],
+        shards=all_shard_dirs,
     shell:
         "netdissect score --counts {input.counts} --dataset {params.dataset} --out {params.out}"
-        " --iou-threshold {params.iou} > {log} 2>&1"
+        " --iou-threshold {params.iou} --shards {params.shards} > {log} 2>&1"

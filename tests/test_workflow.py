@@ -3,9 +3,14 @@ end to end (equal to the one-process `netdissect dissect`), and a second run tha
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import re
 import subprocess
 import sys
+import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -242,3 +247,93 @@ def test_example_configs_validate_and_plan(tmp_path: Path, example: str):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     counts = job_counts(proc.stdout)
     assert counts["extract"] >= 1 and counts["report_summary"] == 1
+
+
+# ---------------------------------------------------------------- Snakemake's report, units.csv, report LAYER_DIR
+
+
+def _report_zip(tiny_run: Path, tmp_path: Path) -> Path:
+    proc = snakemake(tiny_run, "--report", str(tmp_path / "report.zip"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "report.zip") as archive:
+        archive.extractall(tmp_path / "unzipped")
+    return tmp_path / "unzipped" / "report"
+
+
+def test_snakemake_report_holds_every_chart_table_and_layer_page(tiny_run: Path, tmp_path: Path):
+    report = _report_zip(tiny_run, tmp_path)
+    html = (report / "report.html").read_text()
+    results = {Path(p).name: report / p for p in re.findall(r"data/raw/[0-9a-f]+/[^\"\\]+", html)}
+    assert {"unique_by_category.svg", "unique_top.svg", "summary.csv", "units.csv"} <= set(results)
+    assert "Unique detectors per category" in html and "Tidy table for pandas" in html  # the captions
+    for name in ("unique_by_category.svg", "summary.csv", "units.csv"):
+        assert results[name].read_bytes() == (tiny_run / "results" / "report" / name).read_bytes()
+    layer_pages = [report / p for p in re.findall(r"data/raw/[0-9a-f]+/index\.html", html)]
+    assert len(layer_pages) == 2  # r18 layer3 and tinydemo conv4
+    originals = {
+        (tiny_run / "results/layers/tiny" / m / l / "report"): None
+        for m, l in (("r18", "layer3"), ("tinydemo", "conv4"))
+    }
+    for page in layer_pages:
+        source = next(o for o in originals if (o / "index.html").read_bytes() == page.read_bytes())
+        strips = sorted(p.name for p in (source / "strips").iterdir())
+        assert strips and sorted(p.name for p in (page.parent / "strips").iterdir()) == strips
+        for src in re.findall(r'src="(strips/[^"]+)"', page.read_text()):
+            assert (page.parent / src).is_file(), src
+
+
+@pytest.mark.browser
+def test_snakemake_report_opens_in_a_browser(tiny_run: Path, tmp_path: Path):
+    from tests.test_report_browser import CHROMIUM, Visit, _QuietHandler, _require_browser
+
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    report = _report_zip(tiny_run, tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(report)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            visit = Visit(browser, f"{base}/report.html")
+            visit.page.wait_for_selector("text=Summary", timeout=15000)
+            text = visit.page.inner_text("body")
+            assert "Layers" in text and "Network Dissection (Bau et al., CVPR 2017)" in text  # report/workflow.rst
+            # Snakemake's page has no icon: the browser's own /favicon.ico request is its only 404
+            assert [e for e in visit.errors if "404" not in e] == []
+            assert all(u.startswith(base) or u.startswith("data:") for u in visit.requests)
+            page = re.search(r"data/raw/[0-9a-f]+/index\.html", (report / "report.html").read_text()).group(0)
+            layer = Visit(browser, f"{base}/{page}")
+            widths = layer.load_all_images()
+            assert widths and all(w > 0 for w in widths) and layer.errors == []
+            browser.close()
+    finally:
+        server.shutdown()
+
+
+def test_units_csv_of_the_run_equals_result_csv(tiny_run: Path):
+    import pandas as pd
+
+    from netdissect.report.results import read_result_csv
+
+    units = pd.read_csv(tiny_run / "results" / "report" / "units.csv", keep_default_na=False)
+    for (model, layer), rows in units.groupby(["model", "layer"]):
+        result, categories = read_result_csv(tiny_run / "results/layers/tiny" / model / layer / "result.csv")
+        wide = rows.pivot(index="unit", columns="category")
+        table = result.set_index("unit").sort_index()
+        for cat in categories:
+            for field in ("label", "truth", "activation", "intersect", "iou"):
+                assert wide[field][cat].tolist() == table[f"{cat}-{field}"].tolist(), (model, layer, cat, field)
+        top = rows[rows["top"]].set_index("unit").sort_index()
+        assert top["label"].tolist() == table.loc[table["label"] != "", "label"].tolist()
+
+
+def test_report_of_a_workflow_layer_needs_no_option(tiny_run: Path, tmp_path: Path, monkeypatch):
+    from netdissect.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    layer_dir = tiny_run / "results" / "layers" / "tiny" / "r18" / "layer3"
+    assert main(["report", str(layer_dir), "--out", "again", "--topk", "3"]) == 0
+    strips = {p.name: p.read_bytes() for p in (layer_dir / "report" / "strips").iterdir()}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "again" / "strips").iterdir()} == strips
