@@ -24,7 +24,8 @@ import numpy as np
 
 from netdissect.defaults import BATCH_SIZE, DEVICE, DTYPE, IOU_THRESHOLD, QUANTILE, UNION
 from netdissect.errors import NetDissectError
-from netdissect.io import save_json, save_npy
+from netdissect.io import exclusive_lock, save_json, save_npy, sha256_file
+from netdissect.manifest import EXTRACT, LOCK, DissectManifest, stage_dir
 
 
 def open_dataset(
@@ -247,7 +248,9 @@ def dissect(
     labels: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
-    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
+    thresholds.json, counts.npz, result.csv, summary.json}, and OUT/dissect.json, the record that lets
+    a killed run resume (same settings) or start over (netdissect.manifest); one process at a time per
+    OUT (the lock OUT/.dissect.lock). ``thresholds_file`` may contain ``{layer}``."""
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
@@ -259,43 +262,111 @@ def dissect(
             "dissect it with the stage commands (docs/interfaces.md)"
         )
     out = Path(out)
-    shard_dir = out / "shards" / "0"
-    extract(
+    settings = dissect_settings(
         dataset,
         model_spec,
         layers,
-        0,
-        1,
-        shard_dir,
         weights=weights,
         mean=mean,
         std=std,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
+        q=q,
+        thresholds_file=thresholds_file,
+        union=union,
+        iou_threshold=iou_threshold,
+        categories=categories,
         dtype=dtype,
-        quantile=q,
-        progress=progress,
     )
-    summaries = {}
-    for layer in layers:
-        layer_dir = out / layer
-        file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
-        quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
-        tally(
-            dataset,
-            shard_dir,
-            layer,
-            layer_dir / "thresholds.npy",
-            layer_dir / "counts.npz",
-            union=union,
-            categories=categories,
-            device=device,
-            batch_size=batch_size,
-            threads=threads,
-            workers=workers,
-            progress=progress,
-            labels=labels,
-        )
-        summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
+    with exclusive_lock(out / LOCK, f"the dissection in {out}"):
+        manifest = DissectManifest.open(out, settings, list(layers))
+        shard_dir = stage_dir(out, EXTRACT)
+        if not manifest.is_done(EXTRACT):
+            extract(
+                dataset,
+                model_spec,
+                layers,
+                0,
+                1,
+                shard_dir,
+                weights=weights,
+                mean=mean,
+                std=std,
+                batch_size=batch_size,
+                workers=workers,
+                device=device,
+                dtype=dtype,
+                quantile=q,
+                progress=progress,
+            )
+            manifest.finish(EXTRACT)
+        summaries = {}
+        for layer in layers:
+            layer_dir = stage_dir(out, layer)
+            if manifest.is_done(layer):
+                summaries[layer] = json.loads((layer_dir / "summary.json").read_text())
+                continue
+            manifest.clear(layer)
+            file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
+            quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
+            tally(
+                dataset,
+                shard_dir,
+                layer,
+                layer_dir / "thresholds.npy",
+                layer_dir / "counts.npz",
+                union=union,
+                categories=categories,
+                device=device,
+                batch_size=batch_size,
+                threads=threads,
+                workers=workers,
+                progress=progress,
+                labels=labels,
+            )
+            summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
+            manifest.finish(layer)
+        manifest.complete()
     return summaries
+
+
+def dissect_settings(
+    dataset: str | Path,
+    model_spec: str,
+    layers: Sequence[str],
+    *,
+    weights: str | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    q: float,
+    thresholds_file: str | None,
+    union: str,
+    iou_threshold: float,
+    categories: Sequence[str] | None,
+    dtype: str,
+) -> dict[str, Any]:
+    """What decides the numbers of a dissection (netdissect.manifest): the options and the checksums of
+    every input file; not the batch size, threads, loader processes, device or packed labels."""
+    from netdissect import __version__
+    from netdissect.broden.dataset import dataset_fingerprint
+
+    def checksum(path: str | Path) -> str | None:
+        return sha256_file(path) if Path(path).is_file() else None
+
+    return {
+        "netdissect": __version__,
+        "dataset": str(dataset),
+        "dataset_fingerprint": dataset_fingerprint(dataset),
+        "model": model_spec,
+        "model_sha256": checksum(model_spec),  # a TorchScript file; None for a name or a factory
+        "weights_sha256": checksum(weights) if weights else None,
+        "layers": list(layers),
+        "quantile": q,
+        "thresholds_sha256": {layer: checksum(thresholds_file.replace("{layer}", layer)) for layer in layers}
+        if thresholds_file
+        else None,
+        "union": union,
+        "iou_threshold": iou_threshold,
+        "categories": list(categories) if categories else None,
+        "dtype": dtype,
+        "mean": list(mean) if mean is not None else None,
+        "std": list(std) if std is not None else None,
+    }

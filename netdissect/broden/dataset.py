@@ -71,10 +71,7 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.load_images = load_images
         self.load_labels = load_labels
         if not (self.root / "index.csv").is_file():
-            raise NetDissectError(
-                f"{self.root}: no index.csv here; expected a Broden dataset folder "
-                f"(make one with `netdissect synth {self.root} --images 100`)"
-            )
+            raise _no_index(self.root)
         problems = Problems()
         tables = read_tables(self.root, problems, categories)
         problems.raise_if_any(f"dataset {self.root}")
@@ -194,11 +191,8 @@ class BrodenDataset(torch.utils.data.Dataset):
     # -- identity -----------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """sha256 (hex) of the bytes of index.csv, label.csv and category.csv, concatenated in that order."""
-        digest = hashlib.sha256()
-        for name in ("index.csv", "label.csv", "category.csv"):
-            digest.update((self.root / name).read_bytes())
-        return digest.hexdigest()
+        """sha256 (hex) of the bytes of index.csv, label.csv and category.csv (:func:`dataset_fingerprint`)."""
+        return dataset_fingerprint(self.root)
 
     def image_path(self, i: int) -> Path:
         """The JPEG of row i."""
@@ -220,6 +214,29 @@ def _views_of_one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         views.append(flat[start : start + t.numel()].view(t.shape))
         start += t.numel()
     return views
+
+
+def _no_index(root: Path) -> NetDissectError:
+    return NetDissectError(
+        f"{root}: no index.csv here; expected a Broden dataset folder "
+        f"(make one with `netdissect synth {root} --images 100`)"
+    )
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """sha256 (hex) of the bytes of index.csv, label.csv and category.csv, concatenated in that order."""
+    if not (Path(root) / "index.csv").is_file():
+        raise _no_index(Path(root))
+    digest = hashlib.sha256()
+    for name in ("index.csv", "label.csv", "category.csv"):
+        path = Path(root) / name
+        try:
+            digest.update(path.read_bytes())
+        except OSError as err:
+            raise NetDissectError(
+                f"{path}: cannot be read ({err.strerror}); expected a Broden dataset folder at {root}"
+            ) from None
+    return digest.hexdigest()
 
 
 def check_not_empty(ds: BrodenDataset) -> None:

@@ -42,7 +42,7 @@ import torch
 from netdissect.broden.dataset import BrodenDataset, read_index
 from netdissect.broden.format import Problems
 from netdissect.errors import NetDissectError, unwrap_worker_errors
-from netdissect.io import atomic_dir
+from netdissect.io import atomic_dir, disk_full_names, exclusive_lock, lock_beside, open_for_writing
 
 FORMAT_VERSION = 2
 PIXELS = "pixels.npy"
@@ -130,8 +130,8 @@ def pack_labels(
 
     hist_label: list[np.ndarray] = []
     hist_count: list[np.ndarray] = []
-    with atomic_dir(out, replace=True) as tmp:
-        with open(tmp / PIXELS, "wb") as f:
+    with exclusive_lock(lock_beside(out), f"label pack {out}"), atomic_dir(out, replace=True) as tmp:
+        with open_for_writing(tmp / PIXELS, out / PIXELS) as f:
             np.lib.format.write_array_header_1_0(
                 f,
                 {
@@ -161,19 +161,20 @@ def pack_labels(
                         hist_count.append(counts[hist_label[-1]])
                 bar.update(len(batch["i"]))
             bar.close()
-        np.savez(
-            tmp / INDEX,
-            format_version=np.int64(FORMAT_VERSION),
-            offset=offset[:-1],
-            shape=shape,
-            fingerprint=np.str_(fingerprint),
-            categories=np.str_(json.dumps(ds.categories)),
-            num_labels=np.int64(ds.num_labels),
-            **csr,
-            hist_label=np.concatenate(hist_label or [np.zeros(0)]).astype(np.int64),
-            hist_count=np.concatenate(hist_count or [np.zeros(0)]).astype(np.int64),
-            hist_start=np.concatenate([[0], np.cumsum([len(h) for h in hist_label])]).astype(np.int64),
-        )
+        with disk_full_names(out / INDEX):
+            np.savez(
+                tmp / INDEX,
+                format_version=np.int64(FORMAT_VERSION),
+                offset=offset[:-1],
+                shape=shape,
+                fingerprint=np.str_(fingerprint),
+                categories=np.str_(json.dumps(ds.categories)),
+                num_labels=np.int64(ds.num_labels),
+                **csr,
+                hist_label=np.concatenate(hist_label or [np.zeros(0)]).astype(np.int64),
+                hist_count=np.concatenate(hist_count or [np.zeros(0)]).astype(np.int64),
+                hist_start=np.concatenate([[0], np.cumsum([len(h) for h in hist_label])]).astype(np.int64),
+            )
     return {
         "out": out,
         "images": len(ds),
