@@ -8,6 +8,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
+from netdissect.workflow_config import check_config
+
 min_version("8.0")
 
 
@@ -15,6 +17,8 @@ min_version("8.0")
 configfile: Path(workflow.basedir, "config", "config.yaml")
 
 
+# A problem is reported naming its key (netdissect/workflow_config.py); Snakemake's validate fills the defaults.
+check_config(config, Path(workflow.basedir, "config", "schema.yaml"))
 validate(config, "config/schema.yaml")
 
 

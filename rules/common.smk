@@ -23,32 +23,6 @@ wildcard_constraints:
     k=r"\d+",
 
 
-def _check_names():
-    """Fail at startup, naming the config key, when a run refers to an undefined dataset or model."""
-    for i, run in enumerate(config["runs"]):
-        if run["dataset"] not in config["datasets"]:
-            raise ValueError(
-                f"config runs[{i}].dataset: {run['dataset']!r} is not a key of `datasets` "
-                f"(defined: {', '.join(config['datasets'])})"
-            )
-        for model in run["models"]:
-            if model not in config["models"]:
-                raise ValueError(
-                    f"config runs[{i}].models: {model!r} is not a key of `models` "
-                    f"(defined: {', '.join(config['models'])})"
-                )
-    for name, model in config["models"].items():
-        weights = model["weights"]
-        if weights["source"] == "train" and weights["dataset"] not in config["datasets"]:
-            raise ValueError(
-                f"config models.{name}.weights.dataset: {weights['dataset']!r} is not a key of "
-                f"`datasets` (defined: {', '.join(config['datasets'])})"
-            )
-
-
-_check_names()
-
-
 # -- datasets -------------------------------------------------------------------------------------
 def dataset_dir(dataset):
     """The Broden folder of a dataset: datasets/<name>, or the configured path for `source: path`."""

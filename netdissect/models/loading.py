@@ -25,6 +25,8 @@ import difflib
 import importlib
 import io
 import os
+import pickle
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -194,6 +196,8 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise NetDissectError(f"--weights {path}: file not found") from None
+    except pickle.UnpicklingError as err:
+        raise refused_pickle(path, err) from None
     except Exception as err:
         raise NetDissectError(
             f"--weights {path}: not a loadable state_dict ({str(err).splitlines()[0]}); save "
@@ -230,6 +234,20 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
             + ". Check that --model names the architecture the weights were trained with."
         )
     module.load_state_dict(state)
+
+
+def refused_pickle(path: str | Path, err: Exception) -> NetDissectError:
+    """The error for a weights file that torch.load(weights_only=True) refused: it holds Python objects
+    other than tensors and containers, which unpickling would create by running code named in the file."""
+    found = re.search(r"GLOBAL (\S+)", str(err))
+    what = f"it names {found.group(1)}" if found else str(err).strip().splitlines()[-1]
+    return NetDissectError(
+        f"--weights {path}: refused: the file holds Python objects beyond tensors ({what}), and unpickling "
+        f"it could run code; netdissect reads weights with torch.load(weights_only=True) only. If the file "
+        f"comes from a source you trust, convert it once to a plain state_dict, e.g. in Python: "
+        f"obj = torch.load(FILE, weights_only=False); torch.save(obj['state_dict'] if isinstance(obj, dict) "
+        f"else obj.state_dict(), 'clean.pt'), and pass --weights clean.pt"
+    )
 
 
 def _without_data_parallel(key: str, own: dict[str, torch.Tensor]) -> str:
