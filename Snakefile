@@ -4,13 +4,23 @@
 #   snakemake report_all --profile profiles/slurm   # as SLURM jobs
 # Rules only call `netdissect <command>`; every computation lives in the netdissect package.
 
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
 from netdissect.workflow_config import check_config
+from netdissect.workflow_locks import clear_stale_locks
 
 min_version("8.0")
+
+
+# Before Snakemake locks the folder: a lock left by a killed run (kill -9, OOM, preemption) that no live
+# process can hold is removed, so the same command resumes (netdissect/workflow_locks.py).
+if workflow.is_main_process:
+    stale = clear_stale_locks()
+    if stale:
+        print(stale, file=sys.stderr)
 
 
 # The default config lives beside this file, whatever the working directory (--directory).

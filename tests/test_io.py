@@ -95,7 +95,10 @@ def test_a_killed_writers_temporaries_are_removed_but_a_live_ones_are_kept(tmp_p
         live.wait()
     live_names = _temporaries(tmp_path)
     assert live_names  # the live writer was killed too (just now): its temporaries are stale now
-    subprocess.run([sys.executable, "-c", f"from netdissect.io import save_json; save_json({str(tmp_path / 'c.json')!r}, 1)"], check=True)
+    subprocess.run(
+        [sys.executable, "-c", f"from netdissect.io import save_json; save_json({str(tmp_path / 'c.json')!r}, 1)"],
+        check=True,
+    )
     assert _temporaries(tmp_path) == []  # a new process's first atomic write into the folder swept them
 
 
