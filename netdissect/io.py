@@ -54,7 +54,7 @@ def no_space_error(
     ``left`` says what became of the unfinished output."""
     folder = Path(path).parent
     try:
-        free = f"{shutil.disk_usage(folder).free:,} bytes free there now"
+        free = f"{shutil.disk_usage(folder).free:,} bytes were free"
     except OSError:
         free = "free space unknown"
     return NetDissectError(
