@@ -191,6 +191,7 @@ def test_fuzz_images(base: Path, scratch: Path, data):
         restore(base, scratch, name)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's warning at open: expected
 @pytest.mark.parametrize("side, says", [(12_000, "label map is 12000x12000"), (100_000, "decompression bomb")])
 def test_a_declared_huge_png_is_refused_before_decoding(broden_example: Path, side: int, says: str):
     """A label PNG declaring a huge size is refused from its header, before any pixel is decoded (the

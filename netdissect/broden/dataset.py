@@ -284,10 +284,8 @@ def read_tables(root: Path, problems: Problems, categories: Sequence[str] | None
                 codes[row.name] = read_code_csv(root / f"c_{row.name}.csv", problems)
             else:
                 problems.add(
-                    root / "category.csv",
-                    f"lists category {row.name!r}, but c_{row.name}.csv is missing",
-                    row=row.line,
-                    column="name",
+                    root / f"c_{row.name}.csv",
+                    f"file is missing (category {row.name!r} is listed in category.csv, row {row.line})",
                 )
                 codes[row.name] = []
     top = max([r.number for r in label_rows] + [r.number for rows in codes.values() for r in rows], default=0)
