@@ -8,7 +8,8 @@ reference, and its duration T). Then, in a fresh folder, the same command is sta
 process group SIGKILLed after a delay drawn uniformly from [0, T) (seeded); it is restarted with the
 same command (the README's: no --unlock, no clean-up) and killed again, until ``--kills`` kills are
 made; the run after the last kill goes to the end. When a run ends before its kill moment, that folder
-is done and the next kill starts a fresh one.
+is done and the next kill starts a fresh one. (T is updated to the duration of every uninterrupted
+run from scratch, so that the moments follow the machine's speed when other jobs share it.)
 
 ``dissect``: the same with ``netdissect dissect --out OUT`` (12 images, layer3 and layer4), restarted
 into the same OUT.
@@ -135,6 +136,7 @@ def workflow_campaign(work: Path, kills: int, rng: random.Random, reference=None
     config, folders, command = WORKFLOW_CONFIG, WORKFLOW_FOLDERS, workflow_command
     expected, seconds, reference_jobs = reference or workflow_reference(work)
     campaign = Campaign("workflow", kills, rng)
+    span = seconds  # kill moments are drawn from [0, span): an uninterrupted run's duration, kept up to date
     while campaign.made < kills:
         campaign.rounds += 1
         wd = work / f"workflow-{campaign.rounds}"
@@ -142,10 +144,12 @@ def workflow_campaign(work: Path, kills: int, rng: random.Random, reference=None
         log = work / f"workflow-{campaign.rounds}.log"
         kills_here = []
         while True:
-            delay = rng.uniform(0, seconds) if campaign.made < kills else None
+            delay = rng.uniform(0, span) if campaign.made < kills else None
             killed, took = run_until(command(wd), REPO, delay, log)
             campaign.seconds += took
             if not killed:
+                if not kills_here:  # a whole run, uninterrupted: the machine's speed now
+                    span = took
                 break
             campaign.made += 1
             torn = torn_files(snapshot(wd, folders), expected)
@@ -178,12 +182,13 @@ def dissect_campaign(work: Path, kills: int, rng: random.Random) -> str:
     rename = lambda files: {k.replace("dissect-run/", "dissect-reference/", 1): v for k, v in files.items()}  # noqa: E731
     out = work / "dissect-run"
     campaign = Campaign("dissect", kills, rng)
+    span = seconds
     log = work / "dissect-run.log"
     while campaign.made < kills:
         campaign.rounds += 1
         kills_here = []
         while True:
-            delay = rng.uniform(0, seconds) if campaign.made < kills else None
+            delay = rng.uniform(0, span) if campaign.made < kills else None
             before = log.read_text() if log.exists() else ""
             killed, took = run_until(command(out), REPO, delay, log)
             campaign.seconds += took
@@ -191,6 +196,8 @@ def dissect_campaign(work: Path, kills: int, rng: random.Random) -> str:
             kept = re.search(r"done already: (.*)", said)
             campaign.kept += len(kept.group(1).split(", ")) if kept else 0
             if not killed:
+                if not kills_here and not kept:  # a whole run, uninterrupted: the machine's speed now
+                    span = took
                 break
             campaign.made += 1
             now = rename(snapshot(work, ("dissect-run",)))

@@ -19,7 +19,7 @@ rule check_layers:
         spec=lambda wc: model_entry(wc)["spec"],
         layers=layers_option,
     shell:
-        "netdissect layers --model {params.spec} --check {params.layers} > {output} 2> {log}"
+        "netdissect layers --model {params.spec} --check {params.layers} --out {output} 2> {log}"
 
 
 rule train_demo:

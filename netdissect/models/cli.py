@@ -19,6 +19,7 @@ def register(sub, *groups) -> None:
         metavar="L1,L2",
         help="only these layers: fail (exit 2) naming any the model lacks, else list them",
     )
+    p.add_argument("--out", metavar="FILE", help="write the list to FILE (atomically) instead of printing it")
     p.set_defaults(func=_layers)
 
     r = sub.add_parser(
@@ -38,9 +39,16 @@ def _layers(args: argparse.Namespace) -> int:
 
     setup(args)
     model = load_model(args.model, args.weights, args.mean, args.std)
+    lines = []
     for name, shape in layer_shapes(model, args.check, size=args.size).items():
         shape_text = "x".join(str(s) for s in shape) if isinstance(shape, tuple) else shape
-        print(f"{name}\t{shape_text}")
+        lines.append(f"{name}\t{shape_text}\n")
+    if args.out:
+        from netdissect.io import atomic_write_text
+
+        atomic_write_text(args.out, "".join(lines))  # a killed check leaves no file that looks finished
+    else:
+        print("".join(lines), end="")
     return 0
 
 
