@@ -11,7 +11,7 @@ made; the run after the last kill goes to the end. When a run ends before its ki
 is done and the next kill starts a fresh one. (T is updated to the duration of every uninterrupted
 run from scratch, so that the moments follow the machine's speed when other jobs share it.)
 
-``dissect``: the same with ``netdissect dissect --out OUT`` (12 images, layer3 and layer4), restarted
+``dissect``: the same with ``netdissect dissect --out OUT`` (256 images, layer3 and layer4), restarted
 into the same OUT.
 
 After every kill: every file at its final name (not a hidden temporary of an atomic write) must be
@@ -172,7 +172,7 @@ def dissect_campaign(work: Path, kills: int, rng: random.Random) -> str:
 
     dataset = work / "dissect-dataset"
     if not (dataset / "index.csv").is_file():
-        synthesize(dataset, 12, size=224, seed=3, workers=1)
+        synthesize(dataset, 256, size=224, seed=3, workers=2)
     command = lambda out: [  # noqa: E731
         sys.executable, "-m", "netdissect", "dissect", "--dataset", str(dataset), "--model", "resnet18",
         "--layers", "layer3,layer4", "--out", str(out), "--batch-size", "4", "--no-progress",
