@@ -265,13 +265,13 @@ class _Names:
 
     def add(self, rel: PurePosixPath, kind: str) -> None:
         for parent in rel.parents:
-            if parent != PurePosixPath() and self.kinds.setdefault(parent, "dir") != "dir":
+            if parent != PurePosixPath() and self.kinds.setdefault(parent, "folder") != "folder":
                 raise NetDissectError(
                     f"{self.archive}: member {str(rel)!r} lies inside {str(parent)!r}, which the archive also "
                     f"holds as a {self.kinds[parent]}; refusing to extract"
                 )
         previous = self.kinds.get(rel)
-        if previous is not None and not (previous == "dir" and kind == "dir"):
+        if previous is not None and not (previous == "folder" and kind == "folder"):
             raise NetDissectError(
                 f"{self.archive}: member {str(rel)!r} appears twice (as a {previous}, then as a {kind}); "
                 f"refusing to extract an archive whose members would overwrite each other"

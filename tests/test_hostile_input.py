@@ -208,6 +208,23 @@ def test_hostile_archive_is_refused(tmp_path: Path, build, match):
     assert not Path("/tmp/netdissect_evil_abs.txt").exists()
 
 
+def test_folders_listed_before_their_members_are_accepted(tmp_path: Path):
+    """Archives made by tar and zip tools list each folder, then what is inside (and may list a folder
+    twice): none of that is a conflict."""
+    tar = _tar(
+        tmp_path / "a.tar",
+        [_member("top", tarfile.DIRTYPE), _member("top/images", tarfile.DIRTYPE), _member("top/images/x.txt"),
+         _member("top/images", tarfile.DIRTYPE), _member("top/l", tarfile.SYMTYPE, "images/x.txt")],
+    )  # fmt: skip
+    out = extract(tar, tmp_path / "out")
+    assert (out / "top" / "l").read_bytes() == b"E"
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.writestr("top/", b"")
+        zf.writestr("top/images/", b"")
+        zf.writestr("top/images/x.txt", b"X")
+    assert (extract(tmp_path / "a.zip", tmp_path / "out2", strip=1) / "images" / "x.txt").read_bytes() == b"X"
+
+
 def test_archive_on_the_limit_is_accepted(tmp_path: Path):
     """The limits leave real archives alone: a zip of 65 MiB of random bytes (ratio 1) and a small,
     very compressible text member (ratio far above 100, but below ARCHIVE_RATIO_FLOOR)."""
