@@ -4,17 +4,31 @@
 #   snakemake report_all --profile profiles/slurm   # as SLURM jobs
 # Rules only call `netdissect <command>`; every computation lives in the netdissect package.
 
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
+from netdissect.workflow_config import check_config
+from netdissect.workflow_locks import clear_stale_locks
+
 min_version("8.0")
+
+
+# Before Snakemake locks the folder: a lock left by a killed run (kill -9, OOM, preemption) that no live
+# process can hold is removed, so the same command resumes (netdissect/workflow_locks.py).
+if workflow.is_main_process:
+    stale = clear_stale_locks()
+    if stale:
+        print(stale, file=sys.stderr)
 
 
 # The default config lives beside this file, whatever the working directory (--directory).
 configfile: Path(workflow.basedir, "config", "config.yaml")
 
 
+# A problem is reported naming its key (netdissect/workflow_config.py); Snakemake's validate fills the defaults.
+check_config(config, Path(workflow.basedir, "config", "schema.yaml"))
 validate(config, "config/schema.yaml")
 
 

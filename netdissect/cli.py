@@ -12,6 +12,7 @@ import sys
 
 from netdissect import __version__
 from netdissect.errors import NetDissectError
+from netdissect.io import NO_SPACE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NetDissectError as err:
         print(f"netdissect {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk where no writer named the file (the writers of netdissect.io do)
+        if err.errno not in NO_SPACE:
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        print(
+            f"netdissect {args.command}: error: no space left on the device{where} ({err.strerror}); "
+            f"free some space and run the same command again",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

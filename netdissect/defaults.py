@@ -46,3 +46,7 @@ COMPARE_LIMIT = 20  # differing units listed
 
 # The demo network
 DEMO_EPOCHS = 6
+
+# Archives (`netdissect fetch --extract`): refuse a "zip bomb"
+ARCHIVE_MAX_RATIO = 100.0  # unpacked bytes per archive byte (images barely compress; deflate's best is ~1000)
+ARCHIVE_RATIO_FLOOR = 64 << 20  # archives unpacking to less than this (64 MiB) are never refused for their ratio

@@ -21,7 +21,7 @@ import torch
 from netdissect.broden.dataset import check_not_empty
 from netdissect.defaults import BATCH_SIZE, DTYPE, QUANTILE
 from netdissect.errors import NetDissectError, unwrap_worker_errors
-from netdissect.io import atomic_path, save_json, save_npy
+from netdissect.io import atomic_path, open_for_writing, save_json, save_npy
 from netdissect.models import LoadedModel, capture
 from netdissect.models.fieldmaps import field_map_json, trace_field_maps
 from netdissect.models.layers import require_weights
@@ -140,9 +140,10 @@ def extract_shard(
         with contextlib.ExitStack() as stack:
             writers, topks, imgmax = {}, {}, {}
             for layer, info in layer_info.items():
-                tmp = stack.enter_context(atomic_path(shard_file(out_dir, layer, "act")))
-                f = stack.enter_context(open(tmp, "wb"))
-                writers[layer] = NpyRowWriter(f, (stop - start, *shapes[layer]), np_dtype)
+                target = shard_file(out_dir, layer, "act")
+                tmp = stack.enter_context(atomic_path(target))
+                f = stack.enter_context(open_for_writing(tmp, target))
+                writers[layer] = NpyRowWriter(f, (stop - start, *shapes[layer]), np_dtype, target)
                 topks[layer] = TopK(candidate_count(info["num_values"], quantile))
                 imgmax[layer] = np.empty((stop - start, info["units"]), dtype=np.float32)
             loader = ds.loader(batch_size, workers, start, stop)

@@ -11,9 +11,13 @@
 ``netdissect fetch`` (:func:`register`) is the command for datasets, source archives and weights.
 
 ``extract(archive, dest)`` unpacks a zip, tar, tar.gz (any compression tarfile reads) into a temporary
-folder beside ``dest`` and renames it to ``dest`` when every member is out: a member with an absolute
-path, a ``..`` component, or a link pointing outside the archive's folder is refused, and nothing is
-written outside the temporary folder.
+folder beside ``dest`` and renames it to ``dest`` when every member is out. Hostile archives are
+refused with nothing written outside the temporary folder (see :func:`extract` for the list: paths
+and links leading out, devices, duplicate names, decompression bombs); docs/reliability.md lists the
+attacks the tests build.
+
+A full disk, while downloading or unpacking, is an error naming the file (the ``.part`` file is kept
+for resuming).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from netdissect.defaults import ARCHIVE_MAX_RATIO, ARCHIVE_RATIO_FLOOR
 from netdissect.errors import NetDissectError
-from netdissect.io import atomic_dir, sha256_file
+from netdissect.io import NO_SPACE, atomic_dir, disk_full_names, no_space_error, sha256_file
 
 CHUNK = 1 << 20
 # HTTP statuses worth retrying: timeouts, rate limiting, server-side trouble.
@@ -153,7 +158,8 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
                         raise _Retryable(f"connection lost: {err!r}") from err
                     if not block:
                         break
-                    f.write(block)
+                    with disk_full_names(part, "the bytes received so far are kept there, to resume from"):
+                        f.write(block)
                     received += len(block)
                     if bar is not None:
                         bar.update(len(block))
@@ -184,14 +190,20 @@ def _progress_bar(url: str, total: int | None, initial: int, enabled: bool):
 # Archives
 
 
-def extract(archive: str | os.PathLike, dest: str | os.PathLike, strip: int = 0) -> Path:
+def extract(
+    archive: str | os.PathLike, dest: str | os.PathLike, strip: int = 0, max_ratio: float = ARCHIVE_MAX_RATIO
+) -> Path:
     """Unpack a zip or tar archive into the new folder ``dest``; return ``dest``.
 
     ``strip`` drops that many leading path components of every member (like ``tar --strip-components``);
     members with fewer components are skipped. Members are written into a temporary folder beside
-    ``dest``, renamed to ``dest`` once all are out. Refused (NetDissectError, nothing left behind):
-    absolute member paths, ``..`` components, links whose target leaves the archive's folder, device
-    files, truncated or corrupt archives, and an existing non-empty ``dest``.
+    ``dest``, renamed to ``dest`` once all are out. Refused (NetDissectError, nothing left behind, nothing
+    written outside the temporary folder): absolute member paths, ``..`` components, links whose target
+    leaves the archive's folder (also through other links), device files and pipes, a name given twice
+    (or a file where the archive also has a folder), encrypted or unknown-method zip members, a zip
+    member whose data is longer than it declares, more unpacked bytes than ``max_ratio`` times the
+    archive's size (past ``ARCHIVE_RATIO_FLOOR``; a "zip bomb") or than the free space, truncated or
+    corrupt archives, and an existing non-empty ``dest``.
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
@@ -201,16 +213,70 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, strip: int = 0)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise NetDissectError(f"--extract {dest} already exists and is not empty; remove it to extract again")
     with atomic_dir(dest) as tmp:
+        budget = _Budget(archive, tmp, max_ratio)
         if zipfile.is_zipfile(archive):
-            _extract_zip(archive, tmp, strip)
+            _extract_zip(archive, tmp, strip, budget)
         elif tarfile.is_tarfile(archive):
-            _extract_tar(archive, tmp, strip)
+            _extract_tar(archive, tmp, strip, budget)
         else:
             raise NetDissectError(
                 f"{archive} is neither a zip nor a tar archive (truncated or not an archive?); "
                 f"delete it and fetch it again"
             )
+        _check_links_stay_inside(archive, tmp)
     return dest
+
+
+class _Budget:
+    """How many unpacked bytes an archive may produce: ``max_ratio`` times its size (at least
+    ARCHIVE_RATIO_FLOOR), and no more than the free space of the target's file system."""
+
+    def __init__(self, archive: Path, tmp: Path, max_ratio: float) -> None:
+        self.archive, self.max_ratio = archive, max_ratio
+        self.size = archive.stat().st_size
+        self.ratio_limit = max(max_ratio * self.size, ARCHIVE_RATIO_FLOOR)
+        self.free = shutil.disk_usage(tmp).free
+        self.total = 0
+
+    def add(self, name: str, size: int) -> None:
+        """Count a member's declared size; refuse once the total passes a limit."""
+        self.total += max(size, 0)
+        if self.total > self.ratio_limit:
+            raise NetDissectError(
+                f"{self.archive}: unpacks to more than {self.total:,} bytes (member {name!r} reached it) from "
+                f"{self.size:,} bytes, a ratio above the limit of {self.max_ratio:g}: a decompression bomb or "
+                f"not the archive you meant; refusing to extract. If you trust it, raise the limit with "
+                f"--max-ratio"
+            )
+        if self.total > self.free:
+            raise NetDissectError(
+                f"{self.archive}: unpacking needs more than {self.total:,} bytes (member {name!r} reached it), "
+                f"but only {self.free:,} bytes are free where it goes; free some space or extract elsewhere"
+            )
+
+
+class _Names:
+    """The members' paths so far: a path given twice, or a file where another member makes a folder
+    (or the other way round), is refused, so no member silently replaces or redirects another."""
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.kinds: dict[PurePosixPath, str] = {}
+
+    def add(self, rel: PurePosixPath, kind: str) -> None:
+        for parent in rel.parents:
+            if parent != PurePosixPath() and self.kinds.setdefault(parent, "folder") != "folder":
+                raise NetDissectError(
+                    f"{self.archive}: member {str(rel)!r} lies inside {str(parent)!r}, which the archive also "
+                    f"holds as a {self.kinds[parent]}; refusing to extract"
+                )
+        previous = self.kinds.get(rel)
+        if previous is not None and not (previous == "folder" and kind == "folder"):
+            raise NetDissectError(
+                f"{self.archive}: member {str(rel)!r} appears twice (as a {previous}, then as a {kind}); "
+                f"refusing to extract an archive whose members would overwrite each other"
+            )
+        self.kinds[rel] = kind
 
 
 def _safe_relative(archive: Path, name: str, strip: int) -> PurePosixPath | None:
@@ -248,10 +314,38 @@ def _check_link(archive: Path, name: str, target: str, hard: bool) -> None:
             )
 
 
-def _extract_tar(archive: Path, tmp: Path, strip: int) -> None:
+def _inside(root: Path, path: str | os.PathLike) -> bool:
+    """Whether ``path``, with every symlink on it resolved as the disk is now, lies in ``root``."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top + os.sep)
+
+
+def _check_links_stay_inside(archive: Path, tmp: Path) -> None:
+    """Once every member is out: each symlink resolves inside the folder (links made in any order can
+    point out only through each other, which the per-member checks cannot see)."""
+    for folder, dirs, files in os.walk(tmp):
+        for name in dirs + files:
+            path = Path(folder, name)
+            if path.is_symlink() and not _inside(tmp, path):
+                raise NetDissectError(
+                    f"{archive}: link {str(path.relative_to(tmp))!r} resolves outside the archive's folder "
+                    f"(through other links); refusing to extract"
+                )
+
+
+def _unreadable(archive: Path, err: BaseException) -> NetDissectError:
+    return NetDissectError(
+        f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: delete it and fetch it again"
+    )
+
+
+def _extract_tar(archive: Path, tmp: Path, strip: int, budget: _Budget) -> None:
+    names = _Names(archive)
+    member_name = ""
     try:
         with tarfile.open(archive) as tar:
             for member in tar:
+                member_name = member.name
                 rel = _safe_relative(archive, member.name, strip)
                 if member.issym() or member.islnk():
                     _check_link(archive, member.name, member.linkname, member.islnk())
@@ -264,44 +358,90 @@ def _extract_tar(archive: Path, tmp: Path, strip: int) -> None:
                     raise NetDissectError(f"{archive}: member {member.name!r} is a device or pipe; refusing to extract")
                 if rel is None:
                     continue
+                names.add(rel, "folder" if member.isdir() else "link" if member.issym() or member.islnk() else "file")
+                if member.isfile():
+                    budget.add(member.name, member.size)
                 member.name = str(rel)
+                if not _inside(tmp, tmp.joinpath(*rel.parts).parent):
+                    raise NetDissectError(
+                        f"{archive}: member {member_name!r} would be written through a link outside the "
+                        f"archive's folder; refusing to extract"
+                    )
                 # The "data" filter re-checks paths and links and drops permissions/ownership oddities.
                 tar.extract(member, tmp, filter="data")
     except tarfile.FilterError as err:
         raise NetDissectError(f"{archive}: member refused by the safety filter ({err}); refusing to extract") from None
-    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as err:
-        raise NetDissectError(
-            f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
-            f"delete it and fetch it again"
-        ) from None
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            raise no_space_error(tmp / member_name, err) from None
+        raise _unreadable(archive, err) from None
+    except (tarfile.TarError, EOFError, zipfile.BadZipFile) as err:
+        raise _unreadable(archive, err) from None
 
 
-def _extract_zip(archive: Path, tmp: Path, strip: int) -> None:
+def _extract_zip(archive: Path, tmp: Path, strip: int, budget: _Budget) -> None:
+    names = _Names(archive)
+    info = None
     try:
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            for info in infos:  # every declared size is known before anything is written
+                if not info.is_dir():
+                    budget.add(info.filename, info.file_size)
+            for info in infos:
                 rel = _safe_relative(archive, info.filename, strip)
                 is_link = stat.S_ISLNK(info.external_attr >> 16)
+                if info.flag_bits & 0x1:
+                    raise NetDissectError(
+                        f"{archive}: member {info.filename!r} is encrypted; netdissect does not unpack "
+                        f"encrypted archives"
+                    )
                 if is_link:
                     target = zf.read(info).decode("utf-8")
                     _check_link(archive, info.filename, target, hard=False)
                 if rel is None:
                     continue
+                names.add(rel, "folder" if info.is_dir() else "link" if is_link else "file")
                 path = tmp.joinpath(*rel.parts)
                 if info.is_dir():
                     path.mkdir(parents=True, exist_ok=True)
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
+                if not _inside(tmp, path.parent):
+                    raise NetDissectError(
+                        f"{archive}: member {info.filename!r} would be written through a link outside the "
+                        f"archive's folder; refusing to extract"
+                    )
                 if is_link:
                     os.symlink(target, path)
                     continue
-                with zf.open(info) as src, open(path, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as err:
+                _copy_member(archive, zf, info, path)
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            raise no_space_error(tmp / (info.filename if info else ""), err) from None
+        raise _unreadable(archive, err) from None
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, UnicodeDecodeError) as err:
+        raise _unreadable(archive, err) from None
+    except NotImplementedError as err:  # a compression method zipfile does not know
         raise NetDissectError(
-            f"{archive}: cannot read the archive ({err}); it is probably truncated or corrupt: "
-            f"delete it and fetch it again"
+            f"{archive}: member {info.filename!r} uses a compression method netdissect cannot unpack ({err}); "
+            f"repack it as a plain zip (deflate) or tar"
         ) from None
+
+
+def _copy_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> None:
+    """Copy one zip member to the new file ``path`` ("x": never through an existing file or link),
+    refusing data longer than the member declares."""
+    written = 0
+    with zf.open(info) as src, open(path, "xb") as dst:
+        while block := src.read(CHUNK):
+            written += len(block)
+            if written > info.file_size:
+                raise NetDissectError(
+                    f"{archive}: member {info.filename!r} holds more data than the {info.file_size:,} bytes it "
+                    f"declares; refusing to extract"
+                )
+            dst.write(block)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,6 +476,14 @@ def register(sub, *groups) -> None:
         help="seconds without data before a connection counts as stalled (default 60)",
     )
     p.add_argument("--retries", type=int, default=5, help="attempts after the first (default 5)")
+    p.add_argument(
+        "--max-ratio",
+        type=float,
+        default=ARCHIVE_MAX_RATIO,
+        metavar="R",
+        help=f"refuse an archive that unpacks to more than R times its size (default {ARCHIVE_MAX_RATIO:g}; "
+        f"archives unpacking to less than {ARCHIVE_RATIO_FLOOR >> 20} MiB are never refused for it)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_fetch)
 
@@ -343,5 +491,5 @@ def register(sub, *groups) -> None:
 def _fetch(args: argparse.Namespace) -> int:
     fetch(args.url, args.out, args.sha256, timeout=args.timeout, retries=args.retries, progress=not args.no_progress)
     if args.extract:
-        extract(args.out, args.extract, strip=args.strip)
+        extract(args.out, args.extract, strip=args.strip, max_ratio=args.max_ratio)
     return 0

@@ -34,7 +34,8 @@ from netdissect.defaults import (
     TOPK,
 )
 from netdissect.errors import NetDissectError
-from netdissect.io import save_json, save_npy
+from netdissect.io import exclusive_lock, save_json, save_npy, sha256_file
+from netdissect.manifest import EXTRACT, LOCK, DissectManifest, stage_dir
 from netdissect.names import layer_file_name
 from netdissect.presets import resolve
 
@@ -328,7 +329,9 @@ def dissect(
     HTML report OUT/<layer>/report/index.html (``topk`` images per unit). ``thresholds_file`` may
     contain ``{layer}``. ``q``, ``union``, ``upsample`` and the input convention: as given, else
     ``preset``'s, else the defaults. <layer> is the layer's file name (:func:`netdissect.names.layer_file_name`:
-    ``/`` becomes ``%2F``), also in ``thresholds_file``."""
+    ``/`` becomes ``%2F``), also in ``thresholds_file``. OUT/dissect.json is the record that lets a
+    killed run resume (same settings) or start over (netdissect.manifest); one process at a time per OUT
+    (the lock OUT/.dissect.lock)."""
     chosen = resolve(preset, quantile=q, union=union, upsample=upsample)
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
@@ -343,59 +346,142 @@ def dissect(
             "dissect it with the stage commands (docs/interfaces.md)"
         )
     out = Path(out)
-    shard_dir = out / "shards" / "0"
-    extract(
+    settings = dissect_settings(
         dataset,
         model_spec,
         layers,
-        0,
-        1,
-        shard_dir,
         weights=weights,
         mean=mean,
         std=std,
         mean_file=mean_file,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        dtype=dtype,
-        quantile=q,
-        tokens=tokens,
-        progress=progress,
         preset=preset,
+        q=chosen["quantile"],
+        thresholds_file=thresholds_file,
+        union=chosen["union"],
+        upsample=chosen["upsample"],
+        iou_threshold=iou_threshold,
+        categories=categories,
+        dtype=dtype,
+        tokens=tokens,
     )
-    from netdissect.shards import load_meta
+    with exclusive_lock(out / LOCK, f"the dissection in {out}"):
+        manifest = DissectManifest.open(out, settings, list(layers))
+        shard_dir = stage_dir(out, EXTRACT)
+        if not manifest.is_done(EXTRACT):
+            extract(
+                dataset,
+                model_spec,
+                layers,
+                0,
+                1,
+                shard_dir,
+                weights=weights,
+                mean=mean,
+                std=std,
+                mean_file=mean_file,
+                batch_size=batch_size,
+                workers=workers,
+                device=device,
+                dtype=dtype,
+                quantile=q,
+                tokens=tokens,
+                progress=progress,
+                preset=preset,
+            )
+            manifest.finish(EXTRACT)
+        from netdissect.shards import load_meta
 
-    meta = load_meta(shard_dir)
-    for layer in layers:  # a layer without a field map fails before any tally
-        layer_upsampling(chosen["upsample"], meta["layers"][layer], meta, layer)
-    summaries = {}
-    for layer in layers:
-        layer_dir = out / layer_file_name(layer)
-        file = thresholds_file.replace("{layer}", layer_file_name(layer)) if thresholds_file else None
-        quantile([shard_dir], layer, layer_dir, q=chosen["quantile"], thresholds_file=file)
-        tally(
-            dataset,
-            shard_dir,
-            layer,
-            layer_dir / "thresholds.npy",
-            layer_dir / "counts.npz",
-            union=union,
-            upsample=upsample,
-            preset=preset,
-            categories=categories,
-            device=device,
-            batch_size=batch_size,
-            threads=threads,
-            workers=workers,
-            progress=progress,
-            labels=labels,
-        )
-        summaries[layer] = score(
-            layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold, shards=[shard_dir]
-        )
-        if report:
-            from netdissect.report.build import write_layer_report
+        meta = load_meta(shard_dir)
+        for layer in layers:  # a layer without a field map fails before any tally
+            layer_upsampling(chosen["upsample"], meta["layers"][layer], meta, layer)
+        summaries = {}
+        for layer in layers:
+            layer_dir = stage_dir(out, layer)
+            if manifest.is_done(layer):
+                summaries[layer] = json.loads((layer_dir / "summary.json").read_text())
+            else:
+                manifest.clear(layer)
+                file = thresholds_file.replace("{layer}", layer_file_name(layer)) if thresholds_file else None
+                quantile([shard_dir], layer, layer_dir, q=chosen["quantile"], thresholds_file=file)
+                tally(
+                    dataset,
+                    shard_dir,
+                    layer,
+                    layer_dir / "thresholds.npy",
+                    layer_dir / "counts.npz",
+                    union=union,
+                    upsample=upsample,
+                    preset=preset,
+                    categories=categories,
+                    device=device,
+                    batch_size=batch_size,
+                    threads=threads,
+                    workers=workers,
+                    progress=progress,
+                    labels=labels,
+                )
+                summaries[layer] = score(
+                    layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold, shards=[shard_dir]
+                )
+                manifest.finish(layer)
+            # the report changes no number: written (again) whenever asked for, also for a resumed layer
+            if report:
+                from netdissect.report.build import write_layer_report
 
-            summaries[layer]["report"] = str(write_layer_report(layer_dir, topk=topk, threads=threads))
+                summaries[layer]["report"] = str(write_layer_report(layer_dir, topk=topk, threads=threads))
+        manifest.complete()
     return summaries
+
+
+def dissect_settings(
+    dataset: str | Path,
+    model_spec: str,
+    layers: Sequence[str],
+    *,
+    weights: str | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    mean_file: str | None,
+    preset: str | None,
+    q: float,
+    thresholds_file: str | None,
+    union: str,
+    upsample: str,
+    iou_threshold: float,
+    categories: Sequence[str] | None,
+    dtype: str,
+    tokens: str | None,
+) -> dict[str, Any]:
+    """What decides the numbers of a dissection (netdissect.manifest): the options and the checksums of
+    every input file; not the batch size, threads, loader processes, device or packed labels."""
+    from netdissect import __version__
+    from netdissect.broden.dataset import dataset_fingerprint
+
+    def checksum(path: str | Path) -> str | None:
+        return sha256_file(path) if Path(path).is_file() else None
+
+    return {
+        "netdissect": __version__,
+        "dataset": str(dataset),
+        "dataset_fingerprint": dataset_fingerprint(dataset),
+        "model": model_spec,
+        "model_sha256": checksum(model_spec),  # a TorchScript, ONNX or prototxt file; None for a name
+        "weights_sha256": checksum(weights) if weights else None,
+        "mean_file_sha256": checksum(mean_file) if mean_file else None,
+        "preset": preset,
+        "layers": list(layers),
+        "quantile": q,
+        "thresholds_sha256": {
+            layer: checksum(thresholds_file.replace("{layer}", layer_file_name(layer))) for layer in layers
+        }
+        if thresholds_file
+        else None,
+        "union": union,
+        "upsample": upsample,
+        "iou_threshold": iou_threshold,
+        "categories": list(categories) if categories else None,
+        "dtype": dtype,
+        "mean": list(mean) if mean is not None else None,
+        "std": list(std) if std is not None else None,
+        "tokens": tokens,
+    }

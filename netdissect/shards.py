@@ -46,6 +46,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from netdissect.errors import NetDissectError
+from netdissect.io import disk_full_names
 from netdissect.names import layer_file_name
 
 SHARD_FORMAT = "netdissect-shard"
@@ -65,24 +66,31 @@ def shard_range(num_images: int, shard: int, shards: int) -> tuple[int, int]:
 
 
 class NpyRowWriter:
-    """Writes a C-order .npy file of known shape row block by row block (no memory map, flat RSS)."""
+    """Writes a C-order .npy file of known shape row block by row block (no memory map, flat RSS).
 
-    def __init__(self, f: BinaryIO, shape: tuple[int, ...], dtype: np.dtype):
+    ``name`` is the file the user will see (the target of the atomic write ``f`` belongs to): a full
+    disk is an error naming it (:func:`netdissect.io.no_space_error`)."""
+
+    def __init__(self, f: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, name: str | Path | None = None):
         self.f, self.shape, self.dtype = f, shape, np.dtype(dtype)
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
-        )
+        self.name = name if name is not None else f.name
+        with disk_full_names(self.name):
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+            )
         self.rows = 0
 
     def write(self, block: np.ndarray) -> None:
         assert block.shape[1:] == self.shape[1:] and block.dtype == self.dtype
-        self.f.write(np.ascontiguousarray(block))  # the buffer itself: no copy to bytes
+        with disk_full_names(self.name):
+            self.f.write(np.ascontiguousarray(block))  # the buffer itself: no copy to bytes
         self.rows += block.shape[0]
 
     def close(self) -> None:
         if self.rows != self.shape[0]:
             raise RuntimeError(f"wrote {self.rows} rows, header says {self.shape[0]}")
-        self.f.flush()
+        with disk_full_names(self.name):
+            self.f.flush()
 
 
 def read_npy_rows(path: str | Path, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:

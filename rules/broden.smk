@@ -68,7 +68,7 @@ rule check_dataset:
     params:
         root=dataset_option,
     shell:
-        "netdissect broden check {params.root} > {output} 2> {log}"
+        "netdissect broden check {params.root} --out {output} 2> {log}"
 
 
 rule pack_labels:

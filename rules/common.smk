@@ -27,37 +27,6 @@ wildcard_constraints:
     k=r"\d+",
 
 
-def _check_names():
-    """Fail at startup, naming the config key, when a run refers to an undefined dataset or model."""
-    for i, run in enumerate(config["runs"]):
-        if run["dataset"] not in config["datasets"]:
-            raise ValueError(
-                f"config runs[{i}].dataset: {run['dataset']!r} is not a key of `datasets` "
-                f"(defined: {', '.join(config['datasets'])})"
-            )
-        for model in run["models"]:
-            if model not in config["models"]:
-                raise ValueError(
-                    f"config runs[{i}].models: {model!r} is not a key of `models` "
-                    f"(defined: {', '.join(config['models'])})"
-                )
-    for name, model in config["models"].items():
-        weights = model["weights"]
-        caffe = is_caffe(name)
-        if caffe and weights["source"] not in ("download", "path"):
-            raise ValueError(
-                f"config models.{name}.weights.source: {weights['source']!r}; a Caffe deploy.prototxt needs its "
-                f".caffemodel: `source: download` (with `url`) or `source: path` (with `path`)"
-            )
-        if model["mean_file"] and not caffe:
-            raise ValueError(f"config models.{name}.mean_file: only for Caffe models (spec: .../deploy.prototxt)")
-        if weights["source"] == "train" and weights["dataset"] not in config["datasets"]:
-            raise ValueError(
-                f"config models.{name}.weights.dataset: {weights['dataset']!r} is not a key of "
-                f"`datasets` (defined: {', '.join(config['datasets'])})"
-            )
-
-
 def is_url(text):
     return re.match(r"https?://", text) is not None
 
@@ -65,9 +34,6 @@ def is_url(text):
 def is_caffe(model):
     """A model whose SPEC is a Caffe deploy.prototxt (a path, or a URL fetched to models/<model>.prototxt)."""
     return config["models"][model]["spec"].lower().endswith(".prototxt")
-
-
-_check_names()
 
 
 # -- datasets -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ rule check_layers:
         layers=layers_option,
         upsample=upsample_check_option(),
     shell:
-        "netdissect layers --model {params.spec} --check {params.layers:q} {params.upsample} > {output} 2> {log}"
+        "netdissect layers --model {params.spec} --check {params.layers:q} {params.upsample} --out {output} 2> {log}"
 
 
 rule train_demo:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,11 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "synth224"
     synthesize(root, SYNTH_IMAGES, size=224, seed=0, workers=2)
     return root
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The number of fuzz cases run (tests/fuzzing.py), when fuzz tests ran."""
+    fuzzing = sys.modules.get("tests.fuzzing")
+    if fuzzing is not None and fuzzing.CASES:
+        per_target = ", ".join(f"{name} {n}" for name, n in sorted(fuzzing.CASES.items()))
+        terminalreporter.write_line(f"fuzz cases run: {sum(fuzzing.CASES.values())} ({fuzzing.MODE}; {per_target})")

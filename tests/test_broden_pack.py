@@ -157,7 +157,8 @@ def test_interrupted_pack_leaves_the_old_one(synth_dataset: Path, tmp_path: Path
     monkeypatch.setattr(pack_module, "unwrap_worker_errors", fail_after_one_batch)
     with pytest.raises(RuntimeError):
         pack_labels(synth_dataset, pack, workers=0, progress=False)
-    assert not pack.exists() and list(tmp_path.iterdir()) == []  # nothing half-written is left
+    # nothing half-written is left; only the lock file, which stays (netdissect.io.exclusive_lock)
+    assert not pack.exists() and [p.name for p in tmp_path.iterdir()] == [".labels.lock"]
 
     monkeypatch.setattr(pack_module, "unwrap_worker_errors", original)
     small = _copy(synth_dataset, tmp_path, "small")  # pack of another dataset first
@@ -175,7 +176,7 @@ def test_interrupted_pack_leaves_the_old_one(synth_dataset: Path, tmp_path: Path
     monkeypatch.setattr(pack_module, "unwrap_worker_errors", original)
     pack_labels(synth_dataset, pack, workers=0, progress=False)  # over it: succeeds, replaced
     assert_same_items(BrodenDataset(synth_dataset, load_images=False), packed(pack, synth_dataset))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "small"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".labels.lock", "labels", "small"]
 
 
 def test_cli_packs_and_reports(broden_example: Path, tmp_path: Path, capsys):

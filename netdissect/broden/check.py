@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from netdissect.broden.dataset import read_index, read_tables, safe_relative_path
-from netdissect.broden.format import INDEX_FIXED_COLUMNS, Problems
+from netdissect.broden.format import INDEX_FIXED_COLUMNS, ImageSizeError, Problems, read_rgb
 from netdissect.errors import NetDissectError
 
 
@@ -233,14 +232,13 @@ def _check_row_files(row: _RowFiles) -> list[str]:
     try:
         if not safe_relative_path(row.image):
             raise _Skip
-        with Image.open(jpeg) as img:
-            img.load()
-            if ih and iw and (img.height, img.width) != (ih, iw):
-                found.add(
-                    jpeg,
-                    f"image is {img.height}x{img.width} (h x w), index.csv says ih={ih}, iw={iw} "
-                    f"{where}, columns 'ih', 'iw')",
-                )
+        read_rgb(jpeg, (ih, iw) if ih and iw else None)
+    except ImageSizeError as err:
+        found.add(
+            jpeg,
+            f"image is {err.found[0]}x{err.found[1]} (h x w), index.csv says ih={ih}, iw={iw} "
+            f"{where}, columns 'ih', 'iw')",
+        )
     except FileNotFoundError:
         found.add(jpeg, f"image file is missing {where}, column 'image')")
     except (OSError, ValueError) as err:
@@ -260,18 +258,18 @@ def _check_png(
     context: _FileContext, path: Path, category: str, shape: tuple[int, int], where: str, found: Problems
 ) -> None:
     try:
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
+        rgb = read_rgb(path, shape if all(shape) else None)
     except FileNotFoundError:
         found.add(path, f"label PNG is missing {where}")
+        return
+    except ImageSizeError as err:
+        found.add(
+            path, f"label map is {err.found[0]}x{err.found[1]}, index.csv says sh={shape[0]}, sw={shape[1]} {where}"
+        )
         return
     except (OSError, ValueError) as err:
         found.add(path, f"label PNG cannot be decoded: {err} {where}")
         return
-    if all(shape) and rgb.shape[:2] != shape:
-        found.add(
-            path, f"label map is {rgb.shape[0]}x{rgb.shape[1]}, index.csv says sh={shape[0]}, sw={shape[1]} {where}"
-        )
     if rgb[..., 2].any():
         found.add(path, f"blue channel must be 0 (labels are R + 256*G), found {int(rgb[..., 2].max())} {where}")
     labels = rgb[..., 0].astype(np.int64) | (rgb[..., 1].astype(np.int64) << 8)

@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction, broden_sub: argparse._SubParsersAc
     check.add_argument("dir", metavar="DIR", help="dataset folder (holds index.csv)")
     check.add_argument("--workers", type=int, default=None, help="processes decoding files (default: all cores)")
     check.add_argument("--limit", type=int, default=None, help="check only the first N rows' files")
+    check.add_argument("--out", metavar="FILE", help="write the problems to FILE (atomically) instead of printing them")
     check.set_defaults(func=_check)
 
     pack = broden_sub.add_parser(
@@ -76,8 +77,13 @@ def _check(args: argparse.Namespace) -> int:
     from netdissect.broden.check import check_broden
 
     problems = check_broden(args.dir, workers=args.workers, limit=args.limit)
-    for problem in problems:
-        print(problem)
+    if args.out:
+        from netdissect.io import atomic_write_text
+
+        atomic_write_text(args.out, "".join(f"{p}\n" for p in problems))  # complete or absent
+    else:
+        for problem in problems:
+            print(problem)
     if problems:
         print(f"{args.dir}: {len(problems)} problem(s)", file=sys.stderr)
         return 1

@@ -20,20 +20,26 @@ from PIL import Image
 
 from netdissect.broden.format import (
     INDEX_FIXED_COLUMNS,
+    MAX_LABEL,
+    MAX_SIDE,
     CategoryRow,
     CodeRow,
+    ImageSizeError,
     LabelRow,
     Problems,
     decode_label_png,
     parse_cell,
+    parse_int,
     primary_categories,
     read_category_csv,
     read_code_csv,
     read_csv_rows,
     read_label_csv,
+    read_rgb,
 )
 from netdissect.errors import NetDissectError
 
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 2**31  # larger images are refused (Pillow calls them decompression bombs)
 Item = int | str  # one item of a category cell: an int label or a PNG path relative to images/
 
 
@@ -71,10 +77,7 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.load_images = load_images
         self.load_labels = load_labels
         if not (self.root / "index.csv").is_file():
-            raise NetDissectError(
-                f"{self.root}: no index.csv here; expected a Broden dataset folder "
-                f"(make one with `netdissect synth {self.root} --images 100`)"
-            )
+            raise _no_index(self.root)
         problems = Problems()
         tables = read_tables(self.root, problems, categories)
         problems.raise_if_any(f"dataset {self.root}")
@@ -87,7 +90,7 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.label_categories: list[dict[str, int]] = [{}] + [dict(r.categories) if r else {} for r in self.labels[1:]]
         self.primary: np.ndarray = primary_categories(self.codes, self.categories, self.num_labels)
 
-        index = read_index(self.root / "index.csv", self.categories, problems)
+        index = read_index(self.root / "index.csv", self.categories, problems, self.num_labels)
         problems.raise_if_any(f"dataset {self.root}")
         self.index: pd.DataFrame = index["frame"]
         self.pixel_categories: list[str] = index["pixel_categories"]
@@ -118,34 +121,32 @@ class BrodenDataset(torch.utils.data.Dataset):
     def _decode_image(self, i: int, ih: int, iw: int) -> np.ndarray:
         path = self.root / "images" / self._images[i]
         try:
-            with Image.open(path) as img:
-                rgb = np.array(img.convert("RGB"))
+            return np.array(read_rgb(path, (ih, iw)))
+        except ImageSizeError as err:
+            raise NetDissectError(
+                f"{path} (index.csv row {i + 2}): image is {err.found[0]}x{err.found[1]} (h x w), "
+                f"index.csv says ih={ih}, iw={iw}; regenerate the dataset or fix the row"
+            ) from None
         except (OSError, ValueError) as err:
             raise NetDissectError(
                 f"{path} (index.csv row {i + 2}, column 'image'): cannot read the image "
                 f"({err}); run `netdissect broden check {self.root}`"
-            ) from err
-        if rgb.shape[:2] != (ih, iw):
-            raise NetDissectError(
-                f"{path} (index.csv row {i + 2}): image is {rgb.shape[0]}x{rgb.shape[1]} (h x w), "
-                f"index.csv says ih={ih}, iw={iw}; regenerate the dataset or fix the row"
-            )
-        return rgb
+            ) from None
 
     def _decode_png(self, i: int, relative: str, sh: int, sw: int) -> np.ndarray:
         path = self.root / "images" / relative
         try:
-            labels = decode_label_png(path)
+            labels = decode_label_png(path, (sh, sw))
+        except ImageSizeError as err:
+            raise NetDissectError(
+                f"{path} (index.csv row {i + 2}): label map is {err.found[0]}x{err.found[1]}, "
+                f"index.csv says sh={sh}, sw={sw}; regenerate the dataset or fix the row"
+            ) from None
         except (OSError, ValueError) as err:
             raise NetDissectError(
                 f"{path} (index.csv row {i + 2}): cannot read the label PNG ({err}); "
                 f"run `netdissect broden check {self.root}`"
-            ) from err
-        if labels.shape != (sh, sw):
-            raise NetDissectError(
-                f"{path} (index.csv row {i + 2}): label map is {labels.shape[0]}x{labels.shape[1]}, "
-                f"index.csv says sh={sh}, sw={sw}; regenerate the dataset or fix the row"
-            )
+            ) from None
         if labels.max(initial=0) >= self.num_labels:
             raise NetDissectError(
                 f"{path} (index.csv row {i + 2}): holds label number {int(labels.max())}, "
@@ -194,11 +195,8 @@ class BrodenDataset(torch.utils.data.Dataset):
     # -- identity -----------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """sha256 (hex) of the bytes of index.csv, label.csv and category.csv, concatenated in that order."""
-        digest = hashlib.sha256()
-        for name in ("index.csv", "label.csv", "category.csv"):
-            digest.update((self.root / name).read_bytes())
-        return digest.hexdigest()
+        """sha256 (hex) of the bytes of index.csv, label.csv and category.csv (:func:`dataset_fingerprint`)."""
+        return dataset_fingerprint(self.root)
 
     def image_path(self, i: int) -> Path:
         """The JPEG of row i."""
@@ -220,6 +218,29 @@ def _views_of_one_storage(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         views.append(flat[start : start + t.numel()].view(t.shape))
         start += t.numel()
     return views
+
+
+def _no_index(root: Path) -> NetDissectError:
+    return NetDissectError(
+        f"{root}: no index.csv here; expected a Broden dataset folder "
+        f"(make one with `netdissect synth {root} --images 100`)"
+    )
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """sha256 (hex) of the bytes of index.csv, label.csv and category.csv, concatenated in that order."""
+    if not (Path(root) / "index.csv").is_file():
+        raise _no_index(Path(root))
+    digest = hashlib.sha256()
+    for name in ("index.csv", "label.csv", "category.csv"):
+        path = Path(root) / name
+        try:
+            digest.update(path.read_bytes())
+        except OSError as err:
+            raise NetDissectError(
+                f"{path}: cannot be read ({err.strerror}); expected a Broden dataset folder at {root}"
+            ) from None
+    return digest.hexdigest()
 
 
 def check_not_empty(ds: BrodenDataset) -> None:
@@ -256,7 +277,17 @@ def read_tables(root: Path, problems: Problems, categories: Sequence[str] | None
             )
         selected = [c for c in all_names if c in categories]
     label_rows = read_label_csv(root / "label.csv", problems)
-    codes = {c: read_code_csv(root / f"c_{c}.csv", problems) for c in selected}
+    codes = {}
+    for row in category_rows:
+        if row.name in selected:
+            if (root / f"c_{row.name}.csv").is_file():
+                codes[row.name] = read_code_csv(root / f"c_{row.name}.csv", problems)
+            else:
+                problems.add(
+                    root / f"c_{row.name}.csv",
+                    f"file is missing (category {row.name!r} is listed in category.csv, row {row.line})",
+                )
+                codes[row.name] = []
     top = max([r.number for r in label_rows] + [r.number for rows in codes.values() for r in rows], default=0)
     labels: list[LabelRow | None] = [None] * (top + 1)
     for row in label_rows:
@@ -264,14 +295,15 @@ def read_tables(root: Path, problems: Problems, categories: Sequence[str] | None
     return {"category_rows": category_rows, "categories": selected, "labels": labels, "codes": codes}
 
 
-def read_index(path: Path, categories: list[str], problems: Problems) -> dict[str, Any]:
+def read_index(path: Path, categories: list[str], problems: Problems, num_labels: int | None = None) -> dict[str, Any]:
     """Parse index.csv for the given categories.
 
     Returns dict(frame, header, images, sizes, layers, image_labels, pixel_categories, cells, lines):
     ``layers[i]`` lists row i's pixel layers (PNG paths, constant ints) in category order,
     ``image_labels[i]`` its nonzero image-level labels, ``cells[i]`` its items per category,
     ``lines[i]`` its line number in the file. Every defect is reported; defective items are left out
-    and unreadable sizes are 0, so that the checker can go on with the rest of the row.
+    and unreadable sizes are 0, so that the checker can go on with the rest of the row. Integer items
+    must be label numbers: below ``num_labels`` when given, else at most MAX_LABEL.
     """
     header, rows = read_csv_rows(path, INDEX_FIXED_COLUMNS + categories, problems)
     images: list[str] = []
@@ -291,15 +323,35 @@ def read_index(path: Path, categories: list[str], problems: Problems) -> dict[st
         if row["split"] not in ("train", "val"):
             problems.add(path, f"expected 'train' or 'val', found {row['split']!r}", row=line, column="split")
         for k, column in enumerate(("ih", "iw", "sh", "sw")):
-            text = row[column]
-            if not text.isdigit() or int(text) < 1:
-                problems.add(path, f"expected a positive integer, found {text!r}", row=line, column=column)
+            value = parse_int(row[column], 1, MAX_SIDE)
+            if value is None:
+                problems.add(
+                    path,
+                    f"expected a whole number from 1 to {MAX_SIDE}, found {row[column][:40]!r}",
+                    row=line,
+                    column=column,
+                )
             else:
-                sizes[len(images), k] = int(text)  # 0 stays where the size is unknown
+                sizes[len(images), k] = value  # 0 stays where the size is unknown
+        for what, (h, w) in (("image", sizes[len(images), :2]), ("label map", sizes[len(images), 2:])):
+            if h * w > MAX_PIXELS:
+                problems.add(
+                    path,
+                    f"{what} size {h}x{w} is larger than {MAX_PIXELS:,} pixels (Pillow's limit for an image)",
+                    row=line,
+                )
         row_cells = []
         for category in categories:
             items = []
             for item in parse_cell(row[category]):
+                if isinstance(item, int) and item > (MAX_LABEL if num_labels is None else num_labels - 1):
+                    problems.add(
+                        path,
+                        f"label {item} is not a label number of label.csv (1..{(num_labels or MAX_LABEL + 1) - 1})",
+                        row=line,
+                        column=category,
+                    )
+                    continue
                 if isinstance(item, str):
                     has_png[category] = True
                     if not safe_relative_path(item) or not item.endswith(".png"):

@@ -28,8 +28,11 @@ CATEGORY_COLUMNS = ["name", "first", "last", "count", "frequency"]
 CODE_COLUMNS = ["code", "number", "name", "frequency", "coverage"]
 TRAIN_FRACTION = 0.7
 
-_INT = re.compile(r"^\d+$")
-_CATEGORY_ITEM = re.compile(r"^([^(]*)\((\d+)\)$")
+MAX_LABEL = 65535  # a label number fits a PNG pixel's R + 256*G (docs/broden-format.md §4)
+MAX_SIDE = 65535  # pixels per side of an image or label map (the largest a JPEG can have)
+
+_INT = re.compile(r"[0-9]+")  # ASCII digits only (fullmatch)
+_CATEGORY_ITEM = re.compile(r"([^(]*)\(([0-9]+)\)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,40 +119,73 @@ def read_csv_rows(
     """
     required = columns if required is None else required
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         problems.add(path, "file is missing")
         return [], []
-    except (OSError, UnicodeDecodeError) as err:
-        problems.add(path, f"cannot be read as UTF-8 text ({err})")
+    except OSError as err:
+        problems.add(path, f"cannot be read ({err.strerror})")
         return [], []
-    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = next(reader)
-    except StopIteration:
-        problems.add(path, f"file is empty; expected the header {','.join(columns)}")
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        problems.add(path, f"is not UTF-8 text (byte {err.start}: {err.reason})", row=line)
         return [], []
-    missing = [c for c in required if c not in header]
-    if missing:
-        problems.add(path, f"header lacks column(s) {', '.join(missing)}; expected {','.join(columns)}", row=1)
-        return header, []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] = []
     rows = []
-    for values in reader:
-        line = reader.line_num
-        if not values:
-            continue
-        if len(values) != len(header):
-            problems.add(path, f"has {len(values)} fields, the header has {len(header)}", row=line)
-            continue
-        rows.append((line, dict(zip(header, values))))
+    try:
+        header = next(reader, [])
+        if not header:
+            problems.add(path, f"file is empty; expected the header {','.join(columns)}", row=1)
+            return [], []
+        if "\0" in text:
+            line = text[: text.index("\0")].count("\n") + 1
+            problems.add(path, "holds a NUL character; a CSV file is text", row=line)
+            return header, []
+        missing = [c for c in required if c not in header]
+        if missing:
+            problems.add(path, f"header lacks column(s) {', '.join(missing)}; expected {','.join(columns)}", row=1)
+            return header, []
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            problems.add(path, f"header names column(s) {', '.join(map(_short, twice))} more than once", row=1)
+            return header, []
+        for values in reader:
+            line = reader.line_num
+            if not values:
+                continue
+            if len(values) != len(header):
+                problems.add(path, f"has {len(values)} fields, the header has {len(header)}", row=line)
+                continue
+            rows.append((line, dict(zip(header, values))))
+    except csv.Error as err:  # a stray quote, an overlong field, ...: the rest of the file cannot be trusted
+        problems.add(path, f"is not valid CSV from here on ({err})", row=reader.line_num + 1)
     return header, rows
 
 
-def _int(text: str, path: Path, line: int, column: str, problems: Problems, minimum: int = 0) -> int | None:
-    if not _INT.match(text) or int(text) < minimum:
-        problems.add(path, f"expected an integer >= {minimum}, found {text!r}", row=line, column=column)
+def parse_int(text: str, minimum: int = 0, maximum: int | None = None) -> int | None:
+    """A whole number written in ASCII digits within [minimum, maximum], else None."""
+    if not _INT.fullmatch(text) or len(text) > 30:
         return None
-    return int(text)
+    value = int(text)
+    return value if value >= minimum and (maximum is None or value <= maximum) else None
+
+
+def _int(
+    text: str, path: Path, line: int, column: str, problems: Problems, minimum: int = 0, maximum: int | None = None
+) -> int | None:
+    value = parse_int(text, minimum, maximum)
+    if value is None:
+        within = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        problems.add(path, f"expected an integer {within}, found {_short(text)}", row=line, column=column)
+    return value
+
+
+def _short(text: str) -> str:
+    """``text`` for a message: quoted, at most 40 characters of it."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + f"... ({len(text)} characters)"
 
 
 def _float(text: str, path: Path, line: int, column: str, problems: Problems) -> float | None:
@@ -158,7 +194,7 @@ def _float(text: str, path: Path, line: int, column: str, problems: Problems) ->
     except ValueError:
         value = float("nan")
     if not np.isfinite(value) or value < 0:
-        problems.add(path, f"expected a non-negative decimal number, found {text!r}", row=line, column=column)
+        problems.add(path, f"expected a non-negative decimal number, found {_short(text)}", row=line, column=column)
         return None
     return value
 
@@ -169,14 +205,16 @@ def read_label_csv(path: Path, problems: Problems) -> list[LabelRow]:
     out: list[LabelRow] = []
     seen: dict[int, int] = {}
     for line, row in rows:
-        number = _int(row["number"], path, line, "number", problems, minimum=1)
+        number = _int(row["number"], path, line, "number", problems, minimum=1, maximum=MAX_LABEL)
         frequency = _int(row.get("frequency", "0") or "0", path, line, "frequency", problems)
         coverage = _float(row.get("coverage", "0") or "0", path, line, "coverage", problems)
         categories: dict[str, int] = {}
         for item in filter(None, row.get("category", "").split(";")):
-            match = _CATEGORY_ITEM.match(item)
+            match = _CATEGORY_ITEM.fullmatch(item)
             if match is None:
-                problems.add(path, f"category item {item!r} is not of the form cat(n)", row=line, column="category")
+                problems.add(
+                    path, f"category item {_short(item)} is not of the form cat(n)", row=line, column="category"
+                )
             else:
                 categories[match.group(1)] = int(match.group(2))
         if number is None or frequency is None or coverage is None:
@@ -221,7 +259,7 @@ def read_code_csv(path: Path, problems: Problems) -> list[CodeRow]:
     out: list[CodeRow] = []
     for line, row in rows:
         code = _int(row["code"], path, line, "code", problems, minimum=1)
-        number = _int(row["number"], path, line, "number", problems, minimum=1)
+        number = _int(row["number"], path, line, "number", problems, minimum=1, maximum=MAX_LABEL)
         frequency = _int(row.get("frequency", "0") or "0", path, line, "frequency", problems)
         coverage = _float(row.get("coverage", "0") or "0", path, line, "coverage", problems)
         if None in (code, number, frequency, coverage):
@@ -232,7 +270,7 @@ def read_code_csv(path: Path, problems: Problems) -> list[CodeRow]:
 
 def parse_cell(text: str) -> list[int | str]:
     """Split an index.csv category cell into items: ints (image-level labels) and PNG paths (docs/broden-format.md §3.1)."""
-    return [int(item) if _INT.match(item) else item for item in text.split(";") if item]
+    return [int(item) if _INT.fullmatch(item) else item for item in text.split(";") if item]
 
 
 def primary_categories(codes: dict[str, list[CodeRow]], categories: list[str], num_labels: int) -> np.ndarray:
@@ -284,12 +322,41 @@ def split_of(image: str) -> str:
 # Label PNGs
 
 
-def decode_label_png(path: Path) -> np.ndarray:
-    """Decode a label PNG to an int32 (h, w) map of ``R + 256*G`` (docs/broden-format.md §4). Raises OSError if unreadable."""
-    with Image.open(path) as img:
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        rgb = np.asarray(img)
+class ImageSizeError(ValueError):
+    """An image whose header gives another size than index.csv (found before decoding it)."""
+
+    def __init__(self, found: tuple[int, int]) -> None:
+        super().__init__(f"{found[0]}x{found[1]}")
+        self.found = found
+
+
+class UnreadableImage(ValueError):
+    """Whatever a decoder raised on a file that exists (truncated, corrupt, a bomb, not an image)."""
+
+
+def read_rgb(path: Path, expected: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file to uint8 (h, w, 3) RGB.
+
+    ``expected`` (h, w) is checked against the file's header before any pixel is decoded
+    (ImageSizeError), so a file declaring a huge size costs nothing. A missing file raises
+    FileNotFoundError; anything else a decoder raises on untrusted bytes (OSError, SyntaxError,
+    struct and zlib errors, Pillow's decompression bomb error, ...) becomes UnreadableImage.
+    """
+    try:
+        with Image.open(path) as img:
+            if expected is not None and (img.height, img.width) != tuple(expected):
+                raise ImageSizeError((img.height, img.width))
+            return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    except (FileNotFoundError, ImageSizeError):
+        raise
+    except Exception as err:  # a decoder of untrusted data: every failure is the file's
+        raise UnreadableImage(f"{type(err).__name__}: {err}") from None
+
+
+def decode_label_png(path: Path, expected: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a label PNG to an int32 (h, w) map of ``R + 256*G`` (docs/broden-format.md §4); errors as
+    :func:`read_rgb` (FileNotFoundError, ImageSizeError, UnreadableImage)."""
+    rgb = read_rgb(path, expected)
     return rgb[..., 0].astype(np.int32) | (rgb[..., 1].astype(np.int32) << 8)
 
 

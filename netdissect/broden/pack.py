@@ -42,7 +42,7 @@ import torch
 from netdissect.broden.dataset import BrodenDataset, read_index
 from netdissect.broden.format import Problems
 from netdissect.errors import NetDissectError, unwrap_worker_errors
-from netdissect.io import atomic_dir
+from netdissect.io import atomic_dir, disk_full_names, exclusive_lock, lock_beside, open_for_writing
 
 FORMAT_VERSION = 2
 PIXELS = "pixels.npy"
@@ -130,8 +130,8 @@ def pack_labels(
 
     hist_label: list[np.ndarray] = []
     hist_count: list[np.ndarray] = []
-    with atomic_dir(out, replace=True) as tmp:
-        with open(tmp / PIXELS, "wb") as f:
+    with exclusive_lock(lock_beside(out), f"label pack {out}"), atomic_dir(out, replace=True) as tmp:
+        with open_for_writing(tmp / PIXELS, out / PIXELS) as f:
             np.lib.format.write_array_header_1_0(
                 f,
                 {
@@ -161,19 +161,20 @@ def pack_labels(
                         hist_count.append(counts[hist_label[-1]])
                 bar.update(len(batch["i"]))
             bar.close()
-        np.savez(
-            tmp / INDEX,
-            format_version=np.int64(FORMAT_VERSION),
-            offset=offset[:-1],
-            shape=shape,
-            fingerprint=np.str_(fingerprint),
-            categories=np.str_(json.dumps(ds.categories)),
-            num_labels=np.int64(ds.num_labels),
-            **csr,
-            hist_label=np.concatenate(hist_label or [np.zeros(0)]).astype(np.int64),
-            hist_count=np.concatenate(hist_count or [np.zeros(0)]).astype(np.int64),
-            hist_start=np.concatenate([[0], np.cumsum([len(h) for h in hist_label])]).astype(np.int64),
-        )
+        with disk_full_names(out / INDEX):
+            np.savez(
+                tmp / INDEX,
+                format_version=np.int64(FORMAT_VERSION),
+                offset=offset[:-1],
+                shape=shape,
+                fingerprint=np.str_(fingerprint),
+                categories=np.str_(json.dumps(ds.categories)),
+                num_labels=np.int64(ds.num_labels),
+                **csr,
+                hist_label=np.concatenate(hist_label or [np.zeros(0)]).astype(np.int64),
+                hist_count=np.concatenate(hist_count or [np.zeros(0)]).astype(np.int64),
+                hist_start=np.concatenate([[0], np.cumsum([len(h) for h in hist_label])]).astype(np.int64),
+            )
     return {
         "out": out,
         "images": len(ds),
@@ -181,6 +182,97 @@ def pack_labels(
         "bytes": int(offset[-1]) * 2,
         "seconds": time.perf_counter() - start,
     }
+
+
+# Each entry of index.npz: numpy kind ("i" integer, "U" text), number of dimensions.
+_ENTRY_TYPES = {
+    "format_version": ("i", 0),
+    "offset": ("i", 1),
+    "shape": ("i", 2),
+    "layer_category": ("i", 1),
+    "layer_start": ("i", 1),
+    "image_labels": ("i", 1),
+    "image_label_category": ("i", 1),
+    "image_start": ("i", 1),
+    "fingerprint": ("U", 0),
+    "categories": ("U", 0),
+    "num_labels": ("i", 0),
+    "hist_label": ("i", 1),
+    "hist_count": ("i", 1),
+    "hist_start": ("i", 1),
+}
+
+
+def check_index(index: dict[str, np.ndarray], ds: BrodenDataset, refuse) -> None:
+    """Check every entry of a pack's index.npz against the format and the dataset ``ds``; raise
+    ``refuse(why)`` at the first entry that does not fit. Adds ``index["category_list"]``.
+
+    Besides types and shapes: the format version, the fingerprint and row count of ``ds``, each
+    CSR start array (0 first, non-decreasing, ending at its values' length), layer counts and map
+    sizes equal to index.csv's, offsets that lay the rows out one after the other, category indices
+    and label numbers in range, and every layer's histogram adding up to its pixels."""
+
+    def entry(key: str, why: str) -> NetDissectError:
+        return refuse(f"{INDEX}, entry {key!r}: {why} (a damaged or foreign pack)")
+
+    for key, (kind, ndim) in _ENTRY_TYPES.items():
+        value = index[key]
+        if value.dtype.kind not in (("i", "u") if kind == "i" else ("U",)) or value.ndim != ndim:
+            raise entry(key, f"holds {value.dtype} with {value.ndim} dimension(s), expected {kind!r} with {ndim}")
+    if int(index["format_version"]) != FORMAT_VERSION:
+        raise refuse(
+            f"{INDEX}: format_version is {int(index['format_version'])}, this netdissect reads version {FORMAT_VERSION}"
+        )
+    n = len(index["offset"])
+    if n != len(ds):
+        raise refuse(f"{INDEX} holds {n} rows, the dataset {ds.root} has {len(ds)}")
+    if str(index["fingerprint"]) != ds.fingerprint():
+        raise refuse(
+            f"{INDEX}: was made from another dataset (fingerprint of index.csv, label.csv, category.csv differs from {ds.root}'s)"
+        )
+    try:
+        categories = json.loads(str(index["categories"]))
+    except ValueError:
+        categories = None
+    if categories != [r.name for r in ds.category_rows]:
+        raise entry("categories", f"is not the JSON list of category.csv's names {[r.name for r in ds.category_rows]}")
+    index["category_list"] = categories
+    if int(index["num_labels"]) != ds.num_labels:
+        raise entry("num_labels", f"is {int(index['num_labels'])}, the dataset has {ds.num_labels}")
+    sizes = np.asarray(ds.index[["sh", "sw"]], dtype=np.int64).reshape(-1, 2)
+    shape = index["shape"]
+    if shape.shape != (n, 3) or (shape[:, 1:] != sizes).any() or (shape[:, 0] < 0).any():
+        raise entry("shape", "does not hold (layers, sh, sw) of every row of index.csv")
+    for start, values in (
+        ("layer_start", "layer_category"),
+        ("image_start", "image_labels"),
+        ("hist_start", "hist_label"),
+    ):
+        s = index[start]
+        rows = n if start != "hist_start" else len(index["layer_category"])
+        if len(s) != rows + 1 or s[0] != 0 or (np.diff(s) < 0).any() or s[-1] != len(index[values]):
+            raise entry(start, f"is not {rows + 1} non-decreasing starts from 0 to {len(index[values])}")
+    if (np.diff(index["layer_start"]) != shape[:, 0]).any():
+        raise entry("layer_start", "gives other layer counts than 'shape'")
+    for values, other in (("image_label_category", "image_labels"), ("hist_count", "hist_label")):
+        if len(index[values]) != len(index[other]):
+            raise entry(values, f"has {len(index[values])} values, {other!r} has {len(index[other])}")
+    numel = shape.prod(axis=1)
+    if n and (index["offset"] != np.concatenate([[0], np.cumsum(numel)[:-1]])).any():
+        raise entry("offset", "does not lay the rows out one after the other")
+    for key, top in (
+        ("layer_category", len(categories)),
+        ("image_label_category", len(categories)),
+        ("image_labels", ds.num_labels),
+        ("hist_label", ds.num_labels),
+    ):
+        if index[key].size and (index[key].min() < 0 or index[key].max() >= top):
+            raise entry(key, f"holds values outside 0..{top - 1}")
+    counts, starts = index["hist_count"], index["hist_start"]
+    total = np.concatenate([[0], np.cumsum(counts)])
+    layer_pixels = np.repeat(shape[:, 1] * shape[:, 2], shape[:, 0])
+    if (counts < 0).any() or (total[starts[1:]] - total[starts[:-1]] != layer_pixels).any():
+        raise entry("hist_count", "does not add up to each layer's pixels")
 
 
 def _refuse(pack: Path, root: Path, why: str) -> NetDissectError:
@@ -210,24 +302,10 @@ class PackedLabels(torch.utils.data.Dataset):
         self.root = ds.root
         self.categories = list(ds.categories)
         index = self._read_index()
-        if int(index["format_version"]) != FORMAT_VERSION:
-            raise _refuse(
-                self.pack,
-                self.root,
-                f"format_version is {int(index['format_version'])}, this netdissect reads version {FORMAT_VERSION}",
-            )
+        check_index(index, ds, lambda why: _refuse(self.pack, self.root, why))
         n = len(index["offset"])
-        if n != len(ds):
-            raise _refuse(self.pack, self.root, f"holds {n} rows, the dataset {self.root} has {len(ds)}")
-        if str(index["fingerprint"]) != ds.fingerprint():
-            raise _refuse(
-                self.pack,
-                self.root,
-                f"was made from another dataset (fingerprint of index.csv, label.csv, "
-                f"category.csv differs from {self.root}'s)",
-            )
         self._check_pixels(int(index["offset"][-1] + index["shape"][-1].prod()) if n else 0)
-        all_categories = json.loads(str(index["categories"]))
+        all_categories = index["category_list"]
         selected = np.isin(
             np.arange(len(all_categories)), [all_categories.index(c) for c in self.categories if c in all_categories]
         )
@@ -271,8 +349,10 @@ class PackedLabels(torch.utils.data.Dataset):
                 if missing:
                     raise _refuse(self.pack, self.root, f"{INDEX} lacks {', '.join(missing)} (incomplete pack)")
                 return {k: z[k] for k in INDEX_KEYS}
-        except (OSError, ValueError) as err:
-            raise _refuse(self.pack, self.root, f"cannot read {INDEX} ({err})") from err
+        except NetDissectError:
+            raise
+        except Exception as err:  # zip and npy decoding of a damaged file: every failure is the file's
+            raise _refuse(self.pack, self.root, f"cannot read {INDEX} ({type(err).__name__}: {err})") from None
 
     def _check_pixels(self, total: int) -> None:
         """pixels.npy is a 1-D uint16 array of ``total`` elements, filling its file (nothing stays open)."""
@@ -281,8 +361,8 @@ class PackedLabels(torch.utils.data.Dataset):
             pixels = np.load(path, mmap_mode="r")
             shape, dtype, end = pixels.shape, pixels.dtype, pixels.offset + pixels.nbytes
             del pixels
-        except (OSError, ValueError) as err:
-            raise _refuse(self.pack, self.root, f"cannot read {PIXELS} ({err})") from err
+        except Exception as err:  # a damaged .npy header: every failure is the file's
+            raise _refuse(self.pack, self.root, f"cannot read {PIXELS} ({type(err).__name__}: {err})") from None
         if shape != (total,) or dtype != np.dtype("<u2") or end != path.stat().st_size:
             raise _refuse(
                 self.pack,

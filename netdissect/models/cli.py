@@ -33,6 +33,7 @@ def register(sub, *groups) -> None:
     )
     upsample_option(p, "bilinear")
     p.epilog = "With --check and --upsample fieldmap, a layer without a field map also fails (exit 2)."
+    p.add_argument("--out", metavar="FILE", help="write the list to FILE (atomically) instead of printing it")
     p.set_defaults(func=_layers)
 
     r = sub.add_parser(
@@ -67,6 +68,7 @@ def _layers(args: argparse.Namespace) -> int:
         for name in shapes:
             field = fields[name]
             upsampling(args.upsample, field if isinstance(field, FieldMap) else None, size[1], name, field)
+    lines = []
     for name, shape in shapes.items():
         if isinstance(shape, tuple):
             shape_text = "x".join(str(s) for s in shape)
@@ -76,7 +78,13 @@ def _layers(args: argparse.Namespace) -> int:
                 reading = f"not read: {err}"
         else:
             shape_text, reading = shape, f"not read: the output is a {shape}, not a tensor"
-        print(f"{name}	{shape_text}	{reading}	{field_map_text(fields[name])}")
+        lines.append(f"{name}\t{shape_text}\t{reading}\t{field_map_text(fields[name])}\n")
+    if args.out:
+        from netdissect.io import atomic_write_text
+
+        atomic_write_text(args.out, "".join(lines))  # a killed check leaves no file that looks finished
+    else:
+        print("".join(lines), end="")
     return 0
 
 

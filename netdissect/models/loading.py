@@ -32,6 +32,8 @@ import difflib
 import importlib
 import io
 import os
+import pickle
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -323,12 +325,28 @@ def _load_torch_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise NetDissectError(f"--weights {path}: file not found") from None
+    except pickle.UnpicklingError as err:
+        raise refused_pickle(path, err) from None
     except Exception as err:
         caffe = " (a .caffemodel goes with --model deploy.prototxt)" if str(path).endswith(".caffemodel") else ""
         raise NetDissectError(
             f"--weights {path}: not a loadable state_dict{caffe} ({str(err).splitlines()[0]}); save "
             f"weights with torch.save(model.state_dict(), path)"
         ) from None
+
+
+def refused_pickle(path: str | Path, err: Exception) -> NetDissectError:
+    """The error for a weights file that torch.load(weights_only=True) refused: it holds Python objects
+    other than tensors and containers, which unpickling would create by running code named in the file."""
+    found = re.search(r"GLOBAL (\S+)", str(err))
+    what = f"it names {found.group(1)}" if found else str(err).strip().splitlines()[-1]
+    return NetDissectError(
+        f"--weights {path}: refused: the file holds Python objects beyond tensors ({what}), and unpickling "
+        f"it could run code; netdissect reads weights with torch.load(weights_only=True) only. If the file "
+        f"comes from a source you trust, convert it once to a plain state_dict, e.g. in Python: "
+        f"obj = torch.load(FILE, weights_only=False); torch.save(obj['state_dict'] if isinstance(obj, dict) "
+        f"else obj.state_dict(), 'clean.pt'), and pass --weights clean.pt"
+    )
 
 
 def _load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -19,6 +19,8 @@ so the per-layer report, the cross-network summary and ``compare`` agree with th
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from collections.abc import Mapping
@@ -58,81 +60,104 @@ def result_categories(columns: list[str], source: str = "result.csv") -> list[st
     """The categories of a result table, in column order, checking every per-category column is there."""
     missing = [c for c in _FIXED_COLUMNS if c not in columns]
     if missing:
-        raise NetDissectError(f"{source}: missing column(s) {', '.join(missing)}; expected {KNOWN_LAYOUTS}.")
+        raise NetDissectError(
+            f"{source}: line 1 (the header): missing column(s) {', '.join(missing)}; expected {KNOWN_LAYOUTS}."
+        )
     categories = [c[: -len("-label")] for c in columns if c.endswith("-label")]
     for cat in categories:
         absent = [f"{cat}-{f}" for f in CATEGORY_FIELDS if f"{cat}-{f}" not in columns]
         if absent:
             raise NetDissectError(
-                f"{source}: category '{cat}' lacks column(s) {', '.join(absent)}; every category needs "
+                f"{source}: line 1 (the header): category '{cat}' lacks column(s) {', '.join(absent)}; every category needs "
                 f"{', '.join(f'{cat}-{f}' for f in CATEGORY_FIELDS)}. Regenerate it with `netdissect score`."
             )
     if not categories:
-        raise NetDissectError(f"{source}: no '<category>-label' column; expected {KNOWN_LAYOUTS}.")
+        raise NetDissectError(f"{source}: line 1 (the header): no '<category>-label' column; expected {KNOWN_LAYOUTS}.")
     return categories
 
 
-def _numeric(table: pd.DataFrame, column: str, source: str, integer: bool = False) -> pd.Series:
-    values = pd.to_numeric(table[column].str.strip(), errors="coerce")
-    bad = values.isna() | ~np.isfinite(values)
+MAX_COUNT = 2**53  # counts are pixel sums; above this a float64 would no longer hold them exactly
+
+
+def _numeric(
+    table: pd.DataFrame,
+    column: str,
+    source: str,
+    lines: np.ndarray,
+    integer: bool = False,
+    minimum: float = 0.0,
+    maximum: float = float(MAX_COUNT),
+) -> pd.Series:
+    """A column as numbers; the first value that is not a (whole) number in [minimum, maximum] is an
+    error naming its line of the file."""
+    values = pd.to_numeric(table[column].str.strip(), errors="coerce").astype(np.float64)
+    bad = values.isna() | ~np.isfinite(values) | (values < minimum) | (values > maximum)
+    what = f"a finite number from {minimum:g} to {maximum:g}"
+    if integer:
+        bad |= values != values.round()
+        what = f"a whole number from {minimum:g} to {maximum:g}"
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise NetDissectError(
-            f"{source}: row {row + 2}, column '{column}': {table[column].iloc[row]!r} is not a finite number. "
+            f"{source}: row {lines[row]}, column '{column}': {table[column].iloc[row][:40]!r} is not {what}. "
             "Regenerate the file with `netdissect score`."
         )
-    if integer:
-        if (values != values.round()).any():
-            row = int(np.flatnonzero((values != values.round()).to_numpy())[0])
-            raise NetDissectError(
-                f"{source}: row {row + 2}, column '{column}': {table[column].iloc[row]!r} is not a whole number."
-            )
-        return values.astype(np.int64)
-    return values.astype(np.float64)
+    return values.astype(np.int64) if integer else values
 
 
-def parse_result(table: pd.DataFrame, source: str = "result.csv") -> tuple[pd.DataFrame, list[str]]:
+def parse_result(
+    table: pd.DataFrame, source: str = "result.csv", lines: list[int] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """Validate a result table read as text; return it with typed columns, and its categories.
 
     The returned frame keeps the file's row order and has ``unit`` (int, 1-based), ``category``,
     ``label`` (str, "" when empty), ``score`` (float) and the per-category columns typed
     (labels str, counts int, iou float); counts written as floats (``1234.0``) must be whole numbers.
     A category without a label gets truth, intersect and iou 0. Units must be exactly 1..U, each once.
+    ``lines``: the line of the file each row came from, for messages (default: one line per row after
+    the header).
     """
     table = table.copy()
     categories = result_categories(list(table.columns), source)
+    at = np.asarray(lines if lines is not None else range(2, len(table) + 2), dtype=np.int64)
     for column in table.columns:
         table[column] = table[column].astype(str)
     typed = pd.DataFrame(
         {
-            "unit": _numeric(table, "unit", source, integer=True),
+            "unit": _numeric(table, "unit", source, at, integer=True, minimum=1),
             "category": table["category"].to_numpy(),
             "label": table["label"].to_numpy(),
-            "score": _numeric(table, "score", source),
+            "score": _numeric(table, "score", source, at, maximum=1.0),
         }
     )
     for cat in categories:
         typed[f"{cat}-label"] = table[f"{cat}-label"].to_numpy()
         for f in COUNT_FIELDS:
-            typed[f"{cat}-{f}"] = _numeric(table, f"{cat}-{f}", source, integer=True)
-        typed[f"{cat}-iou"] = _numeric(table, f"{cat}-iou", source)
+            typed[f"{cat}-{f}"] = _numeric(table, f"{cat}-{f}", source, at, integer=True)
+        typed[f"{cat}-iou"] = _numeric(table, f"{cat}-iou", source, at, maximum=1.0)
         empty = typed[f"{cat}-label"] == ""
         typed.loc[empty, [f"{cat}-truth", f"{cat}-intersect"]] = 0
         typed.loc[empty, f"{cat}-iou"] = 0.0
-    units = np.sort(typed["unit"].to_numpy())
+    units = typed["unit"].to_numpy()
     if len(units) == 0:
-        raise NetDissectError(f"{source}: no unit rows; a layer has at least one unit.")
-    if not np.array_equal(units, np.arange(1, len(units) + 1)):
+        raise NetDissectError(f"{source}: line 2: no unit rows after the header; a layer has at least one unit.")
+    seen = np.zeros(len(units) + 1, dtype=bool)
+    for row, unit in enumerate(units):
+        if unit > len(units) or seen[unit]:
+            raise NetDissectError(
+                f"{source}: row {at[row]}, column 'unit': unit {unit} "
+                + ("appears again" if unit <= len(units) else f"is past the {len(units)} rows")
+                + f"; the 'unit' column must hold each of 1..{len(units)} exactly once (unit numbers are 1-based). "
+                "Regenerate it with `netdissect score`."
+            )
+        seen[unit] = True
+    labeled = (typed["label"] != "").to_numpy()
+    unknown = labeled & ~typed["category"].isin(categories).to_numpy()
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
         raise NetDissectError(
-            f"{source}: the 'unit' column must hold each of 1..{len(units)} exactly once (unit numbers are "
-            f"1-based); found {units[:5].tolist()}...{units[-3:].tolist()}. Regenerate it with `netdissect score`."
-        )
-    labeled = typed["label"] != ""
-    unknown = sorted(set(typed.loc[labeled, "category"]) - set(categories))
-    if unknown:
-        raise NetDissectError(
-            f"{source}: column 'category' holds {unknown}, which has no '<cat>-label' columns "
-            f"(categories in the header: {categories})."
+            f"{source}: row {at[row]}, column 'category': {typed['category'].iloc[row][:40]!r} has no "
+            f"'<cat>-label' columns (categories in the header: {categories})."
         )
     return typed, categories
 
@@ -179,11 +204,8 @@ def read_result_file(path: str | Path) -> ResultFile:
         raise NetDissectError(
             f"{path}: no such file; expected {KNOWN_LAYOUTS}. For a layer of netdissect, run `netdissect score` first."
         )
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise NetDissectError(f"{path}: not a readable CSV ({err}); expected {KNOWN_LAYOUTS}.") from err
-    table, categories = parse_result(raw, str(path))
+    raw, lines = _read_csv_text(path)
+    table, categories = parse_result(raw, str(path), lines)
     layer = path.name[: -len(ORIGINAL_SUFFIX)] if path.name.endswith(ORIGINAL_SUFFIX) else None
     return ResultFile(path, table, categories, detect_layout(raw, categories, path.name), layer or None)
 
@@ -214,34 +236,106 @@ def result_files(folder: str | Path) -> list[Path]:
     return found
 
 
+def _read_csv_text(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """A CSV file as a table of strings (CRLF or LF, quoted fields allowed) and the line each row starts
+    on; every problem is a NetDissectError naming the file and its line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise NetDissectError(
+            f"{path}: line {line}: not UTF-8 text (byte {err.start}); regenerate it with `netdissect score`."
+        ) from None
+    if "\0" in text:
+        raise NetDissectError(
+            f"{path}: line {text[: text.index(chr(0))].count(chr(10)) + 1}: holds a NUL character; a CSV file is "
+            "text. Regenerate it with `netdissect score`."
+        )
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, lines = [], []
+    try:
+        header = next(reader, None)
+        if not header:
+            raise NetDissectError(
+                f"{path}: line 1: empty; expected the header 'unit,category,label,score,...'. "
+                "Regenerate it with `netdissect score`."
+            )
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise NetDissectError(f"{path}: line 1 (the header): column(s) {twice} appear more than once.")
+        for values in reader:
+            if not values:
+                continue
+            if len(values) != len(header):
+                raise NetDissectError(
+                    f"{path}: row {reader.line_num}: has {len(values)} fields, the header has {len(header)}. "
+                    "Regenerate it with `netdissect score`."
+                )
+            rows.append(values)
+            lines.append(reader.line_num)
+    except csv.Error as err:
+        raise NetDissectError(
+            f"{path}: line {reader.line_num + 1}: not valid CSV ({err}); regenerate it with `netdissect score`."
+        ) from None
+    return pd.DataFrame(rows, columns=header, dtype=str), lines
+
+
 def read_summary(path: str | Path) -> dict[str, Any]:
     """Read ``summary.json`` as a dict; a missing file gives an empty dict (the report then falls back
-    to folder names and the default IoU threshold), a broken one an error."""
+    to folder names and the default IoU threshold), a broken one an error naming its line. The keys
+    the reports read are checked here: ``settings`` (an object) and ``iou_threshold`` (a number >= 0,
+    at the top level or under ``settings``)."""
     path = Path(path)
     if not path.exists():
         return {}
+    data = path.read_bytes()
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise NetDissectError(f"{path}: not valid JSON ({err}); regenerate it with `netdissect score`.") from err
+        text = data.decode("utf-8")
+        summary = json.loads(text)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise NetDissectError(f"{path}: line {line}: not UTF-8 text; regenerate it with `netdissect score`.") from None
+    except json.JSONDecodeError as err:
+        raise NetDissectError(
+            f"{path}: line {err.lineno}: not valid JSON ({err.msg}); regenerate it with `netdissect score`."
+        ) from None
+    except RecursionError:
+        raise NetDissectError(
+            f"{path}: line 1: JSON nested too deeply; regenerate it with `netdissect score`."
+        ) from None
     if not isinstance(summary, dict):
-        raise NetDissectError(f"{path}: expected a JSON object, found {type(summary).__name__}.")
+        raise NetDissectError(f"{path}: line 1: expected a JSON object, found {type(summary).__name__}.")
+    settings = summary.get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise NetDissectError(
+            f"{path}: line {_line_of(text, 'settings')}: 'settings' is {type(settings).__name__}; expected an object."
+        )
+    iou_threshold_of(summary, f"{path}: line {_line_of(text, 'iou_threshold')}")
     return summary
+
+
+def _line_of(text: str, key: str) -> int:
+    """The line of a JSON text where ``"key"`` first appears (1 when it does not)."""
+    at = text.find(json.dumps(key))
+    return text[:at].count("\n") + 1 if at >= 0 else 1
 
 
 def iou_threshold_of(summary: Mapping[str, Any], source: str = "summary.json") -> float:
     """The IoU threshold a layer was scored with: ``iou_threshold`` at the top level or under
     ``settings``; the default (netdissect.defaults.IOU_THRESHOLD) when the summary does not say."""
-    value = summary.get("iou_threshold", (summary.get("settings") or {}).get("iou_threshold"))
+    settings = summary.get("settings")
+    value = summary.get("iou_threshold", settings.get("iou_threshold") if isinstance(settings, Mapping) else None)
     if value is None:
         return IOU_THRESHOLD
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise NetDissectError(f"{source}: 'iou_threshold' is {summary.get('iou_threshold')!r}; expected a number ≥ 0.")
-    return value
+    number = (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
+        else math.nan
+    )
+    if not math.isfinite(number) or number < 0:
+        raise NetDissectError(f"{source}: 'iou_threshold' is {str(value)[:40]!r}; expected a number ≥ 0.")
+    return number
 
 
 def detector_mask(result: pd.DataFrame, iou_threshold: float) -> np.ndarray:
