@@ -32,3 +32,10 @@ REPORT_THREADS = 2  # threads decoding and encoding images
 
 # The demo network
 DEMO_EPOCHS = 6
+
+# Experiments (docs/experiments.md)
+ROTATION_SEED = 0  # seed of the random rotation Q of a layer's units
+PERMUTATIONS = 100  # K, permutations of the significance test (the workflow's dissect.permutations: 0 = off)
+PERMUTATION_SEED = 0
+ALPHA = 0.01  # a unit is significant when p <= alpha
+SNAPSHOT_COUNT = 6  # train-demo --snapshots without steps: this many log-spaced steps, the last one included

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, QUANTILE, UNION, UNIONS
+from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, PERMUTATION_SEED, QUANTILE, UNION, UNIONS
+from netdissect.experiments.cli import permutation_options, rotation_of, rotation_options
 from netdissect.options import (
     batch_option,
     device_options,
@@ -53,6 +54,7 @@ def register(sub, *groups) -> None:
     batch_option(p)
     workers_option(p)
     device_options(p)
+    rotation_options(p)
     p.set_defaults(func=_extract)
 
     p = sub.add_parser("quantile", help="exact per-unit thresholds from the shards' candidates")
@@ -94,6 +96,12 @@ def register(sub, *groups) -> None:
     p.add_argument("--dataset", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="LAYER_DIR")
     _scoring_options(p, union=False)
+    p.add_argument(
+        "--significance",
+        metavar="FILE.csv",
+        help="the layer's significance.csv (`netdissect significance`; FILE.json beside it is read too): "
+        "summary.json then counts the detectors with p <= alpha",
+    )
     p.set_defaults(func=_score)
 
     p = sub.add_parser("dissect", help="all stages in one process: OUT/<layer>/result.csv and the rest")
@@ -110,6 +118,14 @@ def register(sub, *groups) -> None:
     workers_option(p)
     threads_option(p, COUNT_THREADS)
     device_options(p)
+    rotation_options(p)
+    permutation_options(p, 0)
+    p.add_argument(
+        "--permutation-seed",
+        type=int,
+        default=PERMUTATION_SEED,
+        help=f"seed of the permutations (default {PERMUTATION_SEED})",
+    )
     p.set_defaults(func=_dissect)
 
 
@@ -133,6 +149,7 @@ def _extract(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         quantile=args.quantile,
         progress=args.progress,
+        rotation=rotation_of(args),
     )
     return 0
 
@@ -176,9 +193,11 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _print_summary(info: dict, prefix: str = "") -> None:
+    test = info.get("significance")
+    significant = f" ({test['significant_detectors']} with p <= {test['alpha']:g})" if test else ""
     print(
-        f"{prefix}{info['detectors']} of {info['units']} units are detectors; unique_top {info['unique_top']}, "
-        f"unique_by_category {info['unique_by_category']}"
+        f"{prefix}{info['detectors']} of {info['units']} units are detectors{significant}; unique_top "
+        f"{info['unique_top']}, unique_by_category {info['unique_by_category']}"
     )
 
 
@@ -186,7 +205,11 @@ def _score(args: argparse.Namespace) -> int:
     from netdissect import pipeline
 
     setup(args)
-    _print_summary(pipeline.score(args.counts, args.dataset, args.out, iou_threshold=args.iou_threshold))
+    _print_summary(
+        pipeline.score(
+            args.counts, args.dataset, args.out, iou_threshold=args.iou_threshold, significance=args.significance
+        )
+    )
     return 0
 
 
@@ -214,6 +237,10 @@ def _dissect(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=args.progress,
         labels=args.labels,
+        rotation=rotation_of(args),
+        permutations=args.permutations,
+        permutation_seed=args.permutation_seed,
+        alpha=args.alpha,
     )
     for layer, info in summaries.items():
         _print_summary(info, f"{layer}: ")

@@ -21,6 +21,7 @@ import torch
 from netdissect.broden.dataset import check_not_empty
 from netdissect.defaults import BATCH_SIZE, DTYPE, QUANTILE
 from netdissect.errors import NetDissectError, unwrap_worker_errors
+from netdissect.experiments.rotation import rotate_maps, rotation_matrix
 from netdissect.io import atomic_path, save_json, save_npy
 from netdissect.models import LoadedModel, capture
 from netdissect.quantile import TopK, candidate_count
@@ -76,8 +77,13 @@ def extract_shard(
     quantile: float = QUANTILE,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    rotation: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
+
+    ``rotation`` (seed, power): every layer's units are rotated by R(power) of its own seeded random
+    rotation before anything is stored (:mod:`netdissect.experiments.rotation`), and the matrix is
+    written beside its files (``{layer}.rotation.npy``); at power 0 nothing is transformed.
 
     ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
     whole batch loop: decoding, forward, writing, candidates).
@@ -115,6 +121,7 @@ def extract_shard(
                     maps.shape[1],
                 )
             shapes[layer] = tuple(maps.shape[1:])
+        rotations = {layer: _rotation(rotation, shapes[layer][0], layer) for layer in layers}
         layer_info = {}
         for layer, (units, height, width) in shapes.items():
             values = num_images * height * width
@@ -153,6 +160,8 @@ def extract_shard(
                 for layer in layers:
                     maps = as_maps(outputs[layer], layer).to(torch.float32)
                     _check_finite(maps, layer, rows, ds)
+                    if rotation is not None and rotation[1] != 0:
+                        maps = rotate_maps(maps, torch.from_numpy(rotations[layer]).to(maps.device))
                     stored = maps.to(torch.float16).to(torch.float32) if dtype == "float16" else maps
                     writers[layer].write(stored.cpu().numpy().astype(np_dtype))
                     lo = int(rows[0]) - start
@@ -164,6 +173,8 @@ def extract_shard(
                 timings.update(forward_s=forward_s, loop_s=time.perf_counter() - loop_start)
             for layer in layers:
                 writers[layer].close()
+                if rotation is not None:
+                    save_npy(shard_file(out_dir, layer, "rotation"), rotations[layer])
                 save_npy(shard_file(out_dir, layer, "imgmax"), imgmax[layer])
                 if stop > start:
                     save_npy(shard_file(out_dir, layer, "topk"), topks[layer].result())
@@ -187,10 +198,20 @@ def extract_shard(
         "std": list(model.std),
         "quantile": quantile,
         "dtype": dtype,
+        "rotation": None if rotation is None else {"seed": rotation[0], "power": rotation[1]},
         "layers": layer_info,
     }
     save_json(out_dir / "meta.json", meta)
     return meta
+
+
+def _rotation(rotation: tuple[int, float] | None, units: int, layer: str) -> np.ndarray | None:
+    """The (units, units) matrix of ``rotation`` (seed, power) for a layer: R(power), the identity at power 0."""
+    if rotation is None:
+        return None
+    seed, power = rotation
+    matrix = rotation_matrix(units, seed, power, layer)
+    return np.eye(units) if matrix is None else matrix
 
 
 def _check_finite(maps: torch.Tensor, layer: str, rows: torch.Tensor, ds: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from netdissect.defaults import BATCH_SIZE, DEVICE, DTYPE, IOU_THRESHOLD, QUANTILE, UNION
+from netdissect.defaults import ALPHA, BATCH_SIZE, DEVICE, DTYPE, IOU_THRESHOLD, PERMUTATION_SEED, QUANTILE, UNION
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
 
@@ -57,8 +57,10 @@ def extract(
     dtype: str = DTYPE,
     quantile: float = QUANTILE,
     progress: bool = True,
+    rotation: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
-    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`)."""
+    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`); ``rotation``
+    (seed, power) rotates every layer's units first (docs/experiments.md §1)."""
     from netdissect.extract import extract_shard
     from netdissect.models import load_model
 
@@ -77,6 +79,7 @@ def extract(
         dtype=dtype,
         quantile=quantile,
         progress=progress,
+        rotation=rotation,
     )
 
 
@@ -88,7 +91,9 @@ def quantile(
     q: float | None = None,
     thresholds_file: str | Path | None = None,
 ) -> np.ndarray:
-    """Stage 2: merge the shards' candidates into exact thresholds (or read them from a file)."""
+    """Stage 2: merge the shards' candidates into exact thresholds (or read them from a file). The
+    rotation matrix of rotated shards is copied beside them (LAYER_DIR/rotation.npy)."""
+    from netdissect.experiments.rotation import shard_rotation
     from netdissect.quantile import candidate_count, load_thresholds, merge_candidates, thresholds_from_candidates
     from netdissect.shards import layer_meta, layer_shards, shard_file
 
@@ -103,6 +108,9 @@ def quantile(
         candidates = merge_candidates((np.load(shard_file(d, layer, "topk")) for d, _ in metas), k)
         thresholds = thresholds_from_candidates(candidates, info["num_values"], q)
     out = Path(out)
+    rotation = shard_rotation(metas, layer)
+    if rotation is not None:
+        save_npy(out / "rotation.npy", rotation)
     save_json(
         out / "thresholds.json",
         {
@@ -193,6 +201,7 @@ def tally(
         "dataset": str(dataset),
         "dataset_fingerprint": meta["dataset_fingerprint"],
         "dataset_images": meta["num_images"],
+        **({"rotation": meta["rotation"]} if meta.get("rotation") else {}),
     }
     save_counts(out, counts, thresholds, meta["start"], meta["stop"], settings)
     return counts
@@ -208,10 +217,17 @@ def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
 
 
 def score(
-    counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_threshold: float = IOU_THRESHOLD
+    counts_path: str | Path,
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    iou_threshold: float = IOU_THRESHOLD,
+    significance: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Stage 5: result.csv and summary.json from a counts file."""
+    """Stage 5: result.csv and summary.json from a counts file; ``significance`` (a significance.csv
+    with its significance.json beside it) adds the permutation test's counts to summary.json."""
     from netdissect.counts import load_counts
+    from netdissect.experiments.significance import read_significance
     from netdissect.score import write_scores
 
     counts = load_counts(counts_path)
@@ -221,7 +237,8 @@ def score(
             f"{counts_path} was counted on another dataset than {dataset} (fingerprints "
             f"differ); score with the dataset the counts came from"
         )
-    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold)
+    test = read_significance(significance, counts["I"].shape[0]) if significance else None
+    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold, significance=test)
 
 
 def dissect(
@@ -245,9 +262,19 @@ def dissect(
     dtype: str = DTYPE,
     progress: bool = True,
     labels: str | Path | None = None,
+    rotation: tuple[int, float] | None = None,
+    permutations: int = 0,
+    permutation_seed: int = PERMUTATION_SEED,
+    alpha: float = ALPHA,
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
-    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
+    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``.
+    ``rotation`` (seed, power) rotates the units (+ OUT/<layer>/rotation.npy); ``permutations`` K > 0
+    runs the significance test before the scores (+ OUT/<layer>/significance.csv, docs/experiments.md)."""
+    from netdissect.experiments.significance import check_permutations, permutation_test
+
+    if permutations:
+        check_permutations(permutations, alpha)
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
@@ -276,6 +303,7 @@ def dissect(
         dtype=dtype,
         quantile=q,
         progress=progress,
+        rotation=rotation,
     )
     summaries = {}
     for layer in layers:
@@ -297,5 +325,24 @@ def dissect(
             progress=progress,
             labels=labels,
         )
-        summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
+        if permutations:
+            permutation_test(
+                dataset,
+                layer_dir,
+                [shard_dir],
+                permutations=permutations,
+                seed=permutation_seed,
+                alpha=alpha,
+                labels=labels,
+                batch_size=batch_size,
+                progress=progress,
+                iou_threshold=iou_threshold,
+            )
+        summaries[layer] = score(
+            layer_dir / "counts.npz",
+            dataset,
+            layer_dir,
+            iou_threshold=iou_threshold,
+            significance=layer_dir / "significance.csv" if permutations else None,
+        )
     return summaries

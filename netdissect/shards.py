@@ -6,6 +6,7 @@ Files of a shard folder (:func:`shard_file` gives their paths)::
     {layer}.act.npy      (n_k, U, H, W) float32 (or float16 on request), activations in row order
     {layer}.imgmax.npy   (n_k, U) float32, per-image maximum of each unit's map (of the stored values)
     {layer}.topk.npy     (U, k_shard) float32, each unit's largest values, descending (see quantile.py)
+    {layer}.rotation.npy (U, U) float64, only when the units were rotated: the matrix R applied (a' = R·a)
     meta.json            written LAST: the shard is finished iff meta.json exists
 
 meta.json (``format: "netdissect-shard"``, ``version: 1``)::
@@ -15,6 +16,7 @@ meta.json (``format: "netdissect-shard"``, ``version: 1``)::
      "image_size": [ih, iw], "dataset": str, "dataset_fingerprint": sha256 hex,
      "model": SPEC, "weights": path or null, "weights_sha256": hex or null, "mean": [3], "std": [3],
      "quantile": q the candidates were kept for, "dtype": "float32" | "float16",
+     "rotation": null | {"seed": S, "power": p} (every layer's units rotated: docs/experiments.md §1),
      "layers": {layer: {"units": U, "height": H, "width": W, "flat": true if the output was N×U
                         (stored as 1×1 maps), "num_values": N·H·W (whole dataset), "candidates": k_shard}}}
 
@@ -101,7 +103,7 @@ def read_npy_rows(path: str | Path, rows: Sequence[int] | np.ndarray | slice) ->
 
 
 def shard_file(shard_dir: str | Path, layer: str, kind: str) -> Path:
-    """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax`` or ``topk``."""
+    """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax``, ``topk`` or ``rotation``."""
     return Path(shard_dir) / f"{layer}.{kind}.npy"
 
 
