@@ -24,6 +24,7 @@ include: "rules/models.smk"
 include: "rules/dissect.smk"
 include: "rules/report.smk"
 include: "rules/sources.smk"
+include: "rules/experiments.smk"
 
 
 localrules:
@@ -31,6 +32,8 @@ localrules:
     report_all,
     results,
     checks,
+    rotation_all,
+    snapshots_all,
 
 
 rule all:

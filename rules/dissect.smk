@@ -119,6 +119,7 @@ rule score:
     input:
         index=dataset_index,
         counts="results/layers/{dataset}/{model}/{layer}/counts.npz",
+        significance=significance_input,
     output:
         result="results/layers/{dataset}/{model}/{layer}/result.csv",
         summary="results/layers/{dataset}/{model}/{layer}/summary.json",
@@ -134,6 +135,7 @@ rule score:
         dataset=dataset_option,
         out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
         iou=DISSECT["iou_threshold"],
+        significance=significance_option,
     shell:
         "netdissect score --counts {input.counts} --dataset {params.dataset} --out {params.out}"
-        " --iou-threshold {params.iou} > {log} 2>&1"
+        " --iou-threshold {params.iou} {params.significance} > {log} 2>&1"

@@ -1,4 +1,5 @@
-# Reports: one HTML page per layer, and report_all: every model x layer side by side.
+# Reports: one HTML page per layer, and report_all: every model x layer side by side, with links to the
+# experiments' sweeps (rules/experiments.smk).
 
 
 rule report_layer:
@@ -35,6 +36,7 @@ rule report_summary:
         results=all_results(),
         summaries=[f"{d}/summary.json" for d in all_layer_dirs()],
         reports=all_layer_reports(),
+        sweeps=experiment_sweeps("rotation") + experiment_sweeps("snapshots"),
     output:
         "results/report/index.html",
     log:
@@ -47,5 +49,8 @@ rule report_summary:
         runtime=res("report", "runtime"),
     params:
         layer_dirs=all_layer_dirs(),
+        sweeps=lambda wc, input: (
+            f"--sweeps {' '.join(os.path.dirname(p) for p in input.sweeps)}" if input.sweeps else ""
+        ),
     shell:
-        "netdissect report-all --layer-dirs {params.layer_dirs} --out results/report > {log} 2>&1"
+        "netdissect report-all --layer-dirs {params.layer_dirs} {params.sweeps} --out results/report > {log} 2>&1"

@@ -64,6 +64,14 @@ def register(sub, *groups) -> None:
         metavar="LAYER_DIR",
         help="layer folders (results/{dataset}/{model}/{layer}) holding result.csv",
     )
+    report_all.add_argument(
+        "--sweeps",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="SWEEP_DIR",
+        help="sweep folders (`netdissect sweep`: sweep.json, charts) to show below the table",
+    )
     report_all.add_argument("--out", required=True, type=Path, help="folder to write (index.html inside)")
     report_all.set_defaults(func=run_report_all)
 
@@ -115,6 +123,12 @@ def run_report(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         raise NetDissectError(f"{path}: not a readable .npy array ({err}); rerun `netdissect quantile`.") from err
     imgmax = read_imgmax(args.shards, layer)
+    p_values, alpha = {}, None
+    if (layer_dir / "significance.csv").is_file():
+        from netdissect.experiments.significance import read_significance
+
+        test = read_significance(layer_dir / "significance.csv", len(result))
+        p_values, alpha = {u + 1: float(p) for u, p in enumerate(test["p"])}, float(test["alpha"])
     dataset = BrodenDataset(args.dataset, load_labels=False)
     if imgmax.shape[0] != len(dataset):
         raise NetDissectError(
@@ -133,14 +147,19 @@ def run_report(args: argparse.Namespace) -> int:
         topk=args.topk,
         quality=args.quality,
         threads=args.threads,
+        p_values=p_values,
+        alpha=alpha,
     )
     print(index)
     return 0
 
 
 def run_report_all(args: argparse.Namespace) -> int:
+    import json
+
+    from netdissect.errors import NetDissectError
     from netdissect.report.results import count_detectors, iou_threshold_of, read_result_csv, read_summary
-    from netdissect.report.summary import LayerEntry, render_summary_report
+    from netdissect.report.summary import LayerEntry, SweepEntry, render_summary_report
 
     entries = []
     for layer_dir in args.layer_dirs:
@@ -149,6 +168,16 @@ def run_report_all(args: argparse.Namespace) -> int:
         dataset, model, layer = _names(layer_dir, summary)
         counts = count_detectors(result, categories, iou_threshold_of(summary, str(layer_dir / "summary.json")))
         report = layer_dir / "report" / "index.html"
-        entries.append(LayerEntry(dataset, model, layer, counts, report if report.is_file() else None))
-    print(render_summary_report(args.out, entries))
+        entries.append(
+            LayerEntry(dataset, model, layer, counts, report if report.is_file() else None, summary.get("significance"))
+        )
+    sweeps = []
+    for folder in args.sweeps:
+        try:
+            sweeps.append(SweepEntry(folder, json.loads((folder / "sweep.json").read_text())))
+        except (OSError, ValueError) as err:
+            raise NetDissectError(
+                f"--sweeps {folder}: no readable sweep.json ({err}); run `netdissect sweep`"
+            ) from None
+    print(render_summary_report(args.out, entries, sweeps))
     return 0

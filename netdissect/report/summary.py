@@ -31,6 +31,7 @@ class LayerEntry:
     layer: str
     counts: LayerCounts
     report: Path | None = None
+    significance: dict | None = None  # summary.json's "significance" (docs/experiments.md §3), if tested
 
     @property
     def name(self) -> str:
@@ -54,6 +55,9 @@ def summary_table(entries: Sequence[LayerEntry]) -> tuple[list[str], list[list[o
         *COUNT_KINDS,
         *(f"{cat}-{kind}" for cat in categories for kind in COUNT_KINDS),
     ]
+    tested = any(e.significance for e in entries)
+    if tested:
+        header += ["significant_detectors", "alpha", "permutations"]
     rows = []
     for e in entries:
         c = e.counts
@@ -70,6 +74,9 @@ def summary_table(entries: Sequence[LayerEntry]) -> tuple[list[str], list[list[o
                 *(c.per_category.get(cat, {}).get(kind, 0) for cat in categories for kind in COUNT_KINDS),
             ]
         )
+        if tested:
+            test = e.significance or {}
+            rows[-1] += [test.get("significant_detectors", ""), test.get("alpha", ""), test.get("permutations", "")]
     return header, rows
 
 
@@ -91,9 +98,18 @@ def _chart(entries: Sequence[LayerEntry], categories: list[str], kind: str, titl
     return stacked_bar_chart(bars, categories, title=title)
 
 
-def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Path:
+@dataclass(frozen=True)
+class SweepEntry:
+    """A sweep folder (:mod:`netdissect.experiments.sweep`): its sweep.json and where it is."""
+
+    folder: Path
+    info: dict
+
+
+def render_summary_report(out: str | Path, entries: Sequence[LayerEntry], sweeps: Sequence[SweepEntry] = ()) -> Path:
     """Write ``index.html``, ``summary.csv``, ``unique_by_category.svg``, ``unique_top.svg`` and the
-    stylesheet into ``out``; ``index.html`` is written last. Returns its path."""
+    stylesheet into ``out``; ``index.html`` is written last, showing the ``sweeps``' charts (inlined)
+    with links to their files. Returns its path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     categories = summary_categories(entries)
@@ -110,6 +126,18 @@ def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Pat
     rows = [
         {"entry": e, "link": Path(os.path.relpath(e.report, out)).as_posix() if e.report else None} for e in entries
     ]
+    link = lambda folder, name: Path(os.path.relpath(Path(folder) / name, out)).as_posix()
+    experiments = [
+        {
+            "title": sweep.info["title"],
+            "table": link(sweep.folder, sweep.info["table"]),
+            "charts": [
+                {"svg": (sweep.folder / name).read_text(encoding="utf-8"), "link": link(sweep.folder, name)}
+                for name in sweep.info["charts"].values()
+            ],
+        }
+        for sweep in sweeps
+    ]
     page = (
         environment()
         .get_template("summary.html")
@@ -120,6 +148,8 @@ def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Pat
             charts=charts,
             kinds=COUNT_KINDS,
             datasets=sorted({e.dataset for e in entries if e.dataset}),
+            tested=any(e.significance for e in entries),
+            experiments=experiments,
         )
     )
     atomic_write_text(out / "index.html", page)
