@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,6 +306,35 @@ def permuted_counts(
     return inter, np.rint(cat_area).astype(np.int64).reshape(units, num_categories)
 
 
+def count_permutations(
+    batches: Iterable[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
+    perms: np.ndarray,
+    table: LabelTable,
+    primary: np.ndarray,
+    thresholds: np.ndarray,
+    units: int,
+    union: str,
+    upsample=BILINEAR,
+) -> tuple[np.ndarray, np.ndarray]:
+    """I (K, U, L) and C (K, U, Kc) of every permutation ``perms[k]`` (label image i meets the masks of
+    image ``perms[k, i]``, :func:`draw_permutations`), from ``batches`` of (global rows, activations
+    (B, U, H, W), maxima (B, U)) that cover every image once. Each mask is decided once per batch."""
+    check_pairing(perms, table.sizes)
+    label_rows = np.argsort(perms, axis=1)  # label_rows[k, j]: the image whose labels mask image j meets
+    inter = np.zeros((len(perms), units, len(primary)), dtype=np.int64)
+    cat_area = np.zeros((len(perms), units, table.has.shape[1]), dtype=np.int64)
+    thresholds = torch.from_numpy(np.asarray(thresholds, dtype=np.float64))
+    for rows, acts, imgmax in batches:
+        for size in np.unique(table.sizes[rows], axis=0):
+            sel = np.flatnonzero((table.sizes[rows] == size).all(axis=1))
+            masks = batch_masks(acts[sel], imgmax[sel], thresholds, rows[sel], tuple(size), upsample)
+            for k in range(len(perms)):
+                i_k, c_k = permuted_counts(masks, label_rows[k], table, primary, units, union)
+                inter[k] += i_k
+                cat_area[k] += c_k
+    return inter, cat_area
+
+
 def best_iou(G: np.ndarray, I: np.ndarray, C: np.ndarray, primary: np.ndarray) -> np.ndarray:
     """Each unit's score: its best IoU over all labels (docs/dissection.md §5), (U,) float64; for
     stacked counts I (..., U, L), C (..., U, K) the scores (..., U)."""
@@ -380,7 +409,7 @@ def permutation_test(
     iou_threshold: float | None = None,
 ) -> dict[str, Any]:
     """The test of every unit of the layer in ``layer_dir`` (its counts.npz, with the thresholds it
-    holds), with the activations of ``shard_dirs`` and the labels of ``dataset`` (or the packed
+    holds), with the activations of ``shard_dirs`` (shard folders or folders of them) and the labels of ``dataset`` (or the packed
     ``labels``). Writes LAYER_DIR/significance.csv, significance.json and null_scores.npy ((K, U)
     float64), adds the test to LAYER_DIR/summary.json when there is one; returns significance.json.
     Detectors are counted with ``iou_threshold`` (default: summary.json's, else the default one)."""
@@ -390,7 +419,7 @@ def permutation_test(
     from netdissect.masks import upsampling
     from netdissect.pipeline import open_dataset
     from netdissect.score import score_units
-    from netdissect.shards import layer_shards, read_npy_rows, shard_file
+    from netdissect.shards import layer_shards, read_npy_rows, shard_dirs_of, shard_file
 
     check_permutations(permutations, alpha)
     if batch_size < 1:
@@ -405,7 +434,7 @@ def permutation_test(
             f"{layer_dir / 'counts.npz'} was counted on another dataset than {dataset} (fingerprints differ); "
             f"test with the dataset the counts came from"
         )
-    metas = layer_shards(shard_dirs, layer)
+    metas = layer_shards([d for given in shard_dirs for d in shard_dirs_of(given)], layer)
     if metas[0][1]["num_images"] != len(ds) or (counts["start"], counts["stop"]) != (0, len(ds)):
         raise NetDissectError(
             f"{layer_dir / 'counts.npz'} covers rows [{counts['start']}, {counts['stop']}) and the shards "
@@ -417,32 +446,25 @@ def permutation_test(
 
         source = PackedLabels(labels, ds)
     G, thresholds = counts["G"], counts["thresholds"]
-    units, num_labels, num_categories = counts["I"].shape[0], len(ds.primary), len(ds.categories)
-    table = label_table([source[i] for i in range(len(ds))], num_labels, ds.primary, num_categories)
+    units = counts["I"].shape[0]
+    table = label_table([source[i] for i in range(len(ds))], len(ds.primary), ds.primary, len(ds.categories))
     perms = draw_permutations(table.sizes, permutations, seed)
-    label_rows = np.argsort(perms, axis=1)  # label_rows[k, j]: the image whose labels mask image j meets
     upsample = upsampling(settings.get("upsample", BILINEAR.name))
-    inter = np.zeros((permutations + 1, units, num_labels), dtype=np.int64)
-    cat_area = np.zeros((permutations + 1, units, num_categories), dtype=np.int64)
-    threshold_t = torch.from_numpy(np.asarray(thresholds, dtype=np.float64))
-    bar = tqdm(total=len(ds), desc=f"significance {layer}", unit="img", disable=not progress)
-    for shard_dir, meta in metas:
-        imgmax = np.load(shard_file(shard_dir, layer, "imgmax"))
-        for first in range(0, meta["stop"] - meta["start"], batch_size):
-            local = np.arange(first, min(first + batch_size, meta["stop"] - meta["start"]))
-            acts = torch.from_numpy(read_npy_rows(shard_file(shard_dir, layer, "act"), local).astype(np.float32))
-            rows = meta["start"] + local
-            for size in np.unique(table.sizes[rows], axis=0):
-                sel = np.flatnonzero((table.sizes[rows] == size).all(axis=1))
-                masks = batch_masks(
-                    acts[sel], torch.from_numpy(imgmax[local[sel]]), threshold_t, rows[sel], tuple(size), upsample
-                )
-                for k in range(permutations + 1):
-                    i_k, c_k = permuted_counts(masks, label_rows[k], table, ds.primary, units, settings["union"])
-                    inter[k] += i_k
-                    cat_area[k] += c_k
-            bar.update(len(local))
-    bar.close()
+
+    def batches():
+        bar = tqdm(total=len(ds), desc=f"significance {layer}", unit="img", disable=not progress)
+        for shard_dir, meta in metas:
+            imgmax = np.load(shard_file(shard_dir, layer, "imgmax"))
+            for first in range(0, meta["stop"] - meta["start"], batch_size):
+                local = np.arange(first, min(first + batch_size, meta["stop"] - meta["start"]))
+                acts = read_npy_rows(shard_file(shard_dir, layer, "act"), local).astype(np.float32)
+                yield meta["start"] + local, torch.from_numpy(acts), torch.from_numpy(imgmax[local])
+                bar.update(len(local))
+        bar.close()
+
+    inter, cat_area = count_permutations(
+        batches(), perms, table, ds.primary, thresholds, units, settings["union"], upsample
+    )
     if not (np.array_equal(inter[0], counts["I"]) and np.array_equal(cat_area[0], counts["C"])):
         raise NetDissectError(
             f"{layer_dir / 'counts.npz'}: recounting the unpermuted masks does not give its counts; the shards, "
