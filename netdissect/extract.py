@@ -24,6 +24,7 @@ from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.experiments.rotation import rotate_maps, rotation_matrix
 from netdissect.io import atomic_path, save_json, save_npy
 from netdissect.models import LoadedModel, capture
+from netdissect.ops import keep_freed_memory
 from netdissect.quantile import TopK, candidate_count
 from netdissect.shards import NUMPY_DTYPES, SHARD_FORMAT, SHARD_VERSION, NpyRowWriter, shard_file, shard_range
 
@@ -96,6 +97,7 @@ def extract_shard(
         raise NetDissectError(f"--dtype {dtype}: expected one of {', '.join(NUMPY_DTYPES)}")
     if batch_size < 1:
         raise NetDissectError(f"--batch-size {batch_size}: expected a positive number")
+    keep_freed_memory()  # the forward pass allocates and frees large buffers every batch
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)  # an old meta.json must not vouch for new files

@@ -8,7 +8,7 @@ units, its fractional powers R(p), and the rotated activations.
   (``scipy.linalg.schur(output="real")``; B is block diagonal for an orthogonal Q: 2×2 blocks
   rotating by θ_j ∈ (−π, π], 1×1 blocks ±1, the −1s taken in pairs as rotations by π), every angle
   scaled by p. R(0) = I, R(1) = Q, R(p)·R(q) = R(p + q).
-- :func:`rotate_maps`: a'[i, c, y, x] = Σ_c' R[c, c'] · a[i, c', y, x], in float64.
+- :func:`rotate_maps`: a'[i, c, y, x] = Σ_c' R[c, c'] · a[i, c', y, x].
 
 At p = 0 nothing is rotated at all (:func:`rotation_matrix` returns None), so results are identical
 to an unrotated run's.
@@ -95,11 +95,10 @@ def rotation_matrix(units: int, seed: int, power: float, layer: str = "") -> np.
 
 
 def rotate_maps(maps: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """a'[i, c] = Σ_c' R[c, c'] · a[i, c'] for maps (B, U, H, W), computed in float64 (R float64),
-    returned in the maps' dtype."""
+    """a'[i, c] = Σ_c' R[c, c'] · a[i, c'] for maps (B, U, H, W), in the maps' dtype (float32: the
+    precision of the activations themselves, and 5 times faster than float64 on the CPU)."""
     b, u, h, w = maps.shape
-    rotated = torch.matmul(rotation, maps.to(torch.float64).reshape(b, u, h * w))
-    return rotated.reshape(b, u, h, w).to(maps.dtype)
+    return torch.matmul(rotation.to(maps.dtype), maps.reshape(b, u, h * w)).reshape(b, u, h, w)
 
 
 def shard_rotation(metas: list[tuple[Path, dict[str, Any]]], layer: str) -> np.ndarray | None:
