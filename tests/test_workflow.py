@@ -64,7 +64,7 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
         "results/layers/synth/demo/conv4/result.csv",
         "results/labels/synth",
         "results/report/index.html",
-        "results/rotation/synth/demo/conv4/p0.2",
+        "results/rotation/synth/demo/conv2/p0.2",
         "results/snapshots/synth/demo/conv4/step1",
         "models/demo.snapshots",
     ):

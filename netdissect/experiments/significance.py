@@ -8,10 +8,11 @@ label areas G do not change), and the best IoU over all labels gives ``s_u^(k)``
 ``p_u = (1 + #{k: s_u^(k) ≥ s_u}) / (K + 1)``.
 
 Cost. Each (image, unit) mask is decided once (:func:`batch_masks`, with the tally's
-:mod:`netdissect.masks`) and kept as a list of pixels; each permutation only looks up the paired
-image's labels at those pixels and counts (:func:`permuted_counts`), in one pass over the masks'
-pixels per permutation. All images' labels are held once in memory (:class:`LabelTable`, 2 bytes
-per label pixel, like the packed labels), so any image's masks can be paired with any image's labels.
+:mod:`netdissect.masks`) and kept as runs of consecutive pixels; every label layer is cut once into
+segments of equal label (:class:`LabelTable`, 2 bytes per label pixel, like the packed labels, held
+in memory so that any image's masks can be paired with any image's labels). A permutation then only
+finds, for each run and each layer of the paired image, the segments it meets, and counts
+(:func:`permuted_counts`): no mask is decided again and no pixel is visited.
 
 Permutation 0 is always the identity: its counts must equal the tally's (``counts.npz``), a check
 that the shards, thresholds and labels are the ones the layer was counted with.
@@ -101,8 +102,8 @@ class LabelTable:
     Each pixel layer, read row by row as one line of sh·sw pixels, is cut into segments of equal
     label. ``segment`` holds, for every pixel of every layer of every image (concatenated, then one
     block of zeros), the number of its segment within its layer (uint16, or uint32 for layers over
-    65,536 pixels); ``pixel_base`` (N, Kmax) int64 is where layer t of image i starts in it and
-    ``segment_base`` (N, Kmax) where its segments start in ``start``, ``stop`` (pixel range within the
+    65,536 pixels); ``pixel_base`` (Kmax, N) int64 is where layer t of image i starts in it and
+    ``segment_base`` (Kmax, N) where its segments start in ``start``, ``stop`` (pixel range within the
     layer) and ``label``. A layer an image lacks points at the zeros and at one segment of label 0
     (never counted) covering any pixel. ``layers`` (N,): each image's number of layers.
     ``image_labels`` (N, J) int64, unique per image, 0-padded. ``has`` (N, K) bool: the image has
@@ -135,9 +136,10 @@ def label_table(items: Sequence[dict[str, Any]], num_labels: int, primary: np.nd
     kmax = int(layers.max(initial=1)) or 1
     offset = np.concatenate([[0], np.cumsum(layers * area)]).astype(np.int64)
     segment = np.zeros(int(offset[-1]) + largest, dtype=np.uint16 if largest <= 2**16 else np.uint32)
-    pixel_base = np.full((n, kmax), offset[-1], dtype=np.int64)
-    segment_base = np.zeros((n, kmax), dtype=np.int64)  # segment 0: label 0 over any pixel
-    starts, stops, labels, counts = [np.array([0])], [np.array([largest])], [np.array([0])], [0]
+    pixel_base = np.full((kmax, n), offset[-1], dtype=np.int64)
+    segment_base = np.zeros((kmax, n), dtype=np.int64)  # segment 0: label 0 over any pixel
+    starts, stops, labels, counts = [np.array([0])], [np.array([largest])], [np.array([0])], []
+    total = 1  # segments so far
     image_sets = [sorted(set(item["image_labels"].tolist()) - {0}) for item in items]
     image_labels = np.zeros((n, max([len(j) for j in image_sets] + [0])), dtype=np.int64)
     for i, item in enumerate(items):
@@ -153,18 +155,19 @@ def label_table(items: Sequence[dict[str, Any]], num_labels: int, primary: np.nd
         t, first = np.nonzero(change)  # layer by layer, segments in pixel order
         last = np.r_[first[1:], 0]
         last[np.r_[t[1:] != t[:-1], True]] = area[i]  # a layer's last segment ends at its last pixel
-        pixel_base[i, : layers[i]] = offset[i] + np.arange(layers[i]) * area[i]
-        segment_base[i, : layers[i]] = sum(counts) + 1 + np.searchsorted(t, np.arange(layers[i]))
+        pixel_base[: layers[i], i] = offset[i] + np.arange(layers[i]) * area[i]
+        segment_base[: layers[i], i] = total + np.searchsorted(t, np.arange(layers[i]))
         starts.append(first)
         stops.append(last)
         labels.append(flat[t, first])
         counts.append(len(first))
+        total += len(first)
         image_labels[i, : len(image_sets[i])] = image_sets[i]
     as_int64 = lambda parts: np.concatenate(parts).astype(np.int64)
     label = as_int64(labels)
     # which labels each image has (any pixel layer, image-level), and so which categories
     present = np.zeros((n, num_labels), dtype=bool)
-    present[np.repeat(np.arange(n), counts[1:]), label[1:]] = True
+    present[np.repeat(np.arange(n), counts), label[1:]] = True
     member = np.zeros((n, num_labels), dtype=bool)
     member[np.repeat(np.arange(n), image_labels.shape[1]), image_labels.reshape(-1)] = True
     present[:, 0] = member[:, 0] = False
@@ -259,27 +262,35 @@ def permuted_counts(
     they share to (unit, segment's label)."""
     num_labels = len(primary)
     num_categories = table.has.shape[1]
+    cat1 = np.asarray(primary, dtype=np.int64) + 1
     paired = label_rows[masks.image]  # (A,) the image whose labels each mask meets
-    # (run, layer) entries: every layer of the paired image, and the segments holding the run's ends
     run_image = paired[masks.run_pair]
-    entry_run, layer = _expand(table.layers[run_image])
-    at = run_image[entry_run] * table.pixel_base.shape[1] + layer
-    pixel_base, segment_base = table.pixel_base.reshape(-1)[at], table.segment_base.reshape(-1)[at]
-    start, stop = masks.run_start[entry_run], masks.run_stop[entry_run]
-    first = segment_base + table.segment[pixel_base + start]
-    last = segment_base + table.segment[pixel_base + stop - 1]
-    pair = masks.run_pair[entry_run]
-    # most runs lie in one segment; the others are cut into one piece per segment they cross
-    (cut,) = np.nonzero(first != last)
-    piece, step = _expand(last[cut] - first[cut] + 1)
-    piece = cut[piece]
-    seg = np.concatenate([first, first[piece] + step])
-    pair = np.concatenate([pair, pair[piece]])
-    low = np.concatenate([start, np.maximum(start[piece], table.start[seg[len(first) :]])])
-    high = np.concatenate([stop, np.minimum(stop[piece], table.stop[seg[len(first) :]])])
-    low[cut], high[cut] = 0, 0  # a cut run counts through its pieces
-    keys = masks.unit[pair] * num_labels + table.label[seg]
-    inter = np.bincount(keys, (high - low).astype(np.float64), minlength=units * num_labels)
+    run_layers = table.layers[run_image]
+    run_key = (masks.unit * num_labels)[masks.run_pair]  # (unit, label 0) of every run's mask
+    inter = np.zeros(units * num_labels)
+    touched = []  # lite: (mask, category + 1) of every piece of a mask that meets a label
+    for t in range(table.pixel_base.shape[0]):  # layer t of every paired image that has one
+        runs = slice(None) if t < run_layers.min(initial=0) else np.flatnonzero(run_layers > t)
+        image, pair, unit_key = run_image[runs], masks.run_pair[runs], run_key[runs]
+        start, stop = masks.run_start[runs], masks.run_stop[runs]
+        if not len(start):
+            break
+        pixel_base, segment_base = table.pixel_base[t][image], table.segment_base[t][image]
+        first = segment_base + table.segment[pixel_base + start]
+        last = segment_base + table.segment[pixel_base + stop - 1]
+        # a run inside one segment adds its length to that segment's label
+        whole = np.where(first == last, stop - start, 0)
+        inter += np.bincount(unit_key + table.label[first], whole.astype(np.float64), minlength=len(inter))
+        # a run that crosses segments adds, to each segment's label, the pixels it shares with it
+        (cut,) = np.nonzero(whole == 0)
+        piece, step = _expand(last[cut] - first[cut] + 1)
+        piece = cut[piece]
+        seg = first[piece] + step
+        shared = np.minimum(stop[piece], table.stop[seg]) - np.maximum(start[piece], table.start[seg])
+        inter += np.bincount(unit_key[piece] + table.label[seg], shared.astype(np.float64), minlength=len(inter))
+        if union == "lite":
+            touched += [pair[whole > 0] * (num_categories + 1) + cat1[table.label[first[whole > 0]]]]
+            touched += [pair[piece] * (num_categories + 1) + cat1[table.label[seg]]]
     # image-level labels: |M| for each (unit, image-level label of the paired image)
     image_labels = table.image_labels[paired]  # (A, J)
     if image_labels.shape[1]:
@@ -292,11 +303,8 @@ def permuted_counts(
     if union == "paper":
         hit = table.has[paired]  # (A, K)
     else:
-        cat1 = np.asarray(primary, dtype=np.int64) + 1
-        inside = high > low
         touched = np.bincount(
-            pair[inside] * (num_categories + 1) + cat1[table.label[seg[inside]]],
-            minlength=len(paired) * (num_categories + 1),
+            np.concatenate(touched or [[]]).astype(np.int64), minlength=len(paired) * (num_categories + 1)
         )
         hit = (touched.reshape(-1, num_categories + 1)[:, 1:] > 0) | table.image_category[paired]
     keys = (masks.unit * num_categories)[:, None] + np.arange(num_categories)
