@@ -24,6 +24,9 @@ from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.experiments.rotation import rotate_maps, rotation_matrix
 from netdissect.io import atomic_path, save_json, save_npy
 from netdissect.models import LoadedModel, capture
+from netdissect.models.fieldmaps import field_map_json, trace_field_maps
+from netdissect.models.layers import require_weights
+from netdissect.models.readout import Readout, output_shape, plan_readout, read_maps, token_layout
 from netdissect.ops import keep_freed_memory
 from netdissect.quantile import TopK, candidate_count
 from netdissect.shards import NUMPY_DTYPES, SHARD_FORMAT, SHARD_VERSION, NpyRowWriter, shard_file, shard_range
@@ -46,23 +49,6 @@ def image_size(ds: Any) -> tuple[int, int]:
     return int(sizes[0, 0]), int(sizes[0, 1])
 
 
-def as_maps(output: torch.Tensor, layer: str) -> torch.Tensor:
-    """A layer's output as (B, U, H, W): N×U outputs become 1×1 maps; other ranks are an error."""
-    if not isinstance(output, torch.Tensor):
-        raise NetDissectError(
-            f"layer {layer}: output is a {type(output).__name__}, expected a tensor; choose a "
-            f"layer whose module returns one tensor"
-        )
-    if output.dim() == 2:
-        return output[:, :, None, None]
-    if output.dim() != 4:
-        raise NetDissectError(
-            f"layer {layer}: output has shape {tuple(output.shape)}, expected (batch, units, "
-            f"height, width) or (batch, units); choose a convolutional or linear layer"
-        )
-    return output
-
-
 def extract_shard(
     ds: Any,
     model: LoadedModel,
@@ -76,18 +62,25 @@ def extract_shard(
     device: str = "cpu",
     dtype: str = DTYPE,
     quantile: float = QUANTILE,
+    tokens: str | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    preset: str | None = None,
+    copy_all: bool = False,
     rotation: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
 
+    Each layer's output is read as unit maps the way :func:`netdissect.models.readout.plan_readout`
+    decides on a probe image (``tokens``: ``--tokens spatial|cls`` for token layers); meta.json records it.
     ``rotation`` (seed, power): every layer's units are rotated by R(power) of its own seeded random
     rotation before anything is stored (:mod:`netdissect.experiments.rotation`), and the matrix is
     written beside its files (``{layer}.rotation.npy``); at power 0 nothing is transformed.
 
     ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
-    whole batch loop: decoding, forward, writing, candidates).
+    whole batch loop: decoding, forward, writing, candidates). ``preset`` is only recorded (the model's
+    input convention and ``quantile`` already follow it); ``copy_all`` copies every captured output
+    (:func:`netdissect.models.capture`, to measure the cost).
     """
     import time
 
@@ -105,18 +98,34 @@ def extract_shard(
     ih, iw = image_size(ds)
     start, stop = shard_range(num_images, shard, shards)
     np_dtype = NUMPY_DTYPES[dtype]
+    require_weights(model)
     model.module.to(device)
     if device.startswith("cuda"):
         # full float32 convolutions and matmuls (PyTorch lets cuDNN use TF32 by default, ~1e-3 relative)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
-    with capture(model, layers) as run:
-        probe = run(model.normalise(torch.zeros(1, 3, ih, iw, dtype=torch.uint8, device=device)))
+    if model.fixed_batch is not None and batch_size != model.fixed_batch:
+        log.warning(
+            "model %s takes batches of %d only: --batch-size %d ignored", model.spec, model.fixed_batch, batch_size
+        )
+        batch_size = model.fixed_batch
+    try:
+        fields = trace_field_maps(model, layers, (ih, iw))
+    except Exception as err:  # only --upsample fieldmap needs them: record why, extract anyway
+        log.warning(
+            "field maps of %s could not be traced (%s); --upsample fieldmap will refuse its layers", model.spec, err
+        )
+        fields = {layer: f"tracing the model's operations failed: {err}" for layer in layers}
+    with capture(model, layers, copy_all) as run:
+        probe = _probe(run, model, ih, iw, device)
+        layout = token_layout(model.module)
+        readouts: dict[str, Readout] = {}
         shapes = {}
         for layer in layers:
-            maps = as_maps(probe[layer], layer)
-            if probe[layer].dim() == 2:
+            readouts[layer] = plan_readout(output_shape(probe[layer], layer), layer, (ih, iw), layout, tokens)
+            maps = read_maps(probe[layer], readouts[layer], layer)
+            if readouts[layer].kind == "flat":
                 log.warning(
                     "layer %s outputs (batch, %d) with no spatial dimensions: each unit is treated as a 1x1 map",
                     layer,
@@ -131,9 +140,11 @@ def extract_shard(
                 "units": units,
                 "height": height,
                 "width": width,
-                "flat": probe[layer].dim() == 2,
+                "flat": readouts[layer].kind == "flat",
+                "readout": readouts[layer].to_json(),
                 "num_values": values,
                 "candidates": min(candidate_count(values, quantile), (stop - start) * height * width),
+                **field_map_json(fields[layer]),
             }
         with contextlib.ExitStack() as stack:
             writers, topks, imgmax = {}, {}, {}
@@ -160,12 +171,18 @@ def extract_shard(
                 forward_s += time.perf_counter() - tic
                 rows = batch["i"]
                 for layer in layers:
-                    maps = as_maps(outputs[layer], layer).to(torch.float32)
-                    _check_finite(maps, layer, rows, ds)
+                    maps = read_maps(outputs[layer], readouts[layer], layer).to(torch.float32)
+                    if maps.shape[0] != len(rows):
+                        raise NetDissectError(
+                            f"layer {layer}: output has batch size {maps.shape[0]} for {len(rows)} images; the "
+                            f"model mixes the images of a batch (a fixed batch size?): run with --batch-size 1"
+                        )
+                    if not bool(torch.isfinite(maps.sum())):  # one reduction; the full check only when needed
+                        _check_finite(maps, layer, rows, ds)
                     if rotation is not None and rotation[1] != 0:
                         maps = rotate_maps(maps, torch.from_numpy(rotations[layer]).to(maps.device))
                     stored = maps.to(torch.float16).to(torch.float32) if dtype == "float16" else maps
-                    writers[layer].write(stored.cpu().numpy().astype(np_dtype))
+                    writers[layer].write(stored.cpu().numpy().astype(np_dtype, copy=False))
                     lo = int(rows[0]) - start
                     imgmax[layer][lo : lo + len(rows)] = stored.amax(dim=(2, 3)).cpu().numpy()
                     topks[layer].add(stored.permute(1, 0, 2, 3).reshape(stored.shape[1], -1))
@@ -196,10 +213,11 @@ def extract_shard(
         "model": model.spec,
         "weights": model.weights,
         "weights_sha256": model.weights_sha256,
-        "mean": list(model.mean),
-        "std": list(model.std),
+        "preset": preset,
+        **model.input_settings(),
         "quantile": quantile,
         "dtype": dtype,
+        "tokens": tokens,
         "rotation": None if rotation is None else {"seed": rotation[0], "power": rotation[1]},
         "layers": layer_info,
     }
@@ -214,6 +232,18 @@ def _rotation(rotation: tuple[int, float] | None, units: int, layer: str) -> np.
     seed, power = rotation
     matrix = rotation_matrix(units, seed, power, layer)
     return np.eye(units) if matrix is None else matrix
+
+
+def _probe(run: Any, model: LoadedModel, ih: int, iw: int, device: str) -> dict[str, torch.Tensor]:
+    """The requested layers' outputs for one black image: the model must run at the dataset's size."""
+    try:
+        return run(model.normalise(torch.zeros(1, 3, ih, iw, dtype=torch.uint8, device=device)))
+    except (RuntimeError, AssertionError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NetDissectError(
+            f"--model {model.spec}: cannot run on the dataset's {ih}x{iw} images ({reason}); use a dataset of "
+            f"the size the model takes (docs/models.md)"
+        ) from None
 
 
 def _check_finite(maps: torch.Tensor, layer: str, rows: torch.Tensor, ds: Any) -> None:

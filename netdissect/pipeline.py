@@ -16,15 +16,31 @@ tally and the report read them.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from netdissect.defaults import ALPHA, BATCH_SIZE, DEVICE, DTYPE, IOU_THRESHOLD, PERMUTATION_SEED, QUANTILE, UNION
+from netdissect.defaults import (
+    ALPHA,
+    BATCH_SIZE,
+    DEVICE,
+    DIVISOR,
+    DTYPE,
+    IOU_THRESHOLD,
+    MEAN_PRECISIONS,
+    PERMUTATION_SEED,
+    TOPK,
+)
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
+from netdissect.names import layer_file_name
+from netdissect.presets import resolve
+
+log = logging.getLogger(__name__)
 
 
 def open_dataset(
@@ -51,20 +67,25 @@ def extract(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    mean_file: str | None = None,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
     device: str = DEVICE,
     dtype: str = DTYPE,
-    quantile: float = QUANTILE,
+    quantile: float | None = None,
+    tokens: str | None = None,
     progress: bool = True,
     rotation: tuple[int, float] | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
-    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`); ``rotation``
-    (seed, power) rotates every layer's units first (docs/experiments.md §1)."""
+    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`). ``quantile``
+    and the model's input convention: as given, else ``preset``'s, else the defaults (netdissect/presets.py);
+    ``rotation`` (seed, power) rotates every layer's units first (docs/experiments.md §1)."""
     from netdissect.extract import extract_shard
     from netdissect.models import load_model
 
-    model = load_model(model_spec, weights, mean, std)
+    quantile = resolve(preset, quantile=quantile)["quantile"]
+    model = load_model(model_spec, weights, mean, std, preset=preset, mean_file=mean_file)
     ds = open_dataset(dataset, labels=False)
     return extract_shard(
         ds,
@@ -78,8 +99,10 @@ def extract(
         device=device,
         dtype=dtype,
         quantile=quantile,
+        tokens=tokens,
         progress=progress,
         rotation=rotation,
+        preset=preset,
     )
 
 
@@ -131,7 +154,9 @@ def tally(
     thresholds_path: str | Path,
     out: str | Path,
     *,
-    union: str = UNION,
+    union: str | None = None,
+    upsample: str | None = None,
+    preset: str | None = None,
     categories: Sequence[str] | None = None,
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,
@@ -142,15 +167,26 @@ def tally(
 ) -> dict[str, np.ndarray]:
     """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz). The
     labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs;
-    ``threads`` count on the CPU, ``workers`` loader processes feed a GPU."""
+    ``threads`` count on the CPU, ``workers`` loader processes feed a GPU. ``union`` and ``upsample``:
+    as given, else ``preset``'s (default: the preset the shard was extracted with), else the defaults."""
     from netdissect.counts import save_counts
-    from netdissect.masks import BILINEAR
     from netdissect.quantile import load_thresholds
     from netdissect.shards import layer_meta, load_meta, shard_file
     from netdissect.tally import tally_shard
 
     meta = load_meta(shard_dir)
     info = layer_meta(meta, layer, shard_dir)
+    if preset is None:
+        preset = meta.get("preset")
+    elif meta.get("preset") != preset:
+        log.warning(
+            "%s was extracted with preset %s (its input convention and quantile); counting with preset %s",
+            shard_dir,
+            meta.get("preset"),
+            preset,
+        )
+    chosen = resolve(preset, union=union, upsample=upsample)
+    union = chosen["union"]
     ds = open_dataset(dataset, categories, images=False, labels=labels is None)
     if len(ds) != meta["num_images"] or ds.fingerprint() != meta["dataset_fingerprint"]:
         raise NetDissectError(
@@ -165,7 +201,9 @@ def tally(
         from netdissect.broden.pack import PackedLabels
 
         packed = PackedLabels(labels, ds)
-    upsample = BILINEAR
+    mode = layer_upsampling(chosen["upsample"], info, meta, layer)
+    for sh, sw in sorted(set(map(tuple, ds.index[["sh", "sw"]].to_numpy().tolist()))):
+        mode.tables(info["height"], info["width"], int(sh), int(sw))  # refuses knots that coincide
     counts = tally_shard(
         ds,
         shard_file(shard_dir, layer, "act"),
@@ -174,7 +212,7 @@ def tally(
         meta["start"],
         meta["stop"],
         union=union,
-        upsample=upsample,
+        upsample=mode,
         batch_size=batch_size,
         threads=threads,
         workers=workers,
@@ -190,13 +228,19 @@ def tally(
         "quantile": source.get("quantile"),
         "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
         "union": union,
-        "upsample": upsample.name,
+        "upsample": mode.name,
+        "field_map": info.get("field_map") if mode.name == "fieldmap" else None,
+        "preset": preset,
         "categories": list(ds.categories),
         "model": meta["model"],
         "weights": meta["weights"],
         "weights_sha256": meta["weights_sha256"],
         "mean": meta["mean"],
         "std": meta["std"],
+        "divisor": meta.get("divisor", DIVISOR),
+        "bgr": meta.get("bgr", False),
+        "mean_precision": meta.get("mean_precision", MEAN_PRECISIONS[0]),
+        "mean_file": meta.get("mean_file"),
         "dtype": meta["dtype"],
         "dataset": str(dataset),
         "dataset_fingerprint": meta["dataset_fingerprint"],
@@ -205,6 +249,18 @@ def tally(
     }
     save_counts(out, counts, thresholds, meta["start"], meta["stop"], settings)
     return counts
+
+
+def layer_upsampling(name: str, info: dict[str, Any], meta: dict[str, Any], layer: str):
+    """The upsampling mode ``name`` of a layer of a shard (``info``: its meta.json entry; ``meta``:
+    the shard's meta.json, for the image size)."""
+    from netdissect.masks import upsampling
+    from netdissect.models.fieldmaps import field_map_from_json
+
+    why = (
+        info.get("field_map_none") or "the shard records none: it was extracted before field maps were; re-run extract"
+    )
+    return upsampling(name, field_map_from_json(info), int(meta["image_size"][1]), layer, why)
 
 
 def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
@@ -216,16 +272,28 @@ def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     return merged
 
 
+def relative_paths(layer_dir: str | Path, dataset: str | Path, shards: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """summary.json's ``paths``: the dataset and the shard folders relative to the layer folder, so that
+    ``netdissect report LAYER_DIR`` finds them wherever it runs, and after the tree moves as a whole."""
+    here = os.path.abspath(layer_dir)
+    return {
+        "dataset": Path(os.path.relpath(os.path.abspath(dataset), here)).as_posix(),
+        "shards": [Path(os.path.relpath(os.path.abspath(s), here)).as_posix() for s in shards],
+    }
+
+
 def score(
     counts_path: str | Path,
     dataset: str | Path,
     out: str | Path,
     *,
     iou_threshold: float = IOU_THRESHOLD,
+    shards: Sequence[str | Path] = (),
     significance: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Stage 5: result.csv and summary.json from a counts file; ``significance`` (a significance.csv
-    with its significance.json beside it) adds the permutation test's counts to summary.json."""
+    """Stage 5: result.csv and summary.json from a counts file; summary.json records where the dataset
+    and ``shards`` (the activations, for the report) are (:func:`relative_paths`); ``significance`` (a
+    significance.csv with its significance.json beside it) adds the permutation test's counts to summary.json."""
     from netdissect.counts import load_counts
     from netdissect.experiments.significance import read_significance
     from netdissect.score import write_scores
@@ -238,7 +306,10 @@ def score(
             f"differ); score with the dataset the counts came from"
         )
     test = read_significance(significance, counts["I"].shape[0]) if significance else None
-    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold, significance=test)
+    paths = relative_paths(out, dataset, shards)
+    return write_scores(
+        out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold, significance=test, paths=paths
+    )
 
 
 def dissect(
@@ -250,9 +321,12 @@ def dissect(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    q: float = QUANTILE,
+    mean_file: str | None = None,
+    q: float | None = None,
     thresholds_file: str | None = None,
-    union: str = UNION,
+    union: str | None = None,
+    upsample: str | None = None,
+    preset: str | None = None,
     iou_threshold: float = IOU_THRESHOLD,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
@@ -260,26 +334,36 @@ def dissect(
     device: str = DEVICE,
     categories: Sequence[str] | None = None,
     dtype: str = DTYPE,
+    tokens: str | None = None,
     progress: bool = True,
     labels: str | Path | None = None,
     rotation: tuple[int, float] | None = None,
     permutations: int = 0,
     permutation_seed: int = PERMUTATION_SEED,
     alpha: float = ALPHA,
+    report: bool = True,
+    topk: int = TOPK,
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
-    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``.
-    ``rotation`` (seed, power) rotates the units (+ OUT/<layer>/rotation.npy); ``permutations`` K > 0
-    runs the significance test before the scores (+ OUT/<layer>/significance.csv, docs/experiments.md)."""
+    thresholds.json, counts.npz, result.csv, summary.json} and, unless ``report`` is False, the layer's
+    HTML report OUT/<layer>/report/index.html (``topk`` images per unit). ``thresholds_file`` may
+    contain ``{layer}``. ``q``, ``union``, ``upsample`` and the input convention: as given, else
+    ``preset``'s, else the defaults. <layer> is the layer's file name (:func:`netdissect.names.layer_file_name`:
+    ``/`` becomes ``%2F``), also in ``thresholds_file``. ``rotation`` (seed, power) rotates the units
+    (+ OUT/<layer>/rotation.npy); ``permutations`` K > 0 runs the significance test before the scores
+    (+ OUT/<layer>/significance.csv, docs/experiments.md)."""
     from netdissect.experiments.significance import check_permutations, permutation_test
 
     if permutations:
         check_permutations(permutations, alpha)
+    chosen = resolve(preset, quantile=q, union=union, upsample=upsample)
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
             f"contain {{layer}} (e.g. runs/old/{{layer}}/thresholds.npy)"
         )
+    if report and not 1 <= topk <= 1000:
+        raise NetDissectError(f"--topk {topk}: expected a whole number from 1 to 1000 (images shown per unit).")
     if "shards" in layers:
         raise NetDissectError(
             "--layers: a layer named 'shards' would share OUT/shards with the activations; "
@@ -297,19 +381,27 @@ def dissect(
         weights=weights,
         mean=mean,
         std=std,
+        mean_file=mean_file,
         batch_size=batch_size,
         workers=workers,
         device=device,
         dtype=dtype,
         quantile=q,
+        tokens=tokens,
         progress=progress,
         rotation=rotation,
+        preset=preset,
     )
+    from netdissect.shards import load_meta
+
+    meta = load_meta(shard_dir)
+    for layer in layers:  # a layer without a field map fails before any tally
+        layer_upsampling(chosen["upsample"], meta["layers"][layer], meta, layer)
     summaries = {}
     for layer in layers:
-        layer_dir = out / layer
-        file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
-        quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
+        layer_dir = out / layer_file_name(layer)
+        file = thresholds_file.replace("{layer}", layer_file_name(layer)) if thresholds_file else None
+        quantile([shard_dir], layer, layer_dir, q=chosen["quantile"], thresholds_file=file)
         tally(
             dataset,
             shard_dir,
@@ -317,6 +409,8 @@ def dissect(
             layer_dir / "thresholds.npy",
             layer_dir / "counts.npz",
             union=union,
+            upsample=upsample,
+            preset=preset,
             categories=categories,
             device=device,
             batch_size=batch_size,
@@ -343,6 +437,11 @@ def dissect(
             dataset,
             layer_dir,
             iou_threshold=iou_threshold,
+            shards=[shard_dir],
             significance=layer_dir / "significance.csv" if permutations else None,
         )
+        if report:
+            from netdissect.report.build import write_layer_report
+
+            summaries[layer]["report"] = str(write_layer_report(layer_dir, topk=topk, threads=threads))
     return summaries

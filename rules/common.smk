@@ -13,7 +13,11 @@
 import math
 import os
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from netdissect.names import layer_file_name, layer_from_file_name
 
 DISSECT = config["dissect"]
 RESOURCES = config["resources"]
@@ -23,7 +27,7 @@ SHARDS = list(range(DISSECT["shards"]))
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    layer=r"[^/,\s]+",
+    layer=r"[^/,\s]+",  # a layer as a file name (netdissect.names.layer_file_name)
     k=r"\d+",
     power=r"\d+(\.\d+)?",
     step=r"\d+",
@@ -45,6 +49,14 @@ def _check_names():
                 )
     for name, model in config["models"].items():
         weights = model["weights"]
+        caffe = is_caffe(name)
+        if caffe and weights["source"] not in ("download", "path"):
+            raise ValueError(
+                f"config models.{name}.weights.source: {weights['source']!r}; a Caffe deploy.prototxt needs its "
+                f".caffemodel: `source: download` (with `url`) or `source: path` (with `path`)"
+            )
+        if model["mean_file"] and not caffe:
+            raise ValueError(f"config models.{name}.mean_file: only for Caffe models (spec: .../deploy.prototxt)")
         if weights["source"] == "train" and weights["dataset"] not in config["datasets"]:
             raise ValueError(
                 f"config models.{name}.weights.dataset: {weights['dataset']!r} is not a key of "
@@ -82,6 +94,15 @@ def _check_experiments(name, model):
             raise ValueError(f"{key}.snapshots.weights: step {entry['step']} needs either `path` or `url`")
 
 
+def is_url(text):
+    return re.match(r"https?://", text) is not None
+
+
+def is_caffe(model):
+    """A model whose SPEC is a Caffe deploy.prototxt (a path, or a URL fetched to models/<model>.prototxt)."""
+    return config["models"][model]["spec"].lower().endswith(".prototxt")
+
+
 # -- datasets -------------------------------------------------------------------------------------
 def dataset_dir(dataset):
     """The Broden folder of a dataset: datasets/<name>, or the configured path for `source: path`."""
@@ -112,13 +133,33 @@ def model_entry(wildcards):
     return config["models"][wildcards.model]
 
 
+def spec_path(model):
+    """The SPEC the commands get: the configured one, or where a prototxt URL is fetched to."""
+    spec = config["models"][model]["spec"]
+    return f"models/{model}.prototxt" if is_url(spec) else spec
+
+
+def spec_option(wildcards):
+    return spec_path(wildcards.model)
+
+
+def spec_input(wildcards):
+    """The prototxt of a Caffe model (fetched first when the SPEC is a URL); nothing for other SPECs."""
+    return [spec_path(wildcards.model)] if is_caffe(wildcards.model) else []
+
+
+def models_with_url_spec():
+    names = [n for n, m in config["models"].items() if is_url(m["spec"])]
+    return "|".join(re.escape(n) for n in names) or "^$"
+
+
 def weights_file(model):
     """The weights file a model's config names, or None when its SPEC carries its own weights."""
     weights = config["models"][model]["weights"]
     return {
         "train": f"models/{model}.pt",
         "random": f"models/{model}.pt",
-        "download": f"models/{model}.pth",
+        "download": f"models/{model}.caffemodel" if is_caffe(model) else f"models/{model}.pth",
         "path": weights.get("path"),
         "none": None,
     }[weights["source"]]
@@ -135,13 +176,27 @@ def weights_option(wildcards):
 
 
 def normalisation_options(wildcards):
-    """--mean/--std of the model, when the config sets them (else the engine's ImageNet defaults)."""
+    """--mean/--std/--mean-file of the model, when the config sets them (else the engine's defaults:
+    ImageNet's for torch models, the original system's BGR mean for Caffe models)."""
     entry = model_entry(wildcards)
     opts = []
     for key in ("mean", "std"):
         if entry[key] is not None:
             opts.append(f"--{key} " + ",".join(repr(float(v)) for v in entry[key]))
+    if entry["mean_file"]:
+        opts.append(f"--mean-file {entry['mean_file']}")
     return " ".join(opts)
+
+
+def tokens_option(wildcards):
+    """--tokens of the model, when the config sets it (token layers: patch grid or class token)."""
+    tokens = model_entry(wildcards)["tokens"]
+    return f"--tokens {tokens}" if tokens else ""
+
+
+def mean_file_input(wildcards):
+    path = model_entry(wildcards)["mean_file"]
+    return [path] if path else []
 
 
 def model_layers(model):
@@ -150,6 +205,11 @@ def model_layers(model):
 
 def layers_option(wildcards):
     return ",".join(model_layers(wildcards.model))
+
+
+def layer_name(wildcards):
+    """The real name of the layer whose file name is the {layer} wildcard."""
+    return layer_from_file_name(wildcards.layer)
 
 
 def layers_ok(wildcards):
@@ -181,7 +241,8 @@ def all_shard_dirs(wildcards):
 
 
 def layer_dir(dataset, model, layer):
-    return f"results/layers/{dataset}/{model}/{layer}"
+    """results/layers/{dataset}/{model}/{layer}, the layer as a file name (inception_5b%2Foutput)."""
+    return f"results/layers/{dataset}/{model}/{layer_file_name(layer)}"
 
 
 def thresholds_input(wildcards):
@@ -191,9 +252,37 @@ def thresholds_input(wildcards):
 
 
 def quantile_option(wildcards, input):
+    """A thresholds file, or the configured q; with a preset and the default q, nothing: the q the
+    shards were extracted for (the preset's)."""
     if input.thresholds_file:
         return f"--thresholds {input.thresholds_file[0]}"
-    return f"--quantile {DISSECT['quantile']!r}"
+    return f"--quantile {DISSECT['quantile']!r}" if _given("quantile") else ""
+
+
+_DISSECT_SCHEMA = yaml.safe_load(Path(workflow.basedir, "config", "schema.yaml").read_text())["properties"]["dissect"]
+
+
+def _given(key):
+    """Whether `dissect.<key>` is the user's choice: always without a preset; with one, when it differs
+    from the schema's default (keys left at their defaults take the preset's values)."""
+    return DISSECT["preset"] is None or DISSECT[key] != _DISSECT_SCHEMA["properties"][key]["default"]
+
+
+def convention_options(*keys):
+    """`--preset P` (when configured) and `--<key> value` for each given convention key."""
+    opts = [f"--preset {DISSECT['preset']}"] if DISSECT["preset"] else []
+    for key in keys:
+        if _given(key):
+            value = DISSECT[key]
+            opts.append(f"--{key} {value!r}" if isinstance(value, float) else f"--{key} {value}")
+    return " ".join(opts)
+
+
+def upsample_check_option():
+    """`--upsample fieldmap` for the layer check when the masks need field maps (a layer without one fails first)."""
+    preset = DISSECT["preset"]
+    upsample = DISSECT["upsample"] if _given("upsample") else {"original": "fieldmap"}.get(preset, "bilinear")
+    return "--upsample fieldmap" if upsample == "fieldmap" else ""
 
 
 def categories_option():
@@ -208,9 +297,9 @@ def model_permutations(model):
 
 
 def significance_input(wildcards):
-    """The layer's significance.csv when its model is tested (rule score then reads it)."""
+    """The layer's significance.csv when its model is tested (rules score and report_layer then read it)."""
     if model_permutations(wildcards.model):
-        return [f"{layer_dir(wildcards.dataset, wildcards.model, wildcards.layer)}/significance.csv"]
+        return [f"{layer_dir(wildcards.dataset, wildcards.model, layer_name(wildcards))}/significance.csv"]
     return []
 
 
@@ -221,17 +310,20 @@ def significance_option(wildcards, input):
 # -- experiments (rules/experiments.smk) ----------------------------------------------------------
 def dissect_options(wildcards, weights=None):
     """The options of a one-process `netdissect dissect` of the model on the dataset with the run's settings
-    (no --layers, --out, --labels); `weights`: another weights file than the model's."""
+    (no --layers, --out, --labels); `weights`: another weights file than the model's. No layer report
+    (--no-report): a sweep reads result.csv and summary.json only; `netdissect report` on a point's layer
+    folder writes one later (its summary.json records the dataset and shards)."""
     if weights is None:
         weights = weights_option(wildcards)
     else:
         weights = f"--weights {weights}"
     return (
-        f"--dataset {dataset_option(wildcards)} --model {model_entry(wildcards)['spec']} {weights}"
-        f" {normalisation_options(wildcards)} --quantile {DISSECT['quantile']!r} --union {DISSECT['union']}"
-        f" {categories_option()} --iou-threshold {DISSECT['iou_threshold']!r} --dtype {DISSECT['dtype']}"
+        f"--dataset {dataset_option(wildcards)} --model {spec_option(wildcards)} {weights}"
+        f" {normalisation_options(wildcards)} {tokens_option(wildcards)}"
+        f" {convention_options('quantile', 'union', 'upsample')} {categories_option()}"
+        f" --iou-threshold {DISSECT['iou_threshold']!r} --dtype {DISSECT['dtype']}"
         f" --batch-size {DISSECT['batch_size']} --workers {DISSECT['workers']} --device {DISSECT['device']}"
-        " --no-progress"
+        " --no-progress --no-report"
     )
 
 
@@ -240,8 +332,10 @@ def power_name(power):
     return f"{float(power):g}"
 
 
+# The experiments' functions take a layer's real name (config `rotation.layer`, `snapshots.layer`; in a
+# rule: layer_name(wildcards)); paths hold its file name, as results/layers/ does.
 def rotation_dir(dataset, model, layer, power):
-    return f"results/rotation/{dataset}/{model}/{layer}/p{power_name(power)}"
+    return f"results/rotation/{dataset}/{model}/{layer_file_name(layer)}/p{power_name(power)}"
 
 
 def rotation_point(dataset, model, layer, power):
@@ -249,26 +343,26 @@ def rotation_point(dataset, model, layer, power):
     numbers: nothing is rotated), when the run dissects that layer anyway."""
     if float(power) == 0 and (dataset, model) in run_pairs() and layer in model_layers(model):
         return layer_dir(dataset, model, layer)
-    return f"{rotation_dir(dataset, model, layer, power)}/{layer}"
+    return f"{rotation_dir(dataset, model, layer, power)}/{layer_file_name(layer)}"
 
 
 def rotation_sweep_inputs(wildcards):
     """What the sweep reads: every point's folder (a dissect output) or the unrotated layer's files."""
+    layer = layer_name(wildcards)
     paths = []
     for p in config["models"][wildcards.model]["rotation"]["powers"]:
-        point = rotation_point(wildcards.dataset, wildcards.model, wildcards.layer, p)
+        point = rotation_point(wildcards.dataset, wildcards.model, layer, p)
         if point.startswith("results/layers/"):
             paths += [f"{point}/result.csv", f"{point}/summary.json"]
         else:
-            paths.append(rotation_dir(wildcards.dataset, wildcards.model, wildcards.layer, p))
+            paths.append(rotation_dir(wildcards.dataset, wildcards.model, layer, p))
     return paths
 
 
 def rotation_points_option(wildcards):
     powers = config["models"][wildcards.model]["rotation"]["powers"]
-    return " ".join(
-        f"{power_name(p)}={rotation_point(wildcards.dataset, wildcards.model, wildcards.layer, p)}" for p in powers
-    )
+    layer = layer_name(wildcards)
+    return " ".join(f"{power_name(p)}={rotation_point(wildcards.dataset, wildcards.model, layer, p)}" for p in powers)
 
 
 def snapshot_steps(model):
@@ -298,13 +392,19 @@ def snapshot_input(wildcards):
 
 
 def snapshot_dir(dataset, model, layer, step):
-    return f"results/snapshots/{dataset}/{model}/{layer}/step{int(step)}"
+    return f"results/snapshots/{dataset}/{model}/{layer_file_name(layer)}/step{int(step)}"
+
+
+def snapshot_dirs(wildcards):
+    return [
+        snapshot_dir(wildcards.dataset, wildcards.model, layer_name(wildcards), s)
+        for s in snapshot_steps(wildcards.model)
+    ]
 
 
 def snapshot_points_option(wildcards):
     return " ".join(
-        f"{s}={snapshot_dir(wildcards.dataset, wildcards.model, wildcards.layer, s)}/{wildcards.layer}"
-        for s in snapshot_steps(wildcards.model)
+        f"{s}={d}/{wildcards.layer}" for s, d in zip(snapshot_steps(wildcards.model), snapshot_dirs(wildcards))
     )
 
 
@@ -334,7 +434,7 @@ def downloaded_snapshots():
 def experiment_sweeps(key):
     """The sweep.json of every (dataset, model) of the runs whose model has `key` (rotation, snapshots)."""
     return [
-        f"results/{key}/{d}/{m}/{config['models'][m][key]['layer']}/sweep/sweep.json"
+        f"results/{key}/{d}/{m}/{layer_file_name(config['models'][m][key]['layer'])}/sweep/sweep.json"
         for d, m in run_pairs()
         if config["models"][m].get(key)
     ]
@@ -439,7 +539,8 @@ def all_results():
 
 
 def all_layer_reports():
-    return [f"{d}/report/index.html" for d in all_layer_dirs()]
+    """The per-layer report folders (rule report_layer; index.html inside)."""
+    return [f"{d}/report" for d in all_layer_dirs()]
 
 
 def all_significance():

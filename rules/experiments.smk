@@ -24,7 +24,7 @@ rule significance:
         runtime=res("significance", "runtime"),
     params:
         dataset=dataset_option,
-        layer_dir=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        layer_dir=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
         permutations=lambda wc: model_permutations(wc.model),
         seed=DISSECT["permutation_seed"],
         alpha=DISSECT["alpha"],
@@ -93,7 +93,9 @@ rule dissect_rotated:
     """One point of a rotation sweep: the layer dissected with its units rotated by R(power)."""
     input:
         index=dataset_index,
+        spec=spec_input,
         weights=weights_input,
+        mean_file=mean_file_input,
         labels=labels_dir,
         layers=ancient(layers_ok),
     output:
@@ -111,9 +113,10 @@ rule dissect_rotated:
         gpu=res("experiment", "gpu"),
     params:
         dissect=dissect_options,
+        layer=layer_name,
         seed=lambda wc: model_entry(wc)["rotation"]["seed"],
     shell:
-        "netdissect dissect {params.dissect} --layers {wildcards.layer} --out {output}"
+        "netdissect dissect {params.dissect} --layers {params.layer:q} --out {output}"
         " --rotation-seed {params.seed} --rotation-power {wildcards.power} --labels {input.labels} > {log} 2>&1"
 
 
@@ -121,7 +124,9 @@ rule dissect_snapshot:
     """One point of a snapshot sweep: the layer of the weights saved at one training step."""
     input:
         index=dataset_index,
+        spec=spec_input,
         weights=snapshot_input,
+        mean_file=mean_file_input,
         labels=labels_dir,
         layers=ancient(layers_ok),
     output:
@@ -139,8 +144,9 @@ rule dissect_snapshot:
         gpu=res("experiment", "gpu"),
     params:
         dissect=lambda wc: dissect_options(wc, weights=snapshot_file(wc.model, wc.step)),
+        layer=layer_name,
     shell:
-        "netdissect dissect {params.dissect} --layers {wildcards.layer} --out {output} --labels {input.labels}"
+        "netdissect dissect {params.dissect} --layers {params.layer:q} --out {output} --labels {input.labels}"
         " > {log} 2>&1"
 
 
@@ -162,15 +168,16 @@ rule rotation_sweep:
     params:
         points=rotation_points_option,
         out=lambda wc: f"results/rotation/{wc.dataset}/{wc.model}/{wc.layer}/sweep",
+        title=lambda wc: f"{wc.model} {layer_name(wc)}",
     shell:
         "netdissect sweep --axis power --points {params.points} --out {params.out}"
-        " --title '{wildcards.model} {wildcards.layer}' > {log} 2>&1"
+        " --title {params.title:q} > {log} 2>&1"
 
 
 rule snapshot_sweep:
     """Detectors and unique detectors per category against the training step: table and charts."""
     input:
-        lambda wc: [snapshot_dir(wc.dataset, wc.model, wc.layer, s) for s in snapshot_steps(wc.model)],
+        snapshot_dirs,
     output:
         json="results/snapshots/{dataset}/{model}/{layer}/sweep/sweep.json",
         csv="results/snapshots/{dataset}/{model}/{layer}/sweep/sweep.csv",
@@ -185,9 +192,10 @@ rule snapshot_sweep:
     params:
         points=snapshot_points_option,
         out=lambda wc: f"results/snapshots/{wc.dataset}/{wc.model}/{wc.layer}/sweep",
+        title=lambda wc: f"{wc.model} {layer_name(wc)}",
     shell:
         "netdissect sweep --axis step --points {params.points} --out {params.out}"
-        " --title '{wildcards.model} {wildcards.layer}' > {log} 2>&1"
+        " --title {params.title:q} > {log} 2>&1"
 
 
 rule rotation_all:

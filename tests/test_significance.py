@@ -13,6 +13,7 @@ from torch import nn
 from netdissect import pipeline
 from netdissect.broden import BrodenDataset
 from netdissect.cli import main
+from netdissect.counts import load_counts
 from netdissect.errors import NetDissectError
 from netdissect.experiments.significance import (
     check_pairing,
@@ -78,17 +79,22 @@ def test_p_values_count_the_permutations_at_least_as_high():
     assert p_values(np.array([0.31, 0.7]), null).tolist() == [1 / 4, 1 / 4]
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """The planted network of tests/test_engine_planted.py dissected (q = 0.5) with K = 19."""
-    root = tmp_path_factory.mktemp("planted")
+def _planted_broden(root):
+    """A tiny Broden whose images carry the labels the planted network of tests/test_engine_planted.py detects."""
     data = write_tiny_broden(root / "labels", n_images=16, seg=16, scale=1, seed=5)
     images = np.zeros((16, 16, 16, 3), np.uint8)
     for i, layers in enumerate(data.layers):
         images[i, ..., 0] = layers[1]
         images[i, ..., 1] = next((l for l in data.image_labels[i] if 13 <= l <= 15), 0)
         images[i, ..., 2] = layers[0]
-    broden = write_tiny_broden(root / "broden", n_images=16, seg=16, scale=1, seed=5, images=images)
+    return write_tiny_broden(root / "broden", n_images=16, seg=16, scale=1, seed=5, images=images)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The planted network of tests/test_engine_planted.py dissected (q = 0.5) with K = 19."""
+    root = tmp_path_factory.mktemp("planted")
+    broden = _planted_broden(root)
     out = root / "out"
     spec = "tests.test_engine_planted:PlantedNet"
     pipeline.dissect(broden.root, spec, ["detect"], out, q=0.5, progress=False, permutations=19, alpha=0.05)
@@ -121,6 +127,21 @@ def test_planted_detectors_have_the_smallest_p(planted):
     }
     null = np.load(out / "detect" / "null_scores.npy")
     assert null.shape == (19, len(PLANTED) + 1)
+
+
+def test_fieldmap_masks_are_tested_as_counted_and_the_report_shows_p(tmp_path):
+    """The test recounts the masks the tally counted, with the layer's field map (--upsample fieldmap),
+    and dissect's layer report (written by default) shows each unit's p."""
+    broden = _planted_broden(tmp_path)
+    out = tmp_path / "out"
+    spec = "tests.test_engine_planted:PlantedNet"
+    summaries = pipeline.dissect(
+        broden.root, spec, ["detect"], out, q=0.5, progress=False, permutations=19, alpha=0.05, upsample="fieldmap"
+    )
+    assert load_counts(out / "detect" / "counts.npz")["settings"]["upsample"] == "fieldmap"
+    assert summaries["detect"]["significance"]["significant_detectors"] == len(PLANTED)
+    page = (out / "detect" / "report" / "index.html").read_text()
+    assert page.count('data-significant="1"') == len(PLANTED)
 
 
 def test_same_seed_same_p_values(planted, tmp_path):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 
 from netdissect.defaults import BATCH_SIZE, DEMO_EPOCHS, SNAPSHOT_COUNT
@@ -14,7 +17,9 @@ def register(sub, *groups) -> None:
         "train-demo",
         help="train the demo CNN (netdissect.demo:DemoNet) on a Broden dataset",
         description="Train DemoNet to predict which non-color labels cover each cell of its conv4 "
-        "map; save its weights with spec and training settings (deterministic).",
+        "map; save its weights with spec and training settings. The same weights, to the bit, on every "
+        "x86-64 machine with AVX2 and any thread count: it trains in a child process with one thread and "
+        "fixed numerical code paths (netdissect/demo/train.py).",
     )
     p.add_argument("--dataset", required=True, metavar="DIR", help="Broden folder to train on")
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="weights file to write")
@@ -47,20 +52,48 @@ def _steps(text: str) -> list[int]:
 
 
 def _train_demo(args: argparse.Namespace) -> int:
+    from netdissect.demo.train import REPRODUCIBLE_ENV, reproducible_process
+    from netdissect.errors import NetDissectError
+
+    if args.snapshot_steps is not None and not args.snapshots:
+        raise NetDissectError("--snapshot-steps: say where to save the snapshots with --snapshots DIR")
+    if not reproducible_process():
+        # MKL and PyTorch read these when they load: start a fresh process that has them.
+        argv = [
+            sys.executable,
+            "-m",
+            "netdissect",
+            "train-demo",
+            "--dataset",
+            str(args.dataset),
+            "--out",
+            str(args.out),
+        ]
+        argv += ["--epochs", str(args.epochs), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
+        argv += ["--workers", str(args.workers)]
+        if args.snapshots:
+            argv += ["--snapshots", str(args.snapshots)]
+        if args.snapshot_steps is not None:
+            argv += ["--snapshot-steps", ",".join(map(str, args.snapshot_steps))]
+        sys.stdout.flush()
+        child = subprocess.run(argv, env={**os.environ, **REPRODUCIBLE_ENV}, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(child.stderr)  # its error message, where the caller reads this command's
+        return child.returncode
+    return _train_here(args)
+
+
+def _train_here(args: argparse.Namespace) -> int:
     import contextlib
 
     import torch
 
     from netdissect.demo.net import DEMO_SPEC
     from netdissect.demo.train import load_training_data, train_demo, training_steps
-    from netdissect.errors import NetDissectError
     from netdissect.experiments.snapshots import check_steps, log_steps, snapshot_name
     from netdissect.io import atomic_dir
     from netdissect.models import save_checkpoint
 
     if args.snapshot_steps is not None:
-        if not args.snapshots:
-            raise NetDissectError("--snapshot-steps: say where to save the snapshots with --snapshots DIR")
         check_steps(args.snapshot_steps)
     threads = torch.get_num_threads()
     start = time.monotonic()
@@ -73,7 +106,8 @@ def _train_demo(args: argparse.Namespace) -> int:
     common = dict(spec=DEMO_SPEC, seed=args.seed, epochs=args.epochs, dataset_fingerprint=data["fingerprint"])
     print(
         f"{len(data['images'])} images, {len(data['labels'])} target labels, "
-        f"targets {tuple(data['targets'].shape[1:])}, {threads} threads ({time.monotonic() - start:.1f} s to load)",
+        f"targets {tuple(data['targets'].shape[1:])}, {threads} threads to load ({time.monotonic() - start:.1f} s), "
+        "1 to train",
         flush=True,
     )
     with atomic_dir(args.snapshots, replace=True) if args.snapshots else contextlib.nullcontext() as folder:

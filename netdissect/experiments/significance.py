@@ -424,8 +424,7 @@ def permutation_test(
     from tqdm import tqdm
 
     from netdissect.counts import load_counts
-    from netdissect.masks import upsampling
-    from netdissect.pipeline import open_dataset
+    from netdissect.pipeline import layer_upsampling, open_dataset
     from netdissect.score import score_units
     from netdissect.shards import layer_shards, read_npy_rows, shard_dirs_of, shard_file
 
@@ -457,7 +456,9 @@ def permutation_test(
     units = counts["I"].shape[0]
     table = label_table([source[i] for i in range(len(ds))], len(ds.primary), ds.primary, len(ds.categories))
     perms = draw_permutations(table.sizes, permutations, seed)
-    upsample = upsampling(settings.get("upsample", BILINEAR.name))
+    upsample = layer_upsampling(
+        settings.get("upsample", BILINEAR.name), metas[0][1]["layers"][layer], metas[0][1], layer
+    )
 
     def batches():
         bar = tqdm(total=len(ds), desc=f"significance {layer}", unit="img", disable=not progress)
