@@ -42,6 +42,7 @@ include: "rules/models.smk"
 include: "rules/dissect.smk"
 include: "rules/report.smk"
 include: "rules/sources.smk"
+include: "rules/experiments.smk"
 
 
 localrules:
@@ -49,6 +50,8 @@ localrules:
     report_all,
     results,
     checks,
+    rotation_all,
+    snapshots_all,
 
 
 rule all:

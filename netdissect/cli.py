@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from netdissect.broden import cli as broden_cli
     from netdissect.broden.sources import cli as sources_cli
     from netdissect.demo import cli as demo_cli
+    from netdissect.experiments import cli as experiments_cli
     from netdissect.models import cli as models_cli
     from netdissect.report import cli as report_cli
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_cli.register(sub)  # extract, quantile, tally, merge, score, dissect
     demo_cli.register(sub)  # train-demo
     report_cli.register(sub)  # report, report-all
+    experiments_cli.register(sub)  # significance, sweep
     return parser
 
 

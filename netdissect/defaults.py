@@ -50,3 +50,9 @@ DEMO_EPOCHS = 6
 # Archives (`netdissect fetch --extract`): refuse a "zip bomb"
 ARCHIVE_MAX_RATIO = 100.0  # unpacked bytes per archive byte (images barely compress; deflate's best is ~1000)
 ARCHIVE_RATIO_FLOOR = 64 << 20  # archives unpacking to less than this (64 MiB) are never refused for their ratio
+# Experiments (docs/experiments.md)
+ROTATION_SEED = 0  # seed of the random rotation Q of a layer's units
+PERMUTATIONS = 100  # K, permutations of the significance test (the workflow's dissect.permutations: 0 = off)
+PERMUTATION_SEED = 0
+ALPHA = 0.01  # a unit is significant when p <= alpha
+SNAPSHOT_COUNT = 6  # train-demo --snapshots without steps: this many log-spaced steps, the last one included

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, PRESETS, QUANTILE, TOPK, UNION, UNIONS
+from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, PERMUTATION_SEED, PRESETS, QUANTILE, TOPK, UNION, UNIONS
+from netdissect.experiments.cli import permutation_options, rotation_of, rotation_options
 from netdissect.options import (
     batch_option,
     device_options,
@@ -62,6 +63,7 @@ def register(sub, *groups) -> None:
     batch_option(p)
     workers_option(p)
     device_options(p)
+    rotation_options(p)
     p.set_defaults(func=_extract)
 
     p = sub.add_parser("quantile", help="exact per-unit thresholds from the shards' candidates")
@@ -117,6 +119,12 @@ def register(sub, *groups) -> None:
         help="the layer's shard folders, recorded in summary.json so that `netdissect report LAYER_DIR` finds them",
     )
     _scoring_options(p, union=False)
+    p.add_argument(
+        "--significance",
+        metavar="FILE.csv",
+        help="the layer's significance.csv (`netdissect significance`; FILE.json beside it is read too): "
+        "summary.json then counts the detectors with p <= alpha",
+    )
     p.set_defaults(func=_score)
 
     p = sub.add_parser("dissect", help="all stages in one process: OUT/<layer>/result.csv and the rest")
@@ -143,6 +151,14 @@ def register(sub, *groups) -> None:
         help="do not write the HTML report of each layer (OUT/<layer>/report/index.html)",
     )
     p.add_argument("--topk", type=int, default=TOPK, help=f"images shown per unit in the report (default {TOPK})")
+    rotation_options(p)
+    permutation_options(p, 0)
+    p.add_argument(
+        "--permutation-seed",
+        type=int,
+        default=PERMUTATION_SEED,
+        help=f"seed of the permutations (default {PERMUTATION_SEED})",
+    )
     p.set_defaults(func=_dissect)
 
 
@@ -169,6 +185,7 @@ def _extract(args: argparse.Namespace) -> int:
         tokens=args.tokens,
         progress=args.progress,
         preset=args.preset,
+        rotation=rotation_of(args),
     )
     return 0
 
@@ -214,9 +231,11 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _print_summary(info: dict, prefix: str = "") -> None:
+    test = info.get("significance")
+    significant = f" ({test['significant_detectors']} with p <= {test['alpha']:g})" if test else ""
     print(
-        f"{prefix}{info['detectors']} of {info['units']} units are detectors; unique_top {info['unique_top']}, "
-        f"unique_by_category {info['unique_by_category']}"
+        f"{prefix}{info['detectors']} of {info['units']} units are detectors{significant}; unique_top "
+        f"{info['unique_top']}, unique_by_category {info['unique_by_category']}"
     )
 
 
@@ -224,7 +243,14 @@ def _score(args: argparse.Namespace) -> int:
     from netdissect import pipeline
 
     setup(args)
-    info = pipeline.score(args.counts, args.dataset, args.out, iou_threshold=args.iou_threshold, shards=args.shards)
+    info = pipeline.score(
+        args.counts,
+        args.dataset,
+        args.out,
+        iou_threshold=args.iou_threshold,
+        shards=args.shards,
+        significance=args.significance,
+    )
     _print_summary(info)
     return 0
 
@@ -257,6 +283,10 @@ def _dissect(args: argparse.Namespace) -> int:
         tokens=args.tokens,
         progress=args.progress,
         labels=args.labels,
+        rotation=rotation_of(args),
+        permutations=args.permutations,
+        permutation_seed=args.permutation_seed,
+        alpha=args.alpha,
         report=args.report,
         topk=args.topk,
     )

@@ -21,11 +21,13 @@ import torch
 from netdissect.broden.dataset import check_not_empty
 from netdissect.defaults import BATCH_SIZE, DTYPE, QUANTILE
 from netdissect.errors import NetDissectError, unwrap_worker_errors
+from netdissect.experiments.rotation import rotate_maps, rotation_matrix
 from netdissect.io import atomic_path, open_for_writing, save_json, save_npy
 from netdissect.models import LoadedModel, capture
 from netdissect.models.fieldmaps import field_map_json, trace_field_maps
 from netdissect.models.layers import require_weights
 from netdissect.models.readout import Readout, output_shape, plan_readout, read_maps, token_layout
+from netdissect.ops import keep_freed_memory
 from netdissect.quantile import TopK, candidate_count
 from netdissect.shards import NUMPY_DTYPES, SHARD_FORMAT, SHARD_VERSION, NpyRowWriter, shard_file, shard_range
 
@@ -65,11 +67,16 @@ def extract_shard(
     timings: dict[str, float] | None = None,
     preset: str | None = None,
     copy_all: bool = False,
+    rotation: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
 
     Each layer's output is read as unit maps the way :func:`netdissect.models.readout.plan_readout`
     decides on a probe image (``tokens``: ``--tokens spatial|cls`` for token layers); meta.json records it.
+    ``rotation`` (seed, power): every layer's units are rotated by R(power) of its own seeded random
+    rotation before anything is stored (:mod:`netdissect.experiments.rotation`), and the matrix is
+    written beside its files (``{layer}.rotation.npy``); at power 0 nothing is transformed.
+
     ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
     whole batch loop: decoding, forward, writing, candidates). ``preset`` is only recorded (the model's
     input convention and ``quantile`` already follow it); ``copy_all`` copies every captured output
@@ -83,6 +90,7 @@ def extract_shard(
         raise NetDissectError(f"--dtype {dtype}: expected one of {', '.join(NUMPY_DTYPES)}")
     if batch_size < 1:
         raise NetDissectError(f"--batch-size {batch_size}: expected a positive number")
+    keep_freed_memory()  # the forward pass allocates and frees large buffers every batch
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)  # an old meta.json must not vouch for new files
@@ -124,6 +132,7 @@ def extract_shard(
                     maps.shape[1],
                 )
             shapes[layer] = tuple(maps.shape[1:])
+        rotations = {layer: _rotation(rotation, shapes[layer][0], layer) for layer in layers}
         layer_info = {}
         for layer, (units, height, width) in shapes.items():
             values = num_images * height * width
@@ -171,6 +180,8 @@ def extract_shard(
                         )
                     if not bool(torch.isfinite(maps.sum())):  # one reduction; the full check only when needed
                         _check_finite(maps, layer, rows, ds)
+                    if rotation is not None and rotation[1] != 0:
+                        maps = rotate_maps(maps, torch.from_numpy(rotations[layer]).to(maps.device))
                     stored = maps.to(torch.float16).to(torch.float32) if dtype == "float16" else maps
                     writers[layer].write(stored.cpu().numpy().astype(np_dtype, copy=False))
                     lo = int(rows[0]) - start
@@ -182,6 +193,8 @@ def extract_shard(
                 timings.update(forward_s=forward_s, loop_s=time.perf_counter() - loop_start)
             for layer in layers:
                 writers[layer].close()
+                if rotation is not None:
+                    save_npy(shard_file(out_dir, layer, "rotation"), rotations[layer])
                 save_npy(shard_file(out_dir, layer, "imgmax"), imgmax[layer])
                 if stop > start:
                     save_npy(shard_file(out_dir, layer, "topk"), topks[layer].result())
@@ -206,10 +219,20 @@ def extract_shard(
         "quantile": quantile,
         "dtype": dtype,
         "tokens": tokens,
+        "rotation": None if rotation is None else {"seed": rotation[0], "power": rotation[1]},
         "layers": layer_info,
     }
     save_json(out_dir / "meta.json", meta)
     return meta
+
+
+def _rotation(rotation: tuple[int, float] | None, units: int, layer: str) -> np.ndarray | None:
+    """The (units, units) matrix of ``rotation`` (seed, power) for a layer: R(power), the identity at power 0."""
+    if rotation is None:
+        return None
+    seed, power = rotation
+    matrix = rotation_matrix(units, seed, power, layer)
+    return np.eye(units) if matrix is None else matrix
 
 
 def _probe(run: Any, model: LoadedModel, ih: int, iw: int, device: str) -> dict[str, torch.Tensor]:

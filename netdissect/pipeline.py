@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from netdissect.defaults import (
+    ALPHA,
     BATCH_SIZE,
     DEVICE,
     DIVISOR,
     DTYPE,
     IOU_THRESHOLD,
     MEAN_PRECISIONS,
+    PERMUTATION_SEED,
     TOPK,
 )
 from netdissect.errors import NetDissectError
@@ -74,10 +76,12 @@ def extract(
     quantile: float | None = None,
     tokens: str | None = None,
     progress: bool = True,
+    rotation: tuple[int, float] | None = None,
     preset: str | None = None,
 ) -> dict[str, Any]:
     """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`). ``quantile``
-    and the model's input convention: as given, else ``preset``'s, else the defaults (netdissect/presets.py)."""
+    and the model's input convention: as given, else ``preset``'s, else the defaults (netdissect/presets.py);
+    ``rotation`` (seed, power) rotates every layer's units first (docs/experiments.md §1)."""
     from netdissect.extract import extract_shard
     from netdissect.models import load_model
 
@@ -98,6 +102,7 @@ def extract(
         quantile=quantile,
         tokens=tokens,
         progress=progress,
+        rotation=rotation,
         preset=preset,
     )
 
@@ -110,7 +115,9 @@ def quantile(
     q: float | None = None,
     thresholds_file: str | Path | None = None,
 ) -> np.ndarray:
-    """Stage 2: merge the shards' candidates into exact thresholds (or read them from a file)."""
+    """Stage 2: merge the shards' candidates into exact thresholds (or read them from a file). The
+    rotation matrix of rotated shards is copied beside them (LAYER_DIR/rotation.npy)."""
+    from netdissect.experiments.rotation import shard_rotation
     from netdissect.quantile import candidate_count, load_thresholds, merge_candidates, thresholds_from_candidates
     from netdissect.shards import layer_meta, layer_shards, shard_file
 
@@ -125,6 +132,9 @@ def quantile(
         candidates = merge_candidates((np.load(shard_file(d, layer, "topk")) for d, _ in metas), k)
         thresholds = thresholds_from_candidates(candidates, info["num_values"], q)
     out = Path(out)
+    rotation = shard_rotation(metas, layer)
+    if rotation is not None:
+        save_npy(out / "rotation.npy", rotation)
     save_json(
         out / "thresholds.json",
         {
@@ -236,6 +246,7 @@ def tally(
         "dataset": str(dataset),
         "dataset_fingerprint": meta["dataset_fingerprint"],
         "dataset_images": meta["num_images"],
+        **({"rotation": meta["rotation"]} if meta.get("rotation") else {}),
     }
     save_counts(out, counts, thresholds, meta["start"], meta["stop"], settings)
     return counts
@@ -279,10 +290,13 @@ def score(
     *,
     iou_threshold: float = IOU_THRESHOLD,
     shards: Sequence[str | Path] = (),
+    significance: str | Path | None = None,
 ) -> dict[str, Any]:
     """Stage 5: result.csv and summary.json from a counts file; summary.json records where the dataset
-    and ``shards`` (the activations, for the report) are (:func:`relative_paths`)."""
+    and ``shards`` (the activations, for the report) are (:func:`relative_paths`); ``significance`` (a
+    significance.csv with its significance.json beside it) adds the permutation test's counts to summary.json."""
     from netdissect.counts import load_counts
+    from netdissect.experiments.significance import read_significance
     from netdissect.score import write_scores
 
     counts = load_counts(counts_path)
@@ -292,8 +306,11 @@ def score(
             f"{counts_path} was counted on another dataset than {dataset} (fingerprints "
             f"differ); score with the dataset the counts came from"
         )
+    test = read_significance(significance, counts["I"].shape[0]) if significance else None
     paths = relative_paths(out, dataset, shards)
-    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold, paths)
+    return write_scores(
+        out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold, significance=test, paths=paths
+    )
 
 
 def dissect(
@@ -321,6 +338,10 @@ def dissect(
     tokens: str | None = None,
     progress: bool = True,
     labels: str | Path | None = None,
+    rotation: tuple[int, float] | None = None,
+    permutations: int = 0,
+    permutation_seed: int = PERMUTATION_SEED,
+    alpha: float = ALPHA,
     report: bool = True,
     topk: int = TOPK,
 ) -> dict[str, dict[str, Any]]:
@@ -329,9 +350,15 @@ def dissect(
     HTML report OUT/<layer>/report/index.html (``topk`` images per unit). ``thresholds_file`` may
     contain ``{layer}``. ``q``, ``union``, ``upsample`` and the input convention: as given, else
     ``preset``'s, else the defaults. <layer> is the layer's file name (:func:`netdissect.names.layer_file_name`:
-    ``/`` becomes ``%2F``), also in ``thresholds_file``. OUT/dissect.json is the record that lets a
+    ``/`` becomes ``%2F``), also in ``thresholds_file``. ``rotation`` (seed, power) rotates the units
+    (+ OUT/<layer>/rotation.npy); ``permutations`` K > 0 runs the significance test before the scores
+    (+ OUT/<layer>/significance.csv, docs/experiments.md). OUT/dissect.json is the record that lets a
     killed run resume (same settings) or start over (netdissect.manifest); one process at a time per OUT
     (the lock OUT/.dissect.lock)."""
+    from netdissect.experiments.significance import check_permutations, permutation_test
+
+    if permutations:
+        check_permutations(permutations, alpha)
     chosen = resolve(preset, quantile=q, union=union, upsample=upsample)
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
@@ -354,6 +381,10 @@ def dissect(
         mean=mean,
         std=std,
         mean_file=mean_file,
+        rotation=rotation,
+        permutations=permutations,
+        permutation_seed=permutation_seed,
+        alpha=alpha,
         preset=preset,
         q=chosen["quantile"],
         thresholds_file=thresholds_file,
@@ -386,6 +417,7 @@ def dissect(
                 quantile=q,
                 tokens=tokens,
                 progress=progress,
+                rotation=rotation,
                 preset=preset,
             )
             manifest.finish(EXTRACT)
@@ -420,8 +452,26 @@ def dissect(
                     progress=progress,
                     labels=labels,
                 )
+                if permutations:
+                    permutation_test(
+                        dataset,
+                        layer_dir,
+                        [shard_dir],
+                        permutations=permutations,
+                        seed=permutation_seed,
+                        alpha=alpha,
+                        labels=labels,
+                        batch_size=batch_size,
+                        progress=progress,
+                        iou_threshold=iou_threshold,
+                    )
                 summaries[layer] = score(
-                    layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold, shards=[shard_dir]
+                    layer_dir / "counts.npz",
+                    dataset,
+                    layer_dir,
+                    iou_threshold=iou_threshold,
+                    shards=[shard_dir],
+                    significance=layer_dir / "significance.csv" if permutations else None,
                 )
                 manifest.finish(layer)
             # the report changes no number: written (again) whenever asked for, also for a resumed layer
@@ -451,6 +501,10 @@ def dissect_settings(
     categories: Sequence[str] | None,
     dtype: str,
     tokens: str | None,
+    rotation: Any,
+    permutations: int,
+    permutation_seed: int,
+    alpha: float,
 ) -> dict[str, Any]:
     """What decides the numbers of a dissection (netdissect.manifest): the options and the checksums of
     every input file; not the batch size, threads, loader processes, device or packed labels."""
@@ -484,4 +538,8 @@ def dissect_settings(
         "mean": list(mean) if mean is not None else None,
         "std": list(std) if std is not None else None,
         "tokens": tokens,
+        "rotation": rotation,
+        "permutations": permutations,
+        "permutation_seed": permutation_seed if permutations else None,
+        "alpha": alpha if permutations else None,
     }

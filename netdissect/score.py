@@ -217,10 +217,13 @@ def write_scores(
     label_names: Sequence[str],
     primary: np.ndarray,
     iou_threshold: float = IOU_THRESHOLD,
+    significance: dict[str, Any] | None = None,
     paths: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a counts dict and write ``result.csv`` and ``summary.json`` into ``out_dir``; returns the summary.
-    ``paths`` goes into summary.json as is (see :func:`summary`)."""
+    ``significance`` (:func:`netdissect.experiments.significance.read_significance`) adds the
+    permutation test's counts (docs/experiments.md §3) under the key ``significance``; ``paths`` goes into
+    summary.json as is (see :func:`summary`)."""
     if not iou_threshold >= 0:
         raise NetDissectError(f"--iou-threshold {iou_threshold}: expected a number >= 0")
     G, I, C = counts["G"], counts["I"], counts["C"]
@@ -234,5 +237,15 @@ def write_scores(
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "result.csv", result_csv(scores, G, I, C, categories, label_names))
     info = summary(scores, categories, label_names, counts["settings"], counts["stop"] - counts["start"], paths)
+    if significance is not None:
+        from netdissect.experiments.significance import summary_block
+
+        info["significance"] = summary_block(
+            significance["p"],
+            scores.detector,
+            significance["alpha"],
+            significance["permutations"],
+            significance["seed"],
+        )
     save_json(out_dir / "summary.json", info)
     return info

@@ -6,6 +6,7 @@ Files of a shard folder (:func:`shard_file` gives their paths)::
     {layer}.act.npy      (n_k, U, H, W) float32 (or float16 on request), activations in row order
     {layer}.imgmax.npy   (n_k, U) float32, per-image maximum of each unit's map (of the stored values)
     {layer}.topk.npy     (U, k_shard) float32, each unit's largest values, descending (see quantile.py)
+    {layer}.rotation.npy (U, U) float64, only when the units were rotated: the matrix R applied (a' = R·a)
     meta.json            written LAST: the shard is finished iff meta.json exists
 
 meta.json (``format: "netdissect-shard"``, ``version: 1``)::
@@ -20,6 +21,7 @@ meta.json (``format: "netdissect-shard"``, ``version: 1``)::
      "mean_file": path or null (the Caffe mean image the mean came from),
      "quantile": q the candidates were kept for, "dtype": "float32" | "float16",
      "tokens": --tokens given (null, "spatial" or "cls"),
+     "rotation": null | {"seed": S, "power": p} (every layer's units rotated: docs/experiments.md §1),
      "layers": {layer: {"units": U, "height": H, "width": W, "flat": true if the output was N×U
                         (stored as 1×1 maps), "readout": {"kind": "conv" | "channels_last" | "tokens" | "cls"
                         | "flat", "prefix": tokens before the patch grid, "grid": [h, w] or null} (how the
@@ -123,8 +125,8 @@ def read_npy_rows(path: str | Path, rows: Sequence[int] | np.ndarray | slice) ->
 
 
 def shard_file(shard_dir: str | Path, layer: str, kind: str) -> Path:
-    """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax`` or ``topk``; the
-    layer's name as a file name is :func:`netdissect.names.layer_file_name` (``inception_5b%2Foutput``)."""
+    """The path of one layer's file in a shard folder; ``kind`` is ``act``, ``imgmax``, ``topk`` or ``rotation``;
+    the layer's name as a file name is :func:`netdissect.names.layer_file_name` (``inception_5b%2Foutput``)."""
     return Path(shard_dir) / f"{layer_file_name(layer)}.{kind}.npy"
 
 

@@ -5,8 +5,12 @@
 #   results/labels/{dataset}/                   packed labels (rule pack_labels)
 #   results/shards/{dataset}/{model}/{k}/       activations of shard k, all layers (rule extract)
 #   results/layers/{dataset}/{model}/{layer}/   thresholds, tallies, counts, result.csv, summary, report/
+#   results/rotation/{dataset}/{model}/{layer}/p{power}/   a `netdissect dissect --out` folder: the layer rotated
+#   results/rotation/{dataset}/{model}/{layer}/sweep/      the sweep's table and charts (rules/experiments.smk)
+#   results/snapshots/{dataset}/{model}/{layer}/step{step}/ and .../sweep/   the same for training snapshots
 #   results/checks/  results/report/            layer checks; the cross-run report
 
+import math
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -25,6 +29,44 @@ wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     layer=r"[^/,\s]+",  # a layer as a file name (netdissect.names.layer_file_name)
     k=r"\d+",
+    power=r"\d+(\.\d+)?",
+    step=r"\d+",
+
+
+def _check_experiments():
+    """The experiment keys of every model are consistent (the schema checks each value alone; the names
+    runs refer to are checked by netdissect/workflow_config.py, called by the Snakefile)."""
+    for name, model in config["models"].items():
+        _check_model_experiments(name, model)
+
+
+def _check_model_experiments(name, model):
+    """The experiment keys of a model are consistent (the schema checks each value alone)."""
+    key = f"config models.{name}"
+    k = model_permutations(name)
+    if k and 1 / (k + 1) > DISSECT["alpha"]:
+        raise ValueError(
+            f"{key}.permutations (or dissect.permutations): {k} permutations cannot give a p-value <= alpha = "
+            f"{DISSECT['alpha']} (the smallest is 1/(K+1)); use at least {math.ceil(1 / DISSECT['alpha'] - 1 - 1e-9)}"
+        )
+    rotation = model.get("rotation")
+    if rotation and sorted(set(rotation["powers"])) != rotation["powers"]:
+        raise ValueError(f"{key}.rotation.powers: {rotation['powers']} must increase, each power once")
+    snapshots = model.get("snapshots")
+    if not snapshots:
+        return
+    trained = model["weights"]["source"] == "train"
+    if set(snapshots) != ({"layer", "steps"} if trained else {"layer", "weights"}):
+        raise ValueError(
+            f"{key}.snapshots: give `layer` and `steps` (saved by train-demo) for weights `source: train`, "
+            f"`layer` and `weights` (one file per step) for any other source"
+        )
+    steps = snapshot_steps(name)
+    if sorted(set(steps)) != steps:
+        raise ValueError(f"{key}.snapshots: steps {steps} must increase, each step once")
+    for entry in snapshots.get("weights", []):
+        if ("path" in entry) == ("url" in entry):
+            raise ValueError(f"{key}.snapshots.weights: step {entry['step']} needs either `path` or `url`")
 
 
 def is_url(text):
@@ -223,6 +265,156 @@ def categories_option():
     return f"--categories {','.join(cats)}" if cats else ""
 
 
+def model_permutations(model):
+    """K of the model's significance test: its `permutations`, else `dissect.permutations` (0 = none)."""
+    k = config["models"][model].get("permutations")
+    return DISSECT["permutations"] if k is None else k
+
+
+def significance_input(wildcards):
+    """The layer's significance.csv when its model is tested (rules score and report_layer then read it)."""
+    if model_permutations(wildcards.model):
+        return [f"{layer_dir(wildcards.dataset, wildcards.model, layer_name(wildcards))}/significance.csv"]
+    return []
+
+
+def significance_option(wildcards, input):
+    return f"--significance {input.significance[0]}" if input.significance else ""
+
+
+# -- experiments (rules/experiments.smk) ----------------------------------------------------------
+def dissect_options(wildcards, weights=None):
+    """The options of a one-process `netdissect dissect` of the model on the dataset with the run's settings
+    (no --layers, --out, --labels); `weights`: another weights file than the model's. No layer report
+    (--no-report): a sweep reads result.csv and summary.json only; `netdissect report` on a point's layer
+    folder writes one later (its summary.json records the dataset and shards)."""
+    if weights is None:
+        weights = weights_option(wildcards)
+    else:
+        weights = f"--weights {weights}"
+    return (
+        f"--dataset {dataset_option(wildcards)} --model {spec_option(wildcards)} {weights}"
+        f" {normalisation_options(wildcards)} {tokens_option(wildcards)}"
+        f" {convention_options('quantile', 'union', 'upsample')} {categories_option()}"
+        f" --iou-threshold {DISSECT['iou_threshold']!r} --dtype {DISSECT['dtype']}"
+        f" --batch-size {DISSECT['batch_size']} --workers {DISSECT['workers']} --device {DISSECT['device']}"
+        " --no-progress --no-report"
+    )
+
+
+def power_name(power):
+    """A rotation power as it appears in paths and on the command line: 0, 0.2, 1."""
+    return f"{float(power):g}"
+
+
+# The experiments' functions take a layer's real name (config `rotation.layer`, `snapshots.layer`; in a
+# rule: layer_name(wildcards)); paths hold its file name, as results/layers/ does.
+def rotation_dir(dataset, model, layer, power):
+    return f"results/rotation/{dataset}/{model}/{layer_file_name(layer)}/p{power_name(power)}"
+
+
+def rotation_point(dataset, model, layer, power):
+    """The layer folder of one point of a rotation sweep; power 0 is the unrotated layer itself (the same
+    numbers: nothing is rotated), when the run dissects that layer anyway."""
+    if float(power) == 0 and (dataset, model) in run_pairs() and layer in model_layers(model):
+        return layer_dir(dataset, model, layer)
+    return f"{rotation_dir(dataset, model, layer, power)}/{layer_file_name(layer)}"
+
+
+def rotation_sweep_inputs(wildcards):
+    """What the sweep reads: every point's folder (a dissect output) or the unrotated layer's files."""
+    layer = layer_name(wildcards)
+    paths = []
+    for p in config["models"][wildcards.model]["rotation"]["powers"]:
+        point = rotation_point(wildcards.dataset, wildcards.model, layer, p)
+        if point.startswith("results/layers/"):
+            paths += [f"{point}/result.csv", f"{point}/summary.json"]
+        else:
+            paths.append(rotation_dir(wildcards.dataset, wildcards.model, layer, p))
+    return paths
+
+
+def rotation_points_option(wildcards):
+    powers = config["models"][wildcards.model]["rotation"]["powers"]
+    layer = layer_name(wildcards)
+    return " ".join(f"{power_name(p)}={rotation_point(wildcards.dataset, wildcards.model, layer, p)}" for p in powers)
+
+
+def snapshot_steps(model):
+    snapshots = config["models"][model]["snapshots"]
+    return snapshots["steps"] if "steps" in snapshots else [w["step"] for w in snapshots["weights"]]
+
+
+def snapshot_entry(model, step):
+    """The config entry of a downloaded or given snapshot file ({step, path} or {step, url, sha256})."""
+    return next(w for w in config["models"][model]["snapshots"].get("weights", []) if w["step"] == int(step))
+
+
+def snapshot_file(model, step):
+    """The weights file of the snapshot at `step`: saved by train-demo (models/<model>.snapshots/step<S>.pt,
+    the name netdissect.experiments.snapshots.snapshot_name gives), fetched, or the configured path."""
+    if config["models"][model]["weights"]["source"] == "train":
+        return f"models/{model}.snapshots/step{int(step)}.pt"
+    entry = snapshot_entry(model, step)
+    return entry.get("path") or f"models/{model}.snapshots/step{int(step)}.pth"
+
+
+def snapshot_input(wildcards):
+    """What a snapshot's dissection needs: the snapshots folder train-demo writes, or the one file."""
+    if config["models"][wildcards.model]["weights"]["source"] == "train":
+        return [f"models/{wildcards.model}.snapshots"]
+    return [snapshot_file(wildcards.model, wildcards.step)]
+
+
+def snapshot_dir(dataset, model, layer, step):
+    return f"results/snapshots/{dataset}/{model}/{layer_file_name(layer)}/step{int(step)}"
+
+
+def snapshot_dirs(wildcards):
+    return [
+        snapshot_dir(wildcards.dataset, wildcards.model, layer_name(wildcards), s)
+        for s in snapshot_steps(wildcards.model)
+    ]
+
+
+def snapshot_points_option(wildcards):
+    return " ".join(
+        f"{s}={d}/{wildcards.layer}" for s, d in zip(snapshot_steps(wildcards.model), snapshot_dirs(wildcards))
+    )
+
+
+def models_with(key, source=None, has=True):
+    """Names of the models that have (or lack) an experiment key (`rotation`, `snapshots`), optionally
+    only those whose weights come from `source`; a wildcard pattern."""
+    names = [
+        n
+        for n, m in config["models"].items()
+        if bool(m.get(key)) == has and (source is None or m["weights"]["source"] == source)
+    ]
+    return "|".join(re.escape(n) for n in names) or "^$"
+
+
+def downloaded_snapshots():
+    return (
+        "|".join(
+            re.escape(f"{n}.snapshots/step{w['step']}")
+            for n, m in config["models"].items()
+            for w in (m.get("snapshots") or {}).get("weights", [])
+            if "url" in w
+        )
+        or "^$"
+    )
+
+
+def experiment_sweeps(key):
+    """The sweep.json of every (dataset, model) of the runs whose model has `key` (rotation, snapshots)."""
+    return [
+        f"results/{key}/{d}/{m}/{layer_file_name(config['models'][m][key]['layer'])}/sweep/sweep.json"
+        for d, m in run_pairs()
+        if config["models"][m].get(key)
+    ]
+
+
 # -- resources ------------------------------------------------------------------------------------
 def res(stage, key):
     """One resource (threads, mem_mb, runtime, gpu) of a stage, from config `resources.<stage>`."""
@@ -326,5 +518,17 @@ def all_layer_reports():
     return [f"{d}/report" for d in all_layer_dirs()]
 
 
+def all_significance():
+    return [
+        f"{layer_dir(d, m, layer)}/significance.csv"
+        for d, m in run_pairs()
+        if model_permutations(m)
+        for layer in model_layers(m)
+    ]
+
+
 def all_layer_checks():
     return sorted({f"results/checks/{m}.layers.ok" for _, m in run_pairs()})
+
+
+_check_experiments()

@@ -124,6 +124,7 @@ rule score:
     input:
         index=dataset_index,
         counts="results/layers/{dataset}/{model}/{layer}/counts.npz",
+        significance=significance_input,
     output:
         result="results/layers/{dataset}/{model}/{layer}/result.csv",
         summary="results/layers/{dataset}/{model}/{layer}/summary.json",
@@ -139,7 +140,8 @@ rule score:
         dataset=dataset_option,
         out=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
         iou=DISSECT["iou_threshold"],
+        significance=significance_option,
         shards=all_shard_dirs,
     shell:
         "netdissect score --counts {input.counts} --dataset {params.dataset} --out {params.out}"
-        " --iou-threshold {params.iou} --shards {params.shards} > {log} 2>&1"
+        " --iou-threshold {params.iou} --shards {params.shards} {params.significance} > {log} 2>&1"

@@ -35,7 +35,7 @@ rule train_demo:
     log:
         "logs/models/{model}.train.log",
     wildcard_constraints:
-        model=models_with_weights("train"),
+        model=models_with("snapshots", source="train", has=False),
     conda:
         "../envs/netdissect.yaml"
     threads: res("train", "threads")

@@ -1,6 +1,6 @@
-# Reports: one HTML page per layer, and report_all: every model x layer side by side. The outputs
-# marked report(...) make up Snakemake's own report (`snakemake --report report.zip`), with the
-# captions in report/ (the workflow's report folder).
+# Reports: one HTML page per layer, and report_all: every model x layer side by side, with links to the
+# experiments' sweeps (rules/experiments.smk). The outputs marked report(...) make up Snakemake's own
+# report (`snakemake --report report.zip`), with the captions in report/ (the workflow's report folder).
 
 
 rule report_layer:
@@ -10,6 +10,7 @@ rule report_layer:
         result="results/layers/{dataset}/{model}/{layer}/result.csv",
         summary="results/layers/{dataset}/{model}/{layer}/summary.json",
         thresholds="results/layers/{dataset}/{model}/{layer}/thresholds.npy",
+        significance=significance_input,
         shards=all_shard_dirs,
     output:
         report(
@@ -45,6 +46,7 @@ rule report_summary:
         results=all_results(),
         summaries=[f"{d}/summary.json" for d in all_layer_dirs()],
         reports=all_layer_reports(),
+        sweeps=experiment_sweeps("rotation") + experiment_sweeps("snapshots"),
     output:
         index="results/report/index.html",
         unique_by_category=report(
@@ -81,5 +83,8 @@ rule report_summary:
         runtime=res("report", "runtime"),
     params:
         layer_dirs=all_layer_dirs(),
+        sweeps=lambda wc, input: (
+            f"--sweeps {' '.join(os.path.dirname(p) for p in input.sweeps)}" if input.sweeps else ""
+        ),
     shell:
-        "netdissect report-all --layer-dirs {params.layer_dirs} --out results/report > {log} 2>&1"
+        "netdissect report-all --layer-dirs {params.layer_dirs} {params.sweeps} --out results/report > {log} 2>&1"

@@ -35,10 +35,16 @@ def test_workflow_and_package_defaults_agree():
     schema = _schema_defaults("dissect")
     same = {"quantile": "QUANTILE", "iou_threshold": "IOU_THRESHOLD", "union": "UNION", "batch_size": "BATCH_SIZE"}
     same |= {"topk": "TOPK", "device": "DEVICE", "upsample": "UPSAMPLE", "preset": "PRESET"}
+    same |= {"alpha": "ALPHA", "permutation_seed": "PERMUTATION_SEED"}
     for key, name in same.items():
         assert schema[key] == getattr(defaults, name), key
-    # the one documented difference: a workflow keeps every shard on disk, so it stores float16
+    # the documented differences: a workflow keeps every shard on disk, so it stores float16; it tests
+    # significance only where the config asks (a model's `permutations`), the command tests with K = 100
     assert schema["dtype"] == "float16" and defaults.DTYPE == "float32"
+    assert schema["permutations"] == 0 and defaults.PERMUTATIONS == 100
+    model = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]["models"]
+    rotation = model["additionalProperties"]["properties"]["rotation"]["properties"]
+    assert rotation["seed"]["default"] == defaults.ROTATION_SEED
 
 
 def test_command_defaults_come_from_defaults_py():

@@ -61,6 +61,8 @@ def site(tmp_path_factory):
         layer_dir = root / "synth" / "demo" / layer_name
         layer = make_layer(layer_dir, units=UNITS + 8 * i, images=30, size=48, map_size=4, seed=20 + i)
         result, categories = read_result_csv(layer.result_csv)
+        # layer4 has a significance test (docs/experiments.md §3): a p per unit, alpha 0.05
+        p_values = {u: float(p) for u, p in enumerate(np.linspace(0.01, 0.5, len(result)), start=1)} if i else None
         index = render_layer_report(
             layer_dir / "report",
             result,
@@ -71,10 +73,14 @@ def site(tmp_path_factory):
             layer.maps_for_rows,
             layer.load_image,
             topk=6,
+            p_values=p_values,
+            alpha=0.05 if i else None,
         )
         entries.append(LayerEntry("synth", "demo", layer_name, count_detectors(result, categories, 0.04), index))
         if i == 0:
             first = (result, categories)
+        else:
+            tested = (result, p_values)
     render_summary_report(root / "report", entries)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -84,6 +90,7 @@ def site(tmp_path_factory):
         "base": f"http://127.0.0.1:{server.server_address[1]}",
         "result": first[0],
         "categories": first[1],
+        "tested": tested,
     }
     server.shutdown()
     thread.join()
@@ -242,3 +249,30 @@ def test_summary_page(site, browser, tmp_path) -> None:
     assert visit.page.url == f"{site['base']}/synth/demo/layer4/report/index.html"
     assert "units are detectors" in visit.page.inner_text("#headline")
     visit.page.close()
+
+
+def test_significant_only_filter(site, browser) -> None:
+    result, p_values = site["tested"]
+    rows = {int(r["unit"]): r for r in result.to_dict("records")}
+    detectors = {u for u, r in rows.items() if r["score"] >= 0.04 and r["label"]}
+    visit = Visit(browser, f"{site['base']}/synth/demo/layer4/report/index.html")
+    page = visit.page
+    significant = {u for u in rows if p_values[u] <= 0.05}
+    assert 0 < len(significant) < len(rows)
+    headline = page.inner_text("#headline")
+    assert f"({len(significant & detectors)} significant, p ≤ 0.05)" in headline
+    page.check("#significant-only")
+    assert set(visit.shown_units()) == significant
+    page.check("#detectors-only")
+    assert set(visit.shown_units()) == significant & detectors
+    page.uncheck("#significant-only")
+    page.uncheck("#detectors-only")
+    assert len(visit.shown_units()) == len(rows)
+    card = page.locator("#unit-3")
+    assert card.locator(".p").inner_text() == f"p {p_values[3]:.3g}"
+    assert visit.errors == [] and visit.dialogs == []
+    # the untested layer has no filter
+    other = Visit(browser, f"{site['base']}/synth/demo/layer3/report/index.html")
+    assert other.page.locator("#significant-only").count() == 0 and other.errors == []
+    page.close()
+    other.page.close()

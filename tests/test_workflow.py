@@ -38,12 +38,19 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
     shards = default["dissect"]["shards"]
     models = default["runs"][0]["models"]
     layers = sum(len(default["models"][m]["layers"]) for m in models)
+    demo = default["models"]["demo"]
     assert job_counts(proc.stdout) == {
         "check_layers": len(models),
         "synth_dataset": 1,
         "pack_labels": 1,
-        "train_demo": 1,
+        "train_demo_snapshots": 1,  # the demo is trained once, saving its snapshots on the way
         "random_weights": 1,
+        # the experiments (rules/experiments.smk): power 0 is the unrotated layer itself
+        "significance": layers,
+        "dissect_rotated": len([p for p in demo["rotation"]["powers"] if p > 0]),
+        "rotation_sweep": 1,
+        "dissect_snapshot": len(demo["snapshots"]["steps"]),
+        "snapshot_sweep": 1,
         "extract": len(models) * shards,
         "quantile": layers,
         "tally": layers * shards,
@@ -62,6 +69,9 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
         "results/layers/synth/demo/conv4/result.csv",
         "results/labels/synth",
         "results/report/index.html",
+        "results/rotation/synth/demo/conv2/p0.2",
+        "results/snapshots/synth/demo/conv4/step1",
+        "models/demo.snapshots",
     ):
         assert path in proc.stdout, path
 

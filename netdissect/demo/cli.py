@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from netdissect.defaults import BATCH_SIZE, DEMO_EPOCHS
+from netdissect.defaults import BATCH_SIZE, DEMO_EPOCHS, SNAPSHOT_COUNT
 
 
 def register(sub, *groups) -> None:
@@ -29,12 +29,34 @@ def register(sub, *groups) -> None:
     p.add_argument(
         "--workers", type=int, default=0, help="data loader worker processes reading the dataset (default 0: none)"
     )
+    p.add_argument(
+        "--snapshots",
+        metavar="DIR",
+        help="also save the weights during training, as DIR/step{S}.pt (docs/experiments.md §2)",
+    )
+    p.add_argument(
+        "--snapshot-steps",
+        type=_steps,
+        metavar="S1,S2,...",
+        help=f"optimiser steps to save, in increasing order (default: {SNAPSHOT_COUNT} log-spaced steps, "
+        f"from 1 to the last)",
+    )
     p.set_defaults(func=_train_demo)
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
 def _train_demo(args: argparse.Namespace) -> int:
     from netdissect.demo.train import REPRODUCIBLE_ENV, reproducible_process
+    from netdissect.errors import NetDissectError
 
+    if args.snapshot_steps is not None and not args.snapshots:
+        raise NetDissectError("--snapshot-steps: say where to save the snapshots with --snapshots DIR")
     if not reproducible_process():
         # MKL and PyTorch read these when they load: start a fresh process that has them.
         argv = [
@@ -49,6 +71,10 @@ def _train_demo(args: argparse.Namespace) -> int:
         ]
         argv += ["--epochs", str(args.epochs), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
         argv += ["--workers", str(args.workers)]
+        if args.snapshots:
+            argv += ["--snapshots", str(args.snapshots)]
+        if args.snapshot_steps is not None:
+            argv += ["--snapshot-steps", ",".join(map(str, args.snapshot_steps))]
         sys.stdout.flush()
         child = subprocess.run(argv, env={**os.environ, **REPRODUCIBLE_ENV}, stderr=subprocess.PIPE, text=True)
         sys.stderr.write(child.stderr)  # its error message, where the caller reads this command's
@@ -57,38 +83,48 @@ def _train_demo(args: argparse.Namespace) -> int:
 
 
 def _train_here(args: argparse.Namespace) -> int:
+    import contextlib
+
     import torch
 
     from netdissect.demo.net import DEMO_SPEC
-    from netdissect.demo.train import load_training_data, train_demo
+    from netdissect.demo.train import load_training_data, train_demo, training_steps
+    from netdissect.experiments.snapshots import check_steps, log_steps, snapshot_name
+    from netdissect.io import atomic_dir
     from netdissect.models import save_checkpoint
 
+    if args.snapshot_steps is not None:
+        check_steps(args.snapshot_steps)
     threads = torch.get_num_threads()
     start = time.monotonic()
     data = load_training_data(args.dataset, workers=args.workers)
+    total = training_steps(len(data["images"]), args.epochs, args.batch_size)
+    steps = []
+    if args.snapshots:
+        steps = args.snapshot_steps or log_steps(total, SNAPSHOT_COUNT)
+        check_steps(steps, total)
+    common = dict(spec=DEMO_SPEC, seed=args.seed, epochs=args.epochs, dataset_fingerprint=data["fingerprint"])
     print(
         f"{len(data['images'])} images, {len(data['labels'])} target labels, "
         f"targets {tuple(data['targets'].shape[1:])}, {threads} threads to load ({time.monotonic() - start:.1f} s), "
         "1 to train",
         flush=True,
     )
-    net, history = train_demo(
-        data["images"],
-        data["targets"],
-        epochs=args.epochs,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        log=lambda m: print(m, flush=True),
-    )
-    save_checkpoint(
-        args.out,
-        net.state_dict(),
-        spec=DEMO_SPEC,
-        seed=args.seed,
-        epochs=args.epochs,
-        dataset_fingerprint=data["fingerprint"],
-        target_labels=data["labels"].tolist(),
-        history=history,
-    )
+    with atomic_dir(args.snapshots, replace=True) if args.snapshots else contextlib.nullcontext() as folder:
+        net, history = train_demo(
+            data["images"],
+            data["targets"],
+            epochs=args.epochs,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            log=lambda m: print(m, flush=True),
+            snapshot_steps=steps,
+            on_snapshot=lambda step, weights: save_checkpoint(
+                folder / snapshot_name(step), weights, **common, step=step, steps=total
+            ),
+        )
+    save_checkpoint(args.out, net.state_dict(), **common, target_labels=data["labels"].tolist(), history=history)
+    if args.snapshots:
+        print(f"wrote {len(steps)} snapshots to {args.snapshots}: steps {', '.join(map(str, steps))} of {total}")
     print(f"wrote {args.out} ({time.monotonic() - start:.1f} s)")
     return 0

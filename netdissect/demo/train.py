@@ -38,6 +38,7 @@ import torch
 
 from netdissect.demo.net import WIDTHS, DemoNet
 from netdissect.errors import NetDissectError
+from netdissect.experiments.snapshots import check_steps
 from netdissect.models.loading import normalise
 
 # Read by MKL and PyTorch when they load: set before the training process starts.
@@ -160,6 +161,11 @@ def load_training_data(root: str | Path, workers: int = 0) -> dict[str, Any]:
     }
 
 
+def training_steps(images: int, epochs: int, batch_size: int) -> int:
+    """Optimiser steps of a training run: one per batch (the last one may be smaller), every epoch."""
+    return epochs * -(-images // batch_size)
+
+
 def train_demo(
     images: torch.Tensor,
     targets: torch.Tensor,
@@ -169,9 +175,14 @@ def train_demo(
     crop: int = 112,
     lr: float = 3e-3,
     log=print,
+    snapshot_steps: Sequence[int] = (),
+    on_snapshot=None,
 ) -> tuple[torch.nn.Module, list[float]]:
     """Train a DemoNet (plus a throw-away 1x1 head) on uint8 images (N, 3, H, W) and soft targets
     (N, T, H/16, W/16); return the network in eval mode and the mean loss of every epoch.
+
+    After optimiser step s (counted from 1) for s in ``snapshot_steps``, ``on_snapshot(s, state_dict)``
+    receives a copy of the network's weights (training itself is not changed by it).
 
     Each step takes a random ``crop``-pixel window (multiple of 16; whole images when they are smaller)
     and a random horizontal flip, identical for image and target. Deterministic for a given seed; the
@@ -185,10 +196,12 @@ def train_demo(
     if epochs < 1 or batch_size < 1:
         raise NetDissectError(f"--epochs and the batch size must be >= 1, got {epochs} and {batch_size}")
     with reproducible_kernels():
-        return _train(images, targets, epochs, seed, batch_size, crop, lr, log)
+        return _train(images, targets, epochs, seed, batch_size, crop, lr, log, snapshot_steps, on_snapshot)
 
 
-def _train(images, targets, epochs, seed, batch_size, crop, lr, log) -> tuple[torch.nn.Module, list[float]]:
+def _train(
+    images, targets, epochs, seed, batch_size, crop, lr, log, snapshot_steps, on_snapshot
+) -> tuple[torch.nn.Module, list[float]]:
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -198,7 +211,9 @@ def _train(images, targets, epochs, seed, batch_size, crop, lr, log) -> tuple[to
     net = DemoNet()
     head = nn.Conv2d(WIDTHS[-1], targets.shape[1], kernel_size=1)
     params = list(net.parameters()) + list(head.parameters())
-    steps = epochs * -(-len(images) // batch_size)
+    steps = training_steps(len(images), epochs, batch_size)
+    snapshot_steps = set(check_steps(snapshot_steps, steps)) if snapshot_steps else set()
+    step = 0
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
     h, w = images.shape[-2:]
@@ -225,6 +240,9 @@ def _train(images, targets, epochs, seed, batch_size, crop, lr, log) -> tuple[to
             loss.backward()
             optimiser.step()
             schedule.step()
+            step += 1
+            if step in snapshot_steps:
+                on_snapshot(step, {k: v.detach().clone() for k, v in net.state_dict().items()})
             total += loss.item() * len(rows)
         history.append(total / len(images))
         log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.monotonic() - start:.1f} s)")

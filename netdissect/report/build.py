@@ -143,7 +143,8 @@ def write_layer_report(
 ) -> Path:
     """Write the report of ``layer_dir`` into ``out`` (default ``layer_dir/report``); return its index.html.
     The masks are upsampled as the counts were (summary.json's settings) unless ``upsample`` says otherwise
-    (then the page says so)."""
+    (then the page says so). With a significance.csv in ``layer_dir`` (``netdissect significance``), each
+    unit shows its p."""
     import logging
 
     import torch
@@ -163,6 +164,12 @@ def write_layer_report(
     except (ValueError, OSError) as err:
         raise NetDissectError(f"{path}: not a readable .npy array ({err}); rerun `netdissect quantile`.") from err
     imgmax = read_imgmax(inputs.shards, inputs.layer)
+    p_values, alpha = {}, None
+    if (inputs.layer_dir / "significance.csv").is_file():  # docs/experiments.md §3
+        from netdissect.experiments.significance import read_significance
+
+        test = read_significance(inputs.layer_dir / "significance.csv", len(result))
+        p_values, alpha = {u + 1: float(p) for u, p in enumerate(test["p"])}, float(test["alpha"])
     counted_with = (inputs.summary.get("settings") or {}).get("upsample")
     if upsample and counted_with and upsample != counted_with:
         logging.getLogger(__name__).warning(
@@ -195,6 +202,8 @@ def write_layer_report(
             quality=quality,
             threads=threads,
             upsample=mode,
+            p_values=p_values,
+            alpha=alpha,
         )
     finally:
         torch.set_num_threads(previous)

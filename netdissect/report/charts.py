@@ -184,3 +184,69 @@ def stacked_bar_chart(
             empty=not bars,
         )
     )
+
+
+def line_chart(
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[int]],
+    categories: Sequence[str],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    log_x: bool = False,
+    total: Sequence[int] | None = None,
+) -> str:
+    """SVG of one line per category (``series[category]``, a count per x) against ``xs`` (a sweep:
+    rotation power, training step), plus a dashed ``total`` line when given; ``log_x``: a log axis."""
+    colors = category_colors(categories)
+    left, top, plot_w, plot_h = 56, 44, 380, 220
+    position = (lambda v: math.log10(v)) if log_x else float
+    if log_x and any(v <= 0 for v in xs):
+        raise ValueError("a log axis needs positive values")
+    lo, hi = (min(map(position, xs)), max(map(position, xs))) if xs else (0.0, 1.0)
+    span = hi - lo or 1.0
+    x_of = lambda v: left + 10 + (position(v) - lo) / span * (plot_w - 20)
+    highest = max([max(v, default=0) for v in series.values()] + [max(total or [0], default=0), 1])
+    ticks = nice_ticks(highest)
+    y_of = lambda n: top + plot_h - n * plot_h / ticks[-1]
+    if log_x:
+        decades = range(math.floor(lo), math.ceil(hi) + 1)
+        x_ticks = [(x_of(10**d), f"{10**d:g}") for d in decades if lo - 1e-9 <= d <= hi + 1e-9]
+    else:
+        x_ticks = [(x_of(v), f"{v:g}") for v in xs]
+    lines = []
+    named = [(c, series.get(c, []), colors[c], False) for c in categories] + (
+        [("all", total, "#444444", True)] if total is not None else []
+    )
+    for name, counts, color, dashed in named:
+        points = [{"x": x_of(v), "y": y_of(n), "value": v, "count": n} for v, n in zip(xs, counts)]
+        lines.append({"category": name, "color": color, "dashed": dashed, "points": points})
+    legend = [
+        {"category": line["category"], "color": line["color"], "dashed": line["dashed"], "y": top + 12 + 18 * i}
+        for i, line in enumerate(reversed(lines))
+    ]
+    legend_width = 40 + max((text_width(line["category"], 12) for line in lines), default=0)
+    width = max(left + plot_w + 18 + legend_width, left + text_width(title, 14) + 10)
+    return (
+        environment()
+        .get_template("line_chart.svg")
+        .render(
+            title=title,
+            x_label=x_label,
+            y_label=y_label,
+            lines=lines,
+            legend=legend,
+            legend_x=left + plot_w + 18,
+            width=width,
+            height=top + plot_h + 48,
+            left=left,
+            top=top,
+            plot_h=plot_h,
+            plot_right=left + plot_w,
+            ticks=[(t, y_of(t)) for t in ticks],
+            x_ticks=x_ticks,
+            log_x=log_x,
+            empty=not xs,
+        )
+    )

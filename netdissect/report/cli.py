@@ -93,6 +93,14 @@ def register(sub, *groups) -> None:
         default=None,
         help=f"detector threshold where summary.json gives none (default {IOU_THRESHOLD})",
     )
+    report_all.add_argument(
+        "--sweeps",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="SWEEP_DIR",
+        help="sweep folders (`netdissect sweep`: sweep.json, charts) to show below the table",
+    )
     report_all.add_argument("--out", required=True, type=Path, help="folder to write (index.html inside)")
     report_all.set_defaults(func=run_report_all)
 
@@ -198,14 +206,17 @@ def _entries(path: Path, name: str | None, iou_threshold: float | None) -> list:
                 result.table,
                 tuple(result.categories),
                 result.layout,
+                summary.get("significance"),
             )
         )
     return entries
 
 
 def run_report_all(args: argparse.Namespace) -> int:
+    import json
+
     from netdissect.errors import NetDissectError
-    from netdissect.report.summary import render_summary_report
+    from netdissect.report.summary import SweepEntry, render_summary_report
 
     paths = [*args.paths, *args.layer_dirs]
     if not paths:
@@ -216,7 +227,15 @@ def run_report_all(args: argparse.Namespace) -> int:
         )
     names = args.name or [None] * len(paths)
     entries = [entry for path, name in zip(paths, names) for entry in _entries(path, name, args.iou_threshold)]
-    print(render_summary_report(args.out, entries))
+    sweeps = []
+    for folder in args.sweeps:
+        try:
+            sweeps.append(SweepEntry(folder, json.loads((folder / "sweep.json").read_text())))
+        except (OSError, ValueError) as err:
+            raise NetDissectError(
+                f"--sweeps {folder}: no readable sweep.json ({err}); run `netdissect sweep`"
+            ) from None
+    print(render_summary_report(args.out, entries, sweeps))
     return 0
 
 

@@ -25,10 +25,12 @@ from netdissect.report.templating import environment, static_file
 STATIC_FILES = ("report.css", "report.js")
 
 
-def headline(counts) -> str:
-    """'D of U units are detectors, covering K concepts with IoU ≥ t' (docs/dissection.md §7)."""
+def headline(counts, significant: int | None = None, alpha: float | None = None) -> str:
+    """'D of U units are detectors, covering K concepts with IoU ≥ t' (docs/dissection.md §7); with a
+    significance test, 'D of U units are detectors (S significant, p ≤ α), ...' (docs/experiments.md §3)."""
+    tested = f" ({significant} significant, p ≤ {alpha:g})" if significant is not None else ""
     return (
-        f"{counts.detectors} of {counts.units} units are detectors, covering {counts.unique_top} "
+        f"{counts.detectors} of {counts.units} units are detectors{tested}, covering {counts.unique_top} "
         f"concept{'' if counts.unique_top == 1 else 's'} with IoU ≥ {counts.iou_threshold:g}"
     )
 
@@ -79,7 +81,13 @@ def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float
 
 
 def _cards(
-    result: pd.DataFrame, categories: list[str], iou_threshold: float, strips: dict[int, str], topk: int
+    result: pd.DataFrame,
+    categories: list[str],
+    iou_threshold: float,
+    strips: dict[int, str],
+    topk: int,
+    p_values: Mapping[int, float],
+    alpha: float | None,
 ) -> list[dict[str, Any]]:
     detector = detector_mask(result, iou_threshold)
     records = result.to_dict("records")
@@ -110,6 +118,8 @@ def _cards(
                 "strip": strips.get(unit),
                 "per_category": per_category,
                 "topk": topk,
+                "p": p_values.get(unit),
+                "significant": alpha is not None and unit in p_values and p_values[unit] <= alpha,
             }
         )
     return cards
@@ -130,6 +140,8 @@ def render_layer_report(
     threads: int = REPORT_THREADS,
     title: str | None = None,
     upsample=BILINEAR,
+    p_values: Mapping[int, float] | None = None,
+    alpha: float | None = None,
 ) -> Path:
     """Write the report of one layer into the folder ``out``; return the path of its ``index.html``.
 
@@ -137,7 +149,8 @@ def render_layer_report(
     (summary.json) supplies model, layer, dataset and iou_threshold; ``thresholds`` (U,) and ``imgmax``
     (N, U) are the layer's files; ``maps_for_rows(rows)`` returns activations (len(rows), U, H, W);
     ``load_image(row)`` returns the dataset image uint8 (3, h, w); ``upsample`` is the mode of the
-    masks (:mod:`netdissect.masks`), the one the counts used.
+    masks (:mod:`netdissect.masks`), the one the counts used. ``p_values`` (unit number -> p, from
+    significance.csv) and ``alpha``: each card shows its p, the headline counts the detectors with p ≤ α.
     """
     out = Path(out)
     units = len(result)
@@ -157,6 +170,8 @@ def render_layer_report(
         raise NetDissectError(f"--topk: expected a whole number ≥ 1, got {topk}.")
     iou_threshold = iou_threshold_of(summary)
     counts = count_detectors(result, categories, iou_threshold)
+    p_values = dict(p_values or {})
+    tested = bool(p_values) and alpha is not None
     model = str(summary.get("model") or "")
     layer = str(summary.get("layer") or "")
     dataset = str(summary.get("dataset") or "")
@@ -174,6 +189,7 @@ def render_layer_report(
         (built / "detectors.svg").write_text(chart, encoding="utf-8")
         for name in STATIC_FILES:
             (built / name).write_bytes(static_file(name))
+        cards = _cards(result, categories, iou_threshold, strips, top.shape[1], p_values, alpha if tested else None)
         page = (
             environment()
             .get_template("layer.html")
@@ -182,12 +198,16 @@ def render_layer_report(
                 model=model,
                 layer=layer,
                 dataset=dataset,
-                headline=headline(counts),
+                headline=headline(
+                    counts, sum(c["detector"] and c["significant"] for c in cards) if tested else None, alpha
+                ),
                 counts=counts,
                 categories=categories,
                 colors=category_colors(categories),
                 chart=chart,
-                cards=_cards(result, categories, iou_threshold, strips, top.shape[1]),
+                cards=cards,
+                tested=tested,
+                alpha=alpha,
                 iou_threshold=iou_threshold,
                 settings=settings_line(summary, upsample.name),
             )

@@ -47,6 +47,7 @@ class LayerEntry:
     result: pd.DataFrame | None = field(default=None, compare=False)
     categories: tuple[str, ...] = ()
     layout: str = "netdissect"
+    significance: dict | None = None  # summary.json's "significance" (docs/experiments.md §3), if tested
 
     @property
     def name(self) -> str:
@@ -70,6 +71,9 @@ def summary_table(entries: Sequence[LayerEntry]) -> tuple[list[str], list[list[o
         *COUNT_KINDS,
         *(f"{cat}-{kind}" for cat in categories for kind in COUNT_KINDS),
     ]
+    tested = any(e.significance for e in entries)
+    if tested:
+        header += ["significant_detectors", "alpha", "permutations"]
     rows = []
     for e in entries:
         c = e.counts
@@ -86,6 +90,9 @@ def summary_table(entries: Sequence[LayerEntry]) -> tuple[list[str], list[list[o
                 *(c.per_category.get(cat, {}).get(kind, 0) for cat in categories for kind in COUNT_KINDS),
             ]
         )
+        if tested:
+            test = e.significance or {}
+            rows[-1] += [test.get("significant_detectors", ""), test.get("alpha", ""), test.get("permutations", "")]
     return header, rows
 
 
@@ -135,8 +142,17 @@ def _chart(entries: Sequence[LayerEntry], categories: list[str], kind: str, titl
     return stacked_bar_chart([bars[i] for i in order], categories, title=title)
 
 
-def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Path:
-    """Write the files of the module docstring into ``out``; ``index.html`` is written last. Returns its path."""
+@dataclass(frozen=True)
+class SweepEntry:
+    """A sweep folder (:mod:`netdissect.experiments.sweep`): its sweep.json and where it is."""
+
+    folder: Path
+    info: dict
+
+
+def render_summary_report(out: str | Path, entries: Sequence[LayerEntry], sweeps: Sequence[SweepEntry] = ()) -> Path:
+    """Write the files of the module docstring into ``out``; ``index.html`` is written last, showing the
+    ``sweeps``' charts (inlined) with links to their files. Returns its path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     categories = summary_categories(entries)
@@ -155,6 +171,18 @@ def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Pat
     rows = [
         {"entry": e, "link": Path(os.path.relpath(e.report, out)).as_posix() if e.report else None} for e in entries
     ]
+    link = lambda folder, name: Path(os.path.relpath(Path(folder) / name, out)).as_posix()
+    experiments = [
+        {
+            "title": sweep.info["title"],
+            "table": link(sweep.folder, sweep.info["table"]),
+            "charts": [
+                {"svg": (sweep.folder / name).read_text(encoding="utf-8"), "link": link(sweep.folder, name)}
+                for name in sweep.info["charts"].values()
+            ],
+        }
+        for sweep in sweeps
+    ]
     page = (
         environment()
         .get_template("summary.html")
@@ -166,6 +194,8 @@ def render_summary_report(out: str | Path, entries: Sequence[LayerEntry]) -> Pat
             kinds=COUNT_KINDS,
             datasets=sorted({e.dataset for e in entries if e.dataset}),
             layouts=sorted({e.layout for e in entries}),
+            tested=any(e.significance for e in entries),
+            experiments=experiments,
         )
     )
     atomic_write_text(out / "index.html", page)

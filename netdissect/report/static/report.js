@@ -6,6 +6,7 @@
   var sortBy = document.getElementById("sort");
   var category = document.getElementById("category");
   var detectorsOnly = document.getElementById("detectors-only");
+  var significantOnly = document.getElementById("significant-only");  // only with a significance test
   var search = document.getElementById("search");
   var shown = document.getElementById("shown");
 
@@ -27,6 +28,7 @@
   function matches(card, text) {
     if (category.value && card.dataset.category !== category.value) return false;
     if (detectorsOnly.checked && card.dataset.detector !== "1") return false;
+    if (significantOnly && significantOnly.checked && card.dataset.significant !== "1") return false;
     if (!text) return true;
     var label = card.dataset.label.toLowerCase();
     if (text.length > 1 && text[0] === '"' && text[text.length - 1] === '"') return label === text.slice(1, -1);
@@ -47,7 +49,9 @@
     shown.textContent = count + " of " + cards.length + " units";
   }
 
-  [sortBy, category, detectorsOnly].forEach(function (el) { el.addEventListener("change", update); });
+  [sortBy, category, detectorsOnly, significantOnly].forEach(function (el) {
+    if (el) el.addEventListener("change", update);
+  });
   search.addEventListener("input", update);
   Array.prototype.forEach.call(document.querySelectorAll(".chart-box .bar"), function (bar) {
     bar.addEventListener("click", function () {
