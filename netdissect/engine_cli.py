@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, QUANTILE, UNION, UNIONS
+from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, MEMORY_FORMAT, MEMORY_FORMATS, QUANTILE, UNION, UNIONS
 from netdissect.options import (
     batch_option,
     device_options,
@@ -40,6 +40,25 @@ def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=DTYPE, choices=DTYPES, help=f"stored activations (default {DTYPE})")
 
 
+def _forward_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--recompute",
+        dest="activations",
+        action="store_const",
+        const="recompute",
+        default="store",
+        help="store no activations: the tally and the report rerun the forward pass (same numbers; disk holds "
+        "only candidates, maxima and counts)",
+    )
+    p.add_argument(
+        "--memory-format",
+        default=MEMORY_FORMAT,
+        choices=MEMORY_FORMATS,
+        help=f"memory layout of the model's input (default {MEMORY_FORMAT}, the fastest on the CPU; a model "
+        "that cannot take it falls back to contiguous)",
+    )
+
+
 def register(sub, *groups) -> None:
     p = sub.add_parser("extract", help="forward pass over one shard: activations, maxima, quantile candidates")
     p.add_argument("--dataset", required=True, metavar="DIR")
@@ -49,6 +68,7 @@ def register(sub, *groups) -> None:
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--out", required=True, metavar="SHARD_DIR")
     _dtype_option(p)
+    _forward_options(p)
     _quantile_option(p)
     batch_option(p)
     workers_option(p)
@@ -105,7 +125,14 @@ def register(sub, *groups) -> None:
     p.add_argument("--thresholds", metavar="FILE", help="thresholds .npy; with several layers use {layer} in it")
     _scoring_options(p)
     _dtype_option(p)
-    labels_option(p)
+    _forward_options(p)
+    p.add_argument(
+        "--labels",
+        metavar="PACK",
+        help="packed labels folder (`netdissect broden pack-labels`), written first when missing or of "
+        "another dataset; default: the cache's pack of the dataset ($NETDISSECT_CACHE, ~/.cache/netdissect); "
+        "'none': decode the label PNGs",
+    )
     batch_option(p)
     workers_option(p)
     threads_option(p, COUNT_THREADS)
@@ -132,6 +159,8 @@ def _extract(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         quantile=args.quantile,
+        memory_format=args.memory_format,
+        store_activations=args.activations == "store",
         progress=args.progress,
     )
     return 0
@@ -214,6 +243,8 @@ def _dissect(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=args.progress,
         labels=args.labels,
+        memory_format=args.memory_format,
+        activations=args.activations,
     )
     for layer, info in summaries.items():
         _print_summary(info, f"{layer}: ")

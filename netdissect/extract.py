@@ -10,6 +10,7 @@ first, then rows), never held for the whole shard.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from netdissect.broden.dataset import check_not_empty
-from netdissect.defaults import BATCH_SIZE, DTYPE, QUANTILE
+from netdissect.broden.dataset import check_not_empty, single_thread_worker
+from netdissect.defaults import BATCH_SIZE, DTYPE, MEMORY_FORMAT, MEMORY_FORMATS, QUANTILE
 from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.io import atomic_path, save_json, save_npy
 from netdissect.models import LoadedModel, capture
@@ -74,10 +75,16 @@ def extract_shard(
     device: str = "cpu",
     dtype: str = DTYPE,
     quantile: float = QUANTILE,
+    memory_format: str = MEMORY_FORMAT,
+    store_activations: bool = True,
     progress: bool = True,
     timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
+
+    ``store_activations`` False (``--recompute``) writes no ``{layer}.act.npy``: the later stages rerun
+    the forward pass (:mod:`netdissect.recompute`), with the batches, device and memory format that
+    meta.json records, so they see the same numbers.
 
     ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
     whole batch loop: decoding, forward, writing, candidates).
@@ -104,7 +111,7 @@ def extract_shard(
         torch.backends.cuda.matmul.allow_tf32 = False
 
     with capture(model, layers) as run:
-        probe = run(model.normalise(torch.zeros(1, 3, ih, iw, dtype=torch.uint8, device=device)))
+        probe, memory_format = probe_forward(run, model, (ih, iw), device, memory_format)
         shapes = {}
         for layer in layers:
             maps = as_maps(probe[layer], layer)
@@ -126,35 +133,29 @@ def extract_shard(
                 "num_values": values,
                 "candidates": min(candidate_count(values, quantile), (stop - start) * height * width),
             }
+        if store_activations:
+            check_disk(out_dir, {layer: (stop - start) * u * h * w for layer, (u, h, w) in shapes.items()}, dtype)
         with contextlib.ExitStack() as stack:
             writers, topks, imgmax = {}, {}, {}
             for layer, info in layer_info.items():
-                tmp = stack.enter_context(atomic_path(shard_file(out_dir, layer, "act")))
-                f = stack.enter_context(open(tmp, "wb"))
-                writers[layer] = NpyRowWriter(f, (stop - start, *shapes[layer]), np_dtype)
+                if store_activations:
+                    tmp = stack.enter_context(atomic_path(shard_file(out_dir, layer, "act")))
+                    f = stack.enter_context(open(tmp, "wb"))
+                    writers[layer] = NpyRowWriter(f, (stop - start, *shapes[layer]), np_dtype)
+                else:
+                    shard_file(out_dir, layer, "act").unlink(missing_ok=True)  # never mix runs
                 topks[layer] = TopK(candidate_count(info["num_values"], quantile))
                 imgmax[layer] = np.empty((stop - start, info["units"]), dtype=np.float32)
-            loader = ds.loader(batch_size, workers, start, stop)
             bar = tqdm(total=stop - start, desc=f"extract shard {shard}", unit="img", disable=not progress)
             forward_s, loop_start = 0.0, time.perf_counter()
-            for batch in unwrap_worker_errors(loader):
-                images = batch["image"]
-                if not isinstance(images, torch.Tensor):
-                    raise NetDissectError(
-                        f"{ds.root}: rows {batch['i'][0].item() + 2}.. have images of different "
-                        f"sizes; dissection needs one image size"
-                    )
-                tic = time.perf_counter()
-                outputs = run(model.normalise(images.to(device)))
-                if device != "cpu":
-                    torch.cuda.synchronize()
-                forward_s += time.perf_counter() - tic
-                rows = batch["i"]
+            for rows, outputs, seconds in forward_batches(
+                ds, model, run, layers, start, stop, batch_size, workers, device, memory_format
+            ):
+                forward_s += seconds
                 for layer in layers:
-                    maps = as_maps(outputs[layer], layer).to(torch.float32)
-                    _check_finite(maps, layer, rows, ds)
-                    stored = maps.to(torch.float16).to(torch.float32) if dtype == "float16" else maps
-                    writers[layer].write(stored.cpu().numpy().astype(np_dtype))
+                    stored = stored_maps(outputs[layer], layer, dtype, rows, ds)
+                    if store_activations:
+                        writers[layer].write(np.ascontiguousarray(stored.cpu().numpy(), dtype=np_dtype))
                     lo = int(rows[0]) - start
                     imgmax[layer][lo : lo + len(rows)] = stored.amax(dim=(2, 3)).cpu().numpy()
                     topks[layer].add(stored.permute(1, 0, 2, 3).reshape(stored.shape[1], -1))
@@ -162,8 +163,9 @@ def extract_shard(
             bar.close()
             if timings is not None:
                 timings.update(forward_s=forward_s, loop_s=time.perf_counter() - loop_start)
-            for layer in layers:
+            for layer in writers:
                 writers[layer].close()
+            for layer in layers:
                 save_npy(shard_file(out_dir, layer, "imgmax"), imgmax[layer])
                 if stop > start:
                     save_npy(shard_file(out_dir, layer, "topk"), topks[layer].result())
@@ -187,10 +189,116 @@ def extract_shard(
         "std": list(model.std),
         "quantile": quantile,
         "dtype": dtype,
+        "batch_size": batch_size,
+        "memory_format": memory_format,
+        "device": device,
+        "activations": "store" if store_activations else "recompute",
         "layers": layer_info,
     }
     save_json(out_dir / "meta.json", meta)
     return meta
+
+
+def check_disk(out_dir: Path, values: dict[str, int], dtype: str) -> None:
+    """Refuse to start when the activations (``values`` per layer, stored as ``dtype``) would not fit on
+    the disk of ``out_dir``, saying how much they need and what to do."""
+    import shutil
+
+    need = sum(values.values()) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    free = shutil.disk_usage(out_dir).free
+    if need > free:
+        gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+        per_layer = ", ".join(
+            f"{layer} {gb(v * np.dtype(NUMPY_DTYPES[dtype]).itemsize)}" for layer, v in values.items()
+        )
+        half = " or --dtype float16 (half of it)," if dtype == "float32" else ""
+        raise NetDissectError(
+            f"{out_dir}: the {dtype} activations need {gb(need)} ({per_layer}) but only {gb(free)} are free "
+            f"there; free some space,{half} or use --recompute (dissect.activations: recompute), which "
+            f"stores no activations and reruns the forward pass in the tally and the report"
+        )
+
+
+def probe_forward(
+    run: Any, model: LoadedModel, size: tuple[int, int], device: str, memory_format: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """One black image through the model: the layers' outputs, and the memory format the batches will
+    use. A model whose code cannot take channels-last input (``x.view`` on its features) falls back to
+    contiguous input, with a warning."""
+    if memory_format not in MEMORY_FORMATS:
+        raise NetDissectError(f"--memory-format {memory_format}: expected one of {', '.join(MEMORY_FORMATS)}")
+    x = model.normalise(torch.zeros(1, 3, *size, dtype=torch.uint8, device=device))
+    if memory_format == "channels_last":
+        try:
+            return run(x.contiguous(memory_format=torch.channels_last)), memory_format
+        except RuntimeError as err:
+            log.warning(
+                "model %s fails on channels-last input (%s); using contiguous input (--memory-format contiguous)",
+                model.spec,
+                str(err).splitlines()[0],
+            )
+    return run(x), "contiguous"
+
+
+def forward_batches(
+    ds: Any,
+    model: LoadedModel,
+    run: Any,
+    layers: Sequence[str],
+    start: int,
+    stop: int,
+    batch_size: int,
+    workers: int,
+    device: str,
+    memory_format: str,
+    rows: Sequence[int] | None = None,
+):
+    """The forward pass over rows [start, stop) in batches of ``batch_size`` from ``start`` on (the
+    batches of extraction: same batches, same numbers): yields (rows, {layer: output}, seconds in the
+    model). ``rows``: only the batches that hold one of these rows (the others are not decoded)."""
+    import time
+
+    channels_last = memory_format == "channels_last"
+    if rows is None:
+        loader = ds.loader(batch_size, workers, start, stop, channels_last=channels_last)
+    else:
+        wanted = np.unique((np.asarray(rows, dtype=np.int64) - start) // batch_size)
+        batches = [list(range(start + j * batch_size, min(start + (j + 1) * batch_size, stop))) for j in wanted]
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=functools.partial(ds.collate, channels_last=channels_last),
+            worker_init_fn=single_thread_worker if workers else None,
+        )
+    for batch in unwrap_worker_errors(loader):
+        images = batch["image"]
+        if not isinstance(images, torch.Tensor):
+            raise NetDissectError(
+                f"{ds.root}: rows {batch['i'][0].item() + 2}.. have images of different "
+                f"sizes; dissection needs one image size"
+            )
+        tic = time.perf_counter()
+        x = model.normalise(images.to(device))
+        try:
+            outputs = run(x if channels_last else x.contiguous())
+            if device != "cpu":
+                torch.cuda.synchronize()
+        except torch.cuda.OutOfMemoryError:
+            raise NetDissectError(
+                f"--batch-size {batch_size}: a batch of {len(images)} images does not fit in the memory of "
+                f"{device}; lower --batch-size (e.g. {max(1, batch_size // 2)})"
+            ) from None
+        yield batch["i"], outputs, time.perf_counter() - tic
+
+
+def stored_maps(output: torch.Tensor, layer: str, dtype: str, rows: torch.Tensor, ds: Any) -> torch.Tensor:
+    """A layer's output for a batch as the shards store it, as float32 (B, U, H, W): rounded to float16
+    first when ``dtype`` is float16, so that every stage sees the same numbers. Non-finite values are
+    refused, naming the image."""
+    maps = as_maps(output, layer).to(torch.float32)
+    _check_finite(maps, layer, rows, ds)
+    return maps.to(torch.float16).to(torch.float32) if dtype == "float16" else maps
 
 
 def _check_finite(maps: torch.Tensor, layer: str, rows: torch.Tensor, ds: Any) -> None:

@@ -22,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from netdissect.defaults import BATCH_SIZE, DEVICE, DTYPE, IOU_THRESHOLD, QUANTILE, UNION
+from netdissect.defaults import (
+    ACTIVATION_CHOICES,
+    ACTIVATIONS,
+    BATCH_SIZE,
+    DEVICE,
+    DTYPE,
+    IOU_THRESHOLD,
+    MEMORY_FORMAT,
+    QUANTILE,
+    UNION,
+)
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
 
@@ -56,6 +66,8 @@ def extract(
     device: str = DEVICE,
     dtype: str = DTYPE,
     quantile: float = QUANTILE,
+    memory_format: str = MEMORY_FORMAT,
+    store_activations: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`)."""
@@ -76,6 +88,8 @@ def extract(
         device=device,
         dtype=dtype,
         quantile=quantile,
+        memory_format=memory_format,
+        store_activations=store_activations,
         progress=progress,
     )
 
@@ -122,6 +136,17 @@ def tally(
     layer: str,
     thresholds_path: str | Path,
     out: str | Path,
+    **options: Any,
+) -> dict[str, np.ndarray]:
+    """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz); the
+    options are :func:`tally_layers`'s."""
+    return tally_layers(dataset, shard_dir, {layer: (thresholds_path, out)}, **options)[layer]
+
+
+def tally_layers(
+    dataset: str | Path,
+    shard_dir: str | Path,
+    jobs: dict[str, tuple[str | Path, str | Path]],
     *,
     union: str = UNION,
     categories: Sequence[str] | None = None,
@@ -131,18 +156,21 @@ def tally(
     workers: int = 0,
     progress: bool = True,
     labels: str | Path | None = None,
-) -> dict[str, np.ndarray]:
-    """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz). The
-    labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs;
-    ``threads`` count on the CPU, ``workers`` loader processes feed a GPU."""
+) -> dict[str, dict[str, np.ndarray]]:
+    """Stage 3 for several layers of one shard: ``jobs`` is {layer: (thresholds .npy, counts .npz to
+    write)}. The labels come from the packed labels folder ``labels`` if given, else from the dataset's
+    PNGs. Stored activations are read (``threads`` count on the CPU, ``workers`` loader processes feed
+    a GPU); layers whose shard keeps none (``--recompute``) are counted in one rerun of the forward
+    pass (:mod:`netdissect.recompute`; ``workers`` then decode its images)."""
     from netdissect.counts import save_counts
     from netdissect.masks import BILINEAR
     from netdissect.quantile import load_thresholds
+    from netdissect.recompute import stores_activations, tally_recomputed
     from netdissect.shards import layer_meta, load_meta, shard_file
     from netdissect.tally import tally_shard
 
     meta = load_meta(shard_dir)
-    info = layer_meta(meta, layer, shard_dir)
+    info = {layer: layer_meta(meta, layer, shard_dir) for layer in jobs}
     ds = open_dataset(dataset, categories, images=False, labels=labels is None)
     if len(ds) != meta["num_images"] or ds.fingerprint() != meta["dataset_fingerprint"]:
         raise NetDissectError(
@@ -150,51 +178,69 @@ def tally(
             f"{meta['num_images']} images) than {dataset} ({len(ds)} images); tally with the "
             f"dataset the activations came from"
         )
-    thresholds = load_thresholds(thresholds_path, info["units"], layer)
-    imgmax = np.load(shard_file(shard_dir, layer, "imgmax"))
+    thresholds = {layer: load_thresholds(path, info[layer]["units"], layer) for layer, (path, _) in jobs.items()}
     packed = None
     if labels is not None:
         from netdissect.broden.pack import PackedLabels
 
         packed = PackedLabels(labels, ds)
     upsample = BILINEAR
-    counts = tally_shard(
-        ds,
-        shard_file(shard_dir, layer, "act"),
-        imgmax,
-        thresholds,
-        meta["start"],
-        meta["stop"],
-        union=union,
-        upsample=upsample,
-        batch_size=batch_size,
-        threads=threads,
-        workers=workers,
-        device=device,
-        progress=progress,
-        layer=layer,
-        labels=packed,
-    )
-    source_path = Path(thresholds_path).with_suffix(".json")
-    source = json.loads(source_path.read_text()) if source_path.is_file() else {}
-    settings = {
-        "layer": layer,
-        "quantile": source.get("quantile"),
-        "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
-        "union": union,
-        "upsample": upsample.name,
-        "categories": list(ds.categories),
-        "model": meta["model"],
-        "weights": meta["weights"],
-        "weights_sha256": meta["weights_sha256"],
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "dtype": meta["dtype"],
-        "dataset": str(dataset),
-        "dataset_fingerprint": meta["dataset_fingerprint"],
-        "dataset_images": meta["num_images"],
-    }
-    save_counts(out, counts, thresholds, meta["start"], meta["stop"], settings)
+    recompute = [layer for layer in jobs if not stores_activations(shard_dir, layer)]
+    counts = {}
+    if recompute:
+        counts = tally_recomputed(
+            ds,
+            dataset,
+            shard_dir,
+            {layer: thresholds[layer] for layer in recompute},
+            union=union,
+            upsample=upsample,
+            device=device,
+            workers=workers,
+            progress=progress,
+            labels=packed,
+        )
+    for layer in jobs:
+        if layer in recompute:
+            continue
+        counts[layer] = tally_shard(
+            ds,
+            shard_file(shard_dir, layer, "act"),
+            np.load(shard_file(shard_dir, layer, "imgmax")),
+            thresholds[layer],
+            meta["start"],
+            meta["stop"],
+            union=union,
+            upsample=upsample,
+            batch_size=batch_size,
+            threads=threads,
+            workers=workers,
+            device=device,
+            progress=progress,
+            layer=layer,
+            labels=packed,
+        )
+    for layer, (thresholds_path, out) in jobs.items():
+        source_path = Path(thresholds_path).with_suffix(".json")
+        source = json.loads(source_path.read_text()) if source_path.is_file() else {}
+        settings = {
+            "layer": layer,
+            "quantile": source.get("quantile"),
+            "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
+            "union": union,
+            "upsample": upsample.name,
+            "categories": list(ds.categories),
+            "model": meta["model"],
+            "weights": meta["weights"],
+            "weights_sha256": meta["weights_sha256"],
+            "mean": meta["mean"],
+            "std": meta["std"],
+            "dtype": meta["dtype"],
+            "dataset": str(dataset),
+            "dataset_fingerprint": meta["dataset_fingerprint"],
+            "dataset_images": meta["num_images"],
+        }
+        save_counts(out, counts[layer], thresholds[layer], meta["start"], meta["stop"], settings)
     return counts
 
 
@@ -245,9 +291,18 @@ def dissect(
     dtype: str = DTYPE,
     progress: bool = True,
     labels: str | Path | None = None,
+    memory_format: str = MEMORY_FORMAT,
+    activations: str = ACTIVATIONS,
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
-    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``."""
+    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``.
+
+    The labels are read from packed labels (:mod:`netdissect.labelcache`): ``labels`` names the pack
+    folder (None: the cache's pack of the dataset, written first if missing; ``"none"``: decode the PNGs).
+    ``activations`` ``store`` keeps them in OUT/shards/0; ``recompute`` keeps none and counts every
+    layer in one rerun of the forward pass (same numbers, :mod:`netdissect.recompute`)."""
+    if activations not in ACTIVATION_CHOICES:
+        raise NetDissectError(f"activations {activations!r}: expected one of {', '.join(ACTIVATION_CHOICES)}")
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
@@ -258,8 +313,16 @@ def dissect(
             "--layers: a layer named 'shards' would share OUT/shards with the activations; "
             "dissect it with the stage commands (docs/interfaces.md)"
         )
+    from netdissect.labelcache import PackJob, pack_folder, spare_cores
+
     out = Path(out)
     shard_dir = out / "shards" / "0"
+    tables = open_dataset(dataset, images=False, labels=False)
+    pack = pack_folder(tables, labels)
+    packing = None
+    if pack is not None:
+        spare = spare_cores()
+        packing = PackJob(dataset, pack, tables, background=spare > 0, workers=spare, progress=progress)
     extract(
         dataset,
         model_spec,
@@ -275,27 +338,26 @@ def dissect(
         device=device,
         dtype=dtype,
         quantile=q,
+        memory_format=memory_format,
+        store_activations=activations == "store",
         progress=progress,
     )
-    summaries = {}
     for layer in layers:
-        layer_dir = out / layer
         file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
-        quantile([shard_dir], layer, layer_dir, q=q, thresholds_file=file)
-        tally(
-            dataset,
-            shard_dir,
-            layer,
-            layer_dir / "thresholds.npy",
-            layer_dir / "counts.npz",
-            union=union,
-            categories=categories,
-            device=device,
-            batch_size=batch_size,
-            threads=threads,
-            workers=workers,
-            progress=progress,
-            labels=labels,
-        )
-        summaries[layer] = score(layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold)
-    return summaries
+        quantile([shard_dir], layer, out / layer, q=q, thresholds_file=file)
+    tally_layers(
+        dataset,
+        shard_dir,
+        {layer: (out / layer / "thresholds.npy", out / layer / "counts.npz") for layer in layers},
+        union=union,
+        categories=categories,
+        device=device,
+        batch_size=batch_size,
+        threads=threads,
+        workers=workers,
+        progress=progress,
+        labels=packing.wait() if packing else None,
+    )
+    return {
+        layer: score(out / layer / "counts.npz", dataset, out / layer, iou_threshold=iou_threshold) for layer in layers
+    }

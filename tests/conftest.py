@@ -173,3 +173,19 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "synth224"
     synthesize(root, SYNTH_IMAGES, size=224, seed=0, workers=2)
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def label_cache(tmp_path_factory: pytest.TempPathFactory):
+    """``netdissect dissect`` packs labels into a cache (netdissect.labelcache): one per test session,
+    never the user's ~/.cache (the commands the tests start inherit the variable)."""
+    import os
+
+    cache = tmp_path_factory.mktemp("netdissect-cache")
+    previous = os.environ.get("NETDISSECT_CACHE")
+    os.environ["NETDISSECT_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("NETDISSECT_CACHE", None)
+    else:
+        os.environ["NETDISSECT_CACHE"] = previous

@@ -51,12 +51,12 @@ def normalise(
 
     ``divisor`` 255 gives [0, 1] inputs (torchvision), 1 keeps 0–255 values (Caffe); ``bgr`` reverses the
     channel order first (Caffe models), so ``mean`` and ``std`` are then given in B, G, R order."""
-    x = images.to(torch.float32) / divisor
+    x = images.to(torch.float32, copy=True).div_(divisor)  # in place on one new array (memory layout kept)
     if bgr:
         x = x.flip(1)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    return x.sub_(mean_t).div_(std_t)
 
 
 _CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "net")

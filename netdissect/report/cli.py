@@ -94,14 +94,15 @@ def run_report(args: argparse.Namespace) -> int:
 
     from netdissect.broden import BrodenDataset
     from netdissect.errors import NetDissectError
+    from netdissect.recompute import ActivationReader
     from netdissect.report.layer import render_layer_report
     from netdissect.report.results import read_result_csv, read_summary
-    from netdissect.shards import read_activations, read_imgmax
+    from netdissect.shards import read_imgmax
 
     _check_int(args.topk, "--topk", 1, 1000)
     _check_int(args.quality, "--quality", 1, 95)
     _check_int(args.threads, "--threads", 1, 64)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # the work is split by --threads Python threads; torch ops here are small
     layer_dir: Path = args.layer_dir
     result, categories = read_result_csv(layer_dir / "result.csv")
     summary = read_summary(layer_dir / "summary.json")
@@ -121,19 +122,20 @@ def run_report(args: argparse.Namespace) -> int:
             f"the shards {' '.join(map(str, args.shards))} hold {imgmax.shape[0]} images but the dataset "
             f"{args.dataset} has {len(dataset)}; pass the dataset the layer was dissected on."
         )
-    index = render_layer_report(
-        args.out,
-        result,
-        categories,
-        {**summary, "dataset": dataset_name, "model": model, "layer": layer},
-        thresholds,
-        imgmax,
-        maps_for_rows=lambda rows: read_activations(args.shards, layer, rows),
-        load_image=lambda row: dataset[row]["image"],
-        topk=args.topk,
-        quality=args.quality,
-        threads=args.threads,
-    )
+    with ActivationReader(args.shards, layer, args.dataset) as maps_for_rows:  # stored or recomputed
+        index = render_layer_report(
+            args.out,
+            result,
+            categories,
+            {**summary, "dataset": dataset_name, "model": model, "layer": layer},
+            thresholds,
+            imgmax,
+            maps_for_rows=maps_for_rows,
+            load_image=lambda row: dataset[row]["image"],
+            topk=args.topk,
+            quality=args.quality,
+            threads=args.threads,
+        )
     print(index)
     return 0
 

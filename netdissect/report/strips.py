@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from netdissect.defaults import JPEG_QUALITY, REPORT_THREADS
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_path
+from netdissect.masks import BILINEAR, grid_cells, masked_pixels
 
 TILE_GAP = 4  # white pixels between two tiles of a strip
 _READ_BYTES = 256 << 20  # activations read per call to maps_for_rows
@@ -102,15 +102,22 @@ def below_float32(thresholds: np.ndarray) -> np.ndarray:
     return np.where(t32.astype(np.float64) > t, np.nextafter(t32, np.float32(-np.inf)), t32)
 
 
-def tile_masks(maps: torch.Tensor | np.ndarray, size: tuple[int, int], thresholds: np.ndarray) -> torch.Tensor:
+def tile_masks(
+    maps: torch.Tensor | np.ndarray, size: tuple[int, int], thresholds: np.ndarray, upsample=BILINEAR
+) -> torch.Tensor:
     """Masks of a batch of tiles of one image size: bool (P, h, w).
 
-    ``maps`` (P, H, W) upsampled to ``size`` = (h, w) by bilinear interpolation with
-    ``align_corners=False``, then ``> thresholds`` (P,) compared exactly (float32 values, float64 thresholds).
+    ``maps`` (P, H, W) upsampled to ``size`` = (h, w) by ``upsample`` and compared with ``thresholds``
+    (P,): the tally's own decision (:func:`netdissect.masks.mask_runs`, the formula in float64, strict
+    ``>``) on the image grid instead of the segmentation grid, without upsampling whole maps.
     """
     maps = torch.as_tensor(np.asarray(maps, dtype=np.float32))
-    up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return up > torch.from_numpy(below_float32(thresholds)).view(-1, 1, 1)
+    h, w = size
+    ys, xs = grid_cells(upsample, maps.shape[1], maps.shape[2], h, w)
+    pixel_map, pixel = masked_pixels(maps, torch.from_numpy(np.asarray(thresholds, dtype=np.float64)), ys, xs)
+    masks = torch.zeros(maps.shape[0] * h * w, dtype=torch.bool)
+    masks[pixel_map * (h * w) + pixel] = True
+    return masks.reshape(-1, h, w)
 
 
 def compose_strip(
