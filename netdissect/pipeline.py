@@ -206,7 +206,7 @@ def tally_layers(
         counts[layer] = tally_shard(
             ds,
             shard_file(shard_dir, layer, "act"),
-            np.load(shard_file(shard_dir, layer, "imgmax")),
+            np.load(shard_file(shard_dir, layer, "imgmax"), mmap_mode="r"),  # read by batch: memory flat in N
             thresholds[layer],
             meta["start"],
             meta["stop"],
