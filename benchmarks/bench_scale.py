@@ -29,6 +29,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from stages import NETDISSECT, head_dataset, log_line, machine_line, markdown_table, replace_section, run_stage
@@ -38,10 +40,13 @@ IMAGE_BYTES, PACK_BYTES = 24_500, 80_500  # per 224-px synthetic image: dataset 
 
 
 def activation_bytes(spec: str, layers: list[str], images: int, dtype_bytes: int = 2) -> int:
-    """Bytes of the stored activations of ``layers`` for ``images`` images of 224 px."""
-    from netdissect.models import layer_shapes, load_model
-
-    shapes = layer_shapes(load_model(spec), layers)
+    """Bytes of the stored activations of ``layers`` for ``images`` images of 224 px (computed in a child
+    process: this one stays small, see benchmarks/stages.py)."""
+    code = (
+        "import json, sys; from netdissect.models import layer_shapes, load_model; "
+        "print(json.dumps(layer_shapes(load_model(sys.argv[1]), sys.argv[2].split(','))))"
+    )
+    shapes = json.loads(subprocess.check_output([sys.executable, "-c", code, spec, ",".join(layers)], text=True))
     return sum(images * dtype_bytes * math.prod(shapes[layer]) for layer in layers)
 
 

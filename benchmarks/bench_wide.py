@@ -28,6 +28,7 @@ import argparse
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from stages import (
@@ -127,7 +128,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--doc", type=Path)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--synthetic-shard", nargs=3, metavar=("CASE", "DATASET", "SHARD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.synthetic_shard:
+        case, data, shard = args.synthetic_shard
+        synthetic_shard(Path(data), case, SHAPES[case], Path(shard))
+        return
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     log = root / "wide.jsonl"
@@ -154,14 +160,10 @@ def main() -> None:
         arch, layer = case.split(":")
         shard, layer_dir = work / arch / "shards" / "0", work / arch / layer
         stage = dict(images=args.images, case=case, env=env)
-        if args.source == "synthetic":
-            import time
-
-            tic = time.perf_counter()
-            synthetic_shard(data, case, SHAPES[case], shard)
-            print(
-                f"# synthetic shard of {case}: {time.perf_counter() - tic:.0f} s, {folder_bytes(shard) / 2**30:.1f} GiB"
-            )
+        if args.source == "synthetic":  # in a child process: this one stays small (benchmarks/stages.py)
+            cmd = [sys.executable, __file__, "--root", str(root), "--synthetic-shard", case, str(data), str(shard)]
+            record = run_stage("synthetic activations", cmd, [shard], **stage)
+            log_line(log, {k: v for k, v in record.items() if k != "env"})
         else:
             weights = root / f"{arch}_random.pt"
             if not weights.is_file():

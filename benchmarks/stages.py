@@ -5,6 +5,10 @@ Each stage runs as its own process (``python -m netdissect ...``) so that its fi
 time from the clock, CPU time (user + system) and peak resident memory from ``os.wait4`` (the process
 and the children it waited for; the peak is the largest single process, not a sum), and the disk it
 wrote as the growth in bytes of the folders it writes into.
+
+Linux counts the memory a child had before ``exec`` (a copy of the parent) in its peak, so the
+benchmark processes themselves stay small: they import neither torch nor netdissect's engine, and run
+anything heavy in a child process.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ read by every later dissection of that dataset (:mod:`netdissect.broden.pack`).
 ``dissect`` reads the labels from a pack by default: ``--labels PACK`` names the folder, and without it
 the pack lives in the cache, ``$NETDISSECT_CACHE/labels/<fingerprint>`` (default cache
 ``$XDG_CACHE_HOME/netdissect``, i.e. ``~/.cache/netdissect``), one per dataset fingerprint (a changed
-dataset gets a new pack). A missing or outdated pack is (re)written first, by a thread of the
-dissection while the forward pass runs when the machine has cores to spare, else before the tally.
+dataset gets a new pack). A missing or outdated pack is (re)written first: by a thread of the
+dissection, decoding in that thread, while the forward pass runs when the machine has a core to spare
+and the extraction starts no worker processes (a process must not fork while another thread works: the
+child can inherit a lock held by that thread and hang); else before the tally, with worker processes.
 ``--labels none`` decodes the PNGs in the tally instead and writes nothing.
 """
 
@@ -60,12 +62,13 @@ def spare_cores() -> int:
 
 
 class PackJob:
-    """Writes the pack of ``root`` into ``pack`` unless it is current: in a background thread with
-    ``workers`` decoding processes when ``background`` (so the forward pass goes on meanwhile), else
-    when :meth:`wait` is called. :meth:`wait` returns once the pack is there (raising what packing raised)."""
+    """Writes the pack of ``root`` into ``pack`` unless it is current: in a background thread that
+    decodes in itself (no worker process) when ``background``, so the forward pass goes on meanwhile,
+    else when :meth:`wait` is called (with the default worker processes). :meth:`wait` returns once the
+    pack is there (raising what packing raised)."""
 
-    def __init__(self, root: str | Path, pack: Path, ds: Any, *, background: bool, workers: int, progress: bool):
-        self.root, self.pack, self.workers, self.progress = Path(root), pack, workers, progress
+    def __init__(self, root: str | Path, pack: Path, ds: Any, *, background: bool, progress: bool):
+        self.root, self.pack, self.progress = Path(root), pack, progress
         self.needed = not is_current(pack, ds)
         self.error: BaseException | None = None
         self.thread = None
@@ -79,7 +82,7 @@ class PackJob:
         from netdissect.broden.pack import pack_labels
 
         try:
-            pack_labels(self.root, self.pack, workers=self.workers, progress=False)
+            pack_labels(self.root, self.pack, workers=0, progress=False)
         except BaseException as err:  # re-raised by wait()
             self.error = err
 

@@ -320,9 +320,9 @@ def dissect(
     tables = open_dataset(dataset, images=False, labels=False)
     pack = pack_folder(tables, labels)
     packing = None
-    if pack is not None:
-        spare = spare_cores()
-        packing = PackJob(dataset, pack, tables, background=spare > 0, workers=spare, progress=progress)
+    if pack is not None:  # in the background only where cores are spare and nothing forks meanwhile
+        background = spare_cores() > 0 and workers == 0
+        packing = PackJob(dataset, pack, tables, background=background, progress=progress)
     extract(
         dataset,
         model_spec,

@@ -1,7 +1,8 @@
 """Image strips: for every unit its top-k images, each shown as image × (0.2 + 0.8·mask).
 
-The mask is the unit's activation map upsampled to the IMAGE size (bilinear, half-pixel centres,
-``align_corners=False``) and compared with the unit's threshold (strict ``>``), docs/dissection.md §7.
+The mask is the unit's activation map upsampled to the IMAGE size with the upsampling of the counts
+(bilinear or fieldmap) and compared with the unit's threshold (strict ``>``), docs/dissection.md §7:
+the tally's own mask decision (:mod:`netdissect.masks`, float64), on the image's grid.
 Nothing is done twice: the top rows of all units are chosen first, each needed activation row is read
 once, each needed image is decoded once (and dropped after the last unit that shows it), masks are
 upsampled in batches on the tensor side, and each unit's strip (k tiles side by side) is composed
@@ -95,29 +96,20 @@ def gather_maps(top: np.ndarray, maps_for_rows: MapsForRows, read_bytes: int = _
     return maps
 
 
-def below_float32(thresholds: np.ndarray) -> np.ndarray:
-    """The largest float32 ≤ each threshold: for float32 x, ``x > T`` ⟺ ``x > below_float32(T)``."""
-    t = np.asarray(thresholds, dtype=np.float64)
-    t32 = t.astype(np.float32)
-    return np.where(t32.astype(np.float64) > t, np.nextafter(t32, np.float32(-np.inf)), t32)
-
-
 def tile_masks(
     maps: torch.Tensor | np.ndarray, size: tuple[int, int], thresholds: np.ndarray, upsample=BILINEAR
 ) -> torch.Tensor:
     """Masks of a batch of tiles of one image size: bool (P, h, w).
 
-    ``maps`` (P, H, W) upsampled to ``size`` = (h, w) by ``upsample`` and compared with ``thresholds``
-    (P,): the tally's own decision (:func:`netdissect.masks.mask_runs`, the formula in float64, strict
-    ``>``) on the image grid instead of the segmentation grid, without upsampling whole maps.
-    """
+    ``maps`` (P, H, W) upsampled to ``size`` = (h, w) by ``upsample`` (a mode of :mod:`netdissect.masks`)
+    and compared with ``thresholds`` (P,): exactly the tally's decision, on the image's grid."""
     maps = torch.as_tensor(np.asarray(maps, dtype=np.float32))
     h, w = size
     ys, xs = grid_cells(upsample, maps.shape[1], maps.shape[2], h, w)
-    pixel_map, pixel = masked_pixels(maps, torch.from_numpy(np.asarray(thresholds, dtype=np.float64)), ys, xs)
+    pair, pixel = masked_pixels(maps, torch.from_numpy(np.asarray(thresholds, dtype=np.float64)), ys, xs)
     masks = torch.zeros(maps.shape[0] * h * w, dtype=torch.bool)
-    masks[pixel_map * (h * w) + pixel] = True
-    return masks.reshape(-1, h, w)
+    masks[pair * (h * w) + pixel] = True
+    return masks.view(-1, h, w)
 
 
 def compose_strip(
@@ -181,12 +173,15 @@ def load_images(
         return dict(zip(rows, pool.map(load, rows)))
 
 
-def unit_masks(top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray, sizes: np.ndarray) -> list[list[np.ndarray]]:
+def unit_masks(
+    top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray, sizes: np.ndarray, upsample=BILINEAR
+) -> list[list[np.ndarray]]:
     """Masks of a batch of units: ``result[u][j]`` is bool (h, w) for top image j of unit u.
 
     ``top`` (U', k) rows, ``maps`` (U', k, H, W), ``thresholds`` (U',), ``sizes`` (U', k, 2) the
-    (height, width) of each tile's image. Tiles of one image size are upsampled in one batched call,
-    so mixed image sizes work and the common case is a single call.
+    (height, width) of each tile's image, ``upsample`` the mode of :func:`tile_masks`. Tiles of one
+    image size are upsampled in one batched call, so mixed image sizes work and the common case is a
+    single call.
     """
     units, k = top.shape
     flat_maps = maps.reshape(units * k, *maps.shape[2:])
@@ -195,7 +190,7 @@ def unit_masks(top: np.ndarray, maps: np.ndarray, thresholds: np.ndarray, sizes:
     masks: list[np.ndarray | None] = [None] * (units * k)
     for size in np.unique(sizes, axis=0):
         which = np.flatnonzero((sizes == size).all(axis=1))
-        batch = tile_masks(flat_maps[which], (int(size[0]), int(size[1])), flat_thresholds[which]).numpy()
+        batch = tile_masks(flat_maps[which], (int(size[0]), int(size[1])), flat_thresholds[which], upsample).numpy()
         for p, mask in zip(which, batch):
             masks[p] = mask
     return [masks[u * k : (u + 1) * k] for u in range(units)]
@@ -219,12 +214,14 @@ def render_strips(
     quality: int = JPEG_QUALITY,
     threads: int = REPORT_THREADS,
     units_per_batch: int = _UNITS_PER_BATCH,
+    upsample=BILINEAR,
 ) -> list[str]:
     """Write one JPEG strip per unit into ``folder``; return the file names (unit order, 1-based names).
 
     ``top`` (U, k) rows from :func:`top_rows`, ``maps`` (U, k, H, W) from :func:`gather_maps`,
-    ``thresholds`` (U,), ``load_image(row)`` -> uint8 (3, h, w). Units go in batches; a batch decodes the
-    images no earlier batch needed, and an image is dropped after the last batch that shows it.
+    ``thresholds`` (U,), ``load_image(row)`` -> uint8 (3, h, w), ``upsample`` the mode of the masks
+    (:func:`tile_masks`). Units go in batches; a batch decodes the images no earlier batch needed, and
+    an image is dropped after the last batch that shows it.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -244,7 +241,7 @@ def render_strips(
             stop = min(start + units_per_batch, units)
             images.update(load_images(rows[first == batch], load_image, threads))
             sizes = np.array([[images[int(r)][0].shape[1:] for r in unit] for unit in top[start:stop]])
-            masks = unit_masks(top[start:stop], maps[start:stop], thresholds[start:stop], sizes)
+            masks = unit_masks(top[start:stop], maps[start:stop], thresholds[start:stop], sizes, upsample)
             for job in in_flight:  # the previous batch is written: drop its last images
                 job.result()
             for row in rows[last == batch - 1]:
