@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, MEMORY_FORMAT, MEMORY_FORMATS, QUANTILE, UNION, UNIONS
+from netdissect.defaults import (
+    ACTIVATIONS,
+    DTYPE,
+    DTYPES,
+    IOU_THRESHOLD,
+    MEMORY_FORMAT,
+    MEMORY_FORMATS,
+    QUANTILE,
+    UNION,
+    UNIONS,
+)
 from netdissect.options import (
     batch_option,
     device_options,
@@ -46,7 +56,7 @@ def _forward_options(p: argparse.ArgumentParser) -> None:
         dest="activations",
         action="store_const",
         const="recompute",
-        default="store",
+        default=ACTIVATIONS,
         help="store no activations: the tally and the report rerun the forward pass (same numbers; disk holds "
         "only candidates, maxima and counts)",
     )

@@ -96,6 +96,15 @@ def weights_input(wildcards):
     return [path] if path else []
 
 
+def recompute_weights(wildcards):
+    """The weights a job that reruns the forward pass reads (dissect.activations: recompute)."""
+    return weights_input(wildcards) if DISSECT["activations"] == "recompute" else []
+
+
+def activations_option():
+    return "--recompute" if DISSECT["activations"] == "recompute" else ""
+
+
 def weights_option(wildcards):
     path = weights_file(wildcards.model)
     return f"--weights {path}" if path else ""

@@ -31,11 +31,13 @@ rule extract:
         device=DISSECT["device"],
         dtype=DISSECT["dtype"],
         quantile=DISSECT["quantile"],
+        activations=activations_option(),
     shell:
         "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
         " --layers {params.layers} --shard {wildcards.k} --shards {params.shards} --out {output}"
         " --batch-size {params.batch_size} --workers {params.workers} --device {params.device}"
-        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} --no-progress > {log} 2>&1"
+        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} {params.activations}"
+        " --no-progress > {log} 2>&1"
 
 
 rule quantile:
@@ -70,6 +72,7 @@ rule tally:
         thresholds="results/layers/{dataset}/{model}/{layer}/thresholds.npy",
         source="results/layers/{dataset}/{model}/{layer}/thresholds.json",
         labels=labels_dir,
+        weights=recompute_weights,
     output:
         "results/layers/{dataset}/{model}/{layer}/tally/{k}.npz",
     log:

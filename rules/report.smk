@@ -9,6 +9,7 @@ rule report_layer:
         summary="results/layers/{dataset}/{model}/{layer}/summary.json",
         thresholds="results/layers/{dataset}/{model}/{layer}/thresholds.npy",
         shards=all_shard_dirs,
+        weights=recompute_weights,
     output:
         "results/layers/{dataset}/{model}/{layer}/report/index.html",
     log:

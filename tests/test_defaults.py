@@ -33,7 +33,7 @@ def test_shipped_config_equals_the_schema_defaults():
 def test_workflow_and_package_defaults_agree():
     schema = _schema_defaults("dissect")
     same = {"quantile": "QUANTILE", "iou_threshold": "IOU_THRESHOLD", "union": "UNION", "batch_size": "BATCH_SIZE"}
-    same |= {"topk": "TOPK", "device": "DEVICE"}
+    same |= {"topk": "TOPK", "device": "DEVICE", "activations": "ACTIVATIONS"}
     for key, name in same.items():
         assert schema[key] == getattr(defaults, name), key
     # the one documented difference: a workflow keeps every shard on disk, so it stores float16
@@ -51,6 +51,7 @@ def test_command_defaults_come_from_defaults_py():
         defaults.DTYPE,
         defaults.DEVICE,
     )
+    assert (args.activations, args.memory_format) == (defaults.ACTIVATIONS, defaults.MEMORY_FORMAT)
     args = parser.parse_args(
         ["tally", "--dataset", "D", "--shard", "S", "--layer", "a", "--thresholds", "T"] + ["--out", "O"]
     )
