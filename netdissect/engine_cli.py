@@ -145,7 +145,7 @@ def register(sub, *groups) -> None:
     )
     batch_option(p)
     workers_option(p)
-    threads_option(p, COUNT_THREADS)
+    p.add_argument("--threads", type=int, help=f"{COUNT_THREADS} (default: every core this process may use)")
     device_options(p)
     p.set_defaults(func=_dissect)
 

@@ -285,7 +285,7 @@ def dissect(
     iou_threshold: float = IOU_THRESHOLD,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
-    threads: int = 1,
+    threads: int | None = None,
     device: str = DEVICE,
     categories: Sequence[str] | None = None,
     dtype: str = DTYPE,
@@ -300,7 +300,8 @@ def dissect(
     The labels are read from packed labels (:mod:`netdissect.labelcache`): ``labels`` names the pack
     folder (None: the cache's pack of the dataset, written first if missing; ``"none"``: decode the PNGs).
     ``activations`` ``store`` keeps them in OUT/shards/0; ``recompute`` keeps none and counts every
-    layer in one rerun of the forward pass (same numbers, :mod:`netdissect.recompute`)."""
+    layer in one rerun of the forward pass (same numbers, :mod:`netdissect.recompute`). ``threads``
+    counting threads (None: every core this process may use)."""
     if activations not in ACTIVATION_CHOICES:
         raise NetDissectError(f"activations {activations!r}: expected one of {', '.join(ACTIVATION_CHOICES)}")
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
@@ -313,7 +314,11 @@ def dissect(
             "--layers: a layer named 'shards' would share OUT/shards with the activations; "
             "dissect it with the stage commands (docs/interfaces.md)"
         )
+    import os
+
     from netdissect.labelcache import PackJob, pack_folder, spare_cores
+
+    threads = threads or len(os.sched_getaffinity(0))
 
     out = Path(out)
     shard_dir = out / "shards" / "0"
