@@ -153,11 +153,11 @@ def extract_shard(
             ):
                 forward_s += seconds
                 for layer in layers:
-                    stored = stored_maps(outputs[layer], layer, dtype, rows, ds)
+                    stored, maxima = stored_maps(outputs[layer], layer, dtype, rows, ds)
                     if store_activations:
                         writers[layer].write(np.ascontiguousarray(stored.cpu().numpy(), dtype=np_dtype))
                     lo = int(rows[0]) - start
-                    imgmax[layer][lo : lo + len(rows)] = stored.amax(dim=(2, 3)).cpu().numpy()
+                    imgmax[layer][lo : lo + len(rows)] = maxima.cpu().numpy()
                     topks[layer].add(stored.permute(1, 0, 2, 3).reshape(stored.shape[1], -1))
                 bar.update(len(rows))
             bar.close()
@@ -292,22 +292,23 @@ def forward_batches(
         yield batch["i"], outputs, time.perf_counter() - tic
 
 
-def stored_maps(output: torch.Tensor, layer: str, dtype: str, rows: torch.Tensor, ds: Any) -> torch.Tensor:
-    """A layer's output for a batch as the shards store it, as float32 (B, U, H, W): rounded to float16
-    first when ``dtype`` is float16, so that every stage sees the same numbers. Non-finite values are
-    refused, naming the image."""
+def stored_maps(
+    output: torch.Tensor, layer: str, dtype: str, rows: torch.Tensor, ds: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's output for a batch as the shards store it, as float32 (B, U, H, W) (rounded to float16
+    first when ``dtype`` is float16, so that every stage sees the same numbers), and its per-image
+    maxima (B, U). A non-finite stored value is refused, naming the image."""
     maps = as_maps(output, layer).to(torch.float32)
-    _check_finite(maps, layer, rows, ds)
-    return maps.to(torch.float16).to(torch.float32) if dtype == "float16" else maps
-
-
-def _check_finite(maps: torch.Tensor, layer: str, rows: torch.Tensor, ds: Any) -> None:
-    finite = torch.isfinite(maps).flatten(1).all(dim=1)
+    if dtype == "float16":
+        maps = maps.to(torch.float16).to(torch.float32)
+    maxima = maps.amax(dim=(2, 3))  # NaN and +inf reach the maxima, -inf the minima
+    finite = torch.isfinite(maxima).all(dim=1) & torch.isfinite(maps.amin(dim=(2, 3))).all(dim=1)
     if not bool(finite.all()):
-        b = int(torch.nonzero(~finite)[0, 0])
-        row = int(rows[b])
+        row = int(rows[int(torch.nonzero(~finite)[0, 0])])
+        overflow = " (float16 holds up to 65504: use --dtype float32)" if dtype == "float16" else ""
         raise NetDissectError(
-            f"layer {layer}: NaN or infinite activation for image {ds.image_path(row)} "
+            f"layer {layer}: NaN or infinite activation{overflow} for image {ds.image_path(row)} "
             f"(index.csv row {row + 2}, image index {row}); check the model's weights and "
             f"--mean/--std"
         )
+    return maps, maxima

@@ -84,9 +84,10 @@ def recomputed(
             ):
                 maps = {}
                 for layer in layers:
-                    maps[layer] = stored_maps(outputs[layer], layer, meta["dtype"], batch_rows, ds).cpu()
+                    stored, maxima = stored_maps(outputs[layer], layer, meta["dtype"], batch_rows, ds)
+                    maps[layer] = stored.cpu()
                     local = batch_rows.numpy() - start
-                    if not np.array_equal(maps[layer].amax(dim=(2, 3)).numpy(), imgmax[layer][local]):
+                    if not np.array_equal(maxima.cpu().numpy(), imgmax[layer][local]):
                         raise NetDissectError(
                             f"{shard_dir}: the recomputed activations of layer {layer} (rows {int(batch_rows[0])}.."
                             f"{int(batch_rows[-1])}) differ from those seen at extraction (another device, "

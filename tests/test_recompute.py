@@ -190,3 +190,23 @@ def test_batch_too_big_for_the_gpu_names_the_option(tiny, tmp_path, capsys):
     assert "--batch-size 4: a batch of 4 images does not fit in the memory of cpu" in err
     assert "lower --batch-size (e.g. 2)" in err
     assert not (tmp_path / "s" / "meta.json").exists()
+
+
+class Huge(nn.Module):
+    """Activations of 1e5: finite in float32, infinite in float16."""
+
+    def forward(self, x):
+        return torch.full_like(x[:, :2], 1e5)
+
+
+def huge_model() -> nn.Module:
+    return nn.Sequential(Huge())
+
+
+def test_float16_overflow_is_refused(tiny, tmp_path):
+    spec = "tests.test_recompute:huge_model"
+    with pytest.raises(NetDissectError, match=r"float16 holds up to 65504: use --dtype float32\) for image .*img000"):
+        pipeline.extract(tiny.root, spec, ["0"], 0, 1, tmp_path / "s", dtype="float16", progress=False)
+    assert not (tmp_path / "s" / "meta.json").exists()
+    meta = pipeline.extract(tiny.root, spec, ["0"], 0, 1, tmp_path / "t", quantile=0.5, progress=False)
+    assert meta["dtype"] == "float32" and np.load(tmp_path / "t" / "0.imgmax.npy").max() == 1e5

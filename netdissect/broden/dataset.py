@@ -166,8 +166,9 @@ class BrodenDataset(torch.utils.data.Dataset):
         if batch and "image" in batch[0]:
             images = [item["image"] for item in batch]
             same = all(img.shape == images[0].shape for img in images)
-            if same and channels_last:
-                out["image"] = torch.stack([img.permute(1, 2, 0) for img in images]).permute(0, 3, 1, 2)
+            if same and channels_last:  # numpy's copy: one thread, no waiting on torch's thread pool
+                hwc = np.stack([img.permute(1, 2, 0).numpy() for img in images])
+                out["image"] = torch.from_numpy(hwc).permute(0, 3, 1, 2)
             else:
                 out["image"] = torch.stack(images) if same else images
         for key in ("pixel_labels", "image_labels"):
