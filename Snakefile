@@ -18,6 +18,10 @@ configfile: Path(workflow.basedir, "config", "config.yaml")
 validate(config, "config/schema.yaml")
 
 
+# Snakemake's own report (`snakemake --report report.zip`): this text, then the outputs marked report().
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/broden.smk"
 include: "rules/models.smk"

@@ -16,7 +16,7 @@ checks a GPU: activations on cuda vs cpu, and counts of one shard tallied on bot
 
     python benchmarks/bench_engine.py --dataset DIR --tally-only --shard SHARD_DIR --thresholds FILE.npy
                                       [--repeat 3] [--tally-batch-size 32] [--tally-threads 2] [--labels PACK]
-                                      [--torch-threads 1]
+                                      [--torch-threads 1] [--upsample bilinear|fieldmap]
 
 times the tally alone on an extracted shard, in fresh child processes: wall images/s and CPU time
 per image (user + system, from ``getrusage``), which a machine shared with other jobs does not
@@ -187,6 +187,7 @@ def tally_child(args: argparse.Namespace) -> None:
         args.thresholds,
         out,
         union=args.union,
+        upsample=args.upsample,
         device=args.device,
         batch_size=args.tally_batch_size,
         threads=args.tally_threads,
@@ -201,8 +202,9 @@ def tally_child(args: argparse.Namespace) -> None:
                 "images": images,
                 "layer": args.layer,
                 "union": args.union,
+                "upsample": args.upsample,
                 "labels": args.labels,
-                "tally_workers": args.tally_workers,
+                "tally_threads": args.tally_threads,
                 "threads": args.torch_threads,
                 "batch_size": args.tally_batch_size,
                 "wall_s": round(wall, 2),
@@ -291,6 +293,7 @@ def main() -> None:
     parser.add_argument("--thresholds", type=Path, help="with --tally-only: the layer's thresholds.npy")
     parser.add_argument("--union", default="paper", choices=["paper", "lite"])
     parser.add_argument("--labels", help="packed labels for the tally (netdissect broden pack-labels)")
+    parser.add_argument("--upsample", default="bilinear", choices=["bilinear", "fieldmap"], help="with --tally-only")
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -327,6 +330,8 @@ def main() -> None:
                         args.layer,
                         "--union",
                         args.union,
+                        "--upsample",
+                        args.upsample,
                         "--tally-batch-size",
                         str(args.tally_batch_size),
                         "--workers",

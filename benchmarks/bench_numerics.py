@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from netdissect.names import layer_file_name
+
 
 def result(path: Path) -> list[dict]:
     with open(path, newline="") as f:
@@ -43,17 +45,18 @@ def main() -> None:
         for fmt in ("channels_last", "contiguous"):
             out = Path(tmp) / fmt
             cmd = [sys.executable, "-m", "netdissect", "dissect", "--dataset", str(args.dataset), "--model", args.model]
-            cmd += ["--layers", args.layers, "--out", str(out), "--memory-format", fmt, "--no-progress"]
+            cmd += ["--layers", args.layers, "--out", str(out), "--memory-format", fmt, "--no-progress", "--no-report"]
             cmd += ["--labels", "none"] + (["--weights", args.weights] if args.weights else [])
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             runs[fmt] = out
         for layer in layers:
-            a, b = (np.load(runs[f] / "shards" / "0" / f"{layer}.act.npy", mmap_mode="r") for f in runs)
+            name = layer_file_name(layer)  # the layer's file and folder name (a / becomes %2F)
+            a, b = (np.load(runs[f] / "shards" / "0" / f"{name}.act.npy", mmap_mode="r") for f in runs)
             diff = max(float(np.abs(a[i : i + 256] - b[i : i + 256]).max()) for i in range(0, len(a), 256))
             scale = max(float(np.abs(a[i : i + 256]).max()) for i in range(0, len(a), 256))
-            ta, tb = (np.load(runs[f] / layer / "thresholds.npy") for f in runs)
-            ra, rb = (result(runs[f] / layer / "result.csv") for f in runs)
-            sa, sb = (json.loads((runs[f] / layer / "summary.json").read_text()) for f in runs)
+            ta, tb = (np.load(runs[f] / name / "thresholds.npy") for f in runs)
+            ra, rb = (result(runs[f] / name / "result.csv") for f in runs)
+            sa, sb = (json.loads((runs[f] / name / "summary.json").read_text()) for f in runs)
             labels = [
                 int(x["unit"]) for x, y in zip(ra, rb) if (x["label"], x["category"]) != (y["label"], y["category"])
             ]

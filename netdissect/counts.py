@@ -19,7 +19,8 @@ without pickles::
     num_images      int64 ()          images counted (stop - start)
     settings        str () JSON       {"layer", "quantile", "thresholds_file", "union", "upsample",
                                        "categories": [...], "model", "weights", "weights_sha256", "mean",
-                                       "std", "dtype", "dataset", "dataset_fingerprint", "dataset_images": N}
+                                       "std", "divisor", "bgr", "mean_precision", "mean_file", "dtype", "dataset",
+                                       "dataset_fingerprint", "dataset_images": N}
 
 (Version 1 also held the per-image maxima, which live in the shards: ``{layer}.imgmax.npy``.)
 """

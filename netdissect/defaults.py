@@ -13,6 +13,9 @@ IOU_THRESHOLD = 0.04  # a unit is a detector when its score >= this
 UNION = "paper"  # the category-restricted activation rule (docs/dissection.md §4)
 UNIONS = ("paper", "lite")
 UPSAMPLE = "bilinear"  # how maps are upsampled to the segmentation grid (docs/dissection.md §3)
+UPSAMPLES = ("bilinear", "fieldmap")
+PRESET = None  # a named preset sets every convention of one system at once (netdissect/presets.py)
+PRESETS = ("original", "lite")
 
 # Running the stages
 BATCH_SIZE = 32  # images per batch: forward pass, tally, report
@@ -27,12 +30,23 @@ ACTIVATION_CHOICES = ("store", "recompute")
 # Models (docs/dissection.md §1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RANDOM_INIT_SEED = 0  # seed of the random initialisation of torchvision and factory models
+DIVISOR = 255.0  # pixel values are divided by this before the mean is subtracted ([0, 1] inputs)
+MEAN_PRECISIONS = ("float32", "float64")  # the arithmetic the mean is subtracted in (then float32)
+# Caffe models (docs/caffe-models.md §3): B, G, R pixel values 0–255 minus this mean, the original
+# system's value for every network; std 1
+CAFFE_MEAN = (109.5388, 118.6897, 124.6901)
+CAFFE_STD = (1.0, 1.0, 1.0)
+RANDOM_INIT_SEED = 0  # seed of the random initialisation of torchvision, timm and factory models
+TOKEN_MODES = ("spatial", "cls")  # --tokens: a token layer's patch grid (default) or its class token
 
 # Reports (docs/dissection.md §7)
 TOPK = 10  # top images shown per unit
 JPEG_QUALITY = 85  # of the image strips
 REPORT_THREADS = 2  # threads decoding and encoding images
+
+# Comparing two result files (`netdissect compare`)
+COMPARE_TOLERANCE = 1e-6  # IoUs closer than this agree (the systems' text formats differ in the last digits)
+COMPARE_LIMIT = 20  # differing units listed
 
 # The demo network
 DEMO_EPOCHS = 6

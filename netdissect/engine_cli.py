@@ -14,7 +14,9 @@ from netdissect.defaults import (
     IOU_THRESHOLD,
     MEMORY_FORMAT,
     MEMORY_FORMATS,
+    PRESETS,
     QUANTILE,
+    TOPK,
     UNION,
     UNIONS,
 )
@@ -24,8 +26,11 @@ from netdissect.options import (
     labels_option,
     model_options,
     names,
+    preset_option,
     setup,
     threads_option,
+    tokens_option,
+    upsample_option,
     workers_option,
 )
 
@@ -34,12 +39,16 @@ GPU_WORKERS = "DataLoader worker processes reading batches when counting on a GP
 
 
 def _quantile_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quantile", type=float, default=QUANTILE, help=f"top fraction q (default {QUANTILE})")
+    p.add_argument("--quantile", type=float, help=f"top fraction q (default {QUANTILE}, or the preset's)")
+
+
+def _union_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--union", choices=UNIONS, help=f"category rule of the counts (default {UNION}, or the preset's)")
 
 
 def _scoring_options(p: argparse.ArgumentParser, union: bool = True) -> None:
     if union:
-        p.add_argument("--union", default=UNION, choices=UNIONS, help=f"category rule of the counts (default {UNION})")
+        _union_option(p)
         p.add_argument("--categories", type=names, help="comma-separated subset of categories (default: all)")
     p.add_argument(
         "--iou-threshold", type=float, default=IOU_THRESHOLD, help=f"detector threshold (default {IOU_THRESHOLD})"
@@ -77,6 +86,8 @@ def register(sub, *groups) -> None:
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--out", required=True, metavar="SHARD_DIR")
+    tokens_option(p)
+    preset_option(p)
     _dtype_option(p)
     _forward_options(p)
     _quantile_option(p)
@@ -105,7 +116,14 @@ def register(sub, *groups) -> None:
         help="per-unit thresholds; FILE.json beside it (written by `netdissect quantile`) says where they came from",
     )
     p.add_argument("--out", required=True, metavar="TALLY.npz")
-    p.add_argument("--union", default=UNION, choices=UNIONS, help=f"category rule of the counts (default {UNION})")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="set the union rule and upsampling of one system (original or lite; default: the preset the "
+        "shard was extracted with); --union and --upsample override it",
+    )
+    _union_option(p)
+    upsample_option(p)
     p.add_argument("--categories", type=names, help="comma-separated subset of categories (default: all)")
     labels_option(p)
     batch_option(p)
@@ -123,6 +141,13 @@ def register(sub, *groups) -> None:
     p.add_argument("--counts", required=True, metavar="COUNTS.npz")
     p.add_argument("--dataset", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="LAYER_DIR")
+    p.add_argument(
+        "--shards",
+        nargs="+",
+        default=[],
+        metavar="SHARD_DIR",
+        help="the layer's shard folders, recorded in summary.json so that `netdissect report LAYER_DIR` finds them",
+    )
     _scoring_options(p, union=False)
     p.set_defaults(func=_score)
 
@@ -131,8 +156,11 @@ def register(sub, *groups) -> None:
     model_options(p)
     p.add_argument("--layers", required=True, type=names, help="comma-separated layer names")
     p.add_argument("--out", required=True, metavar="DIR")
+    tokens_option(p)
     _quantile_option(p)
     p.add_argument("--thresholds", metavar="FILE", help="thresholds .npy; with several layers use {layer} in it")
+    preset_option(p)
+    upsample_option(p)
     _scoring_options(p)
     _dtype_option(p)
     _forward_options(p)
@@ -145,8 +173,19 @@ def register(sub, *groups) -> None:
     )
     batch_option(p)
     workers_option(p)
-    p.add_argument("--threads", type=int, help=f"{COUNT_THREADS} (default: every core this process may use)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help=f"{COUNT_THREADS} and encoding the report's images (default: every core this process may use)",
+    )
     device_options(p)
+    p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not write the HTML report of each layer (OUT/<layer>/report/index.html)",
+    )
+    p.add_argument("--topk", type=int, default=TOPK, help=f"images shown per unit in the report (default {TOPK})")
     p.set_defaults(func=_dissect)
 
 
@@ -164,6 +203,7 @@ def _extract(args: argparse.Namespace) -> int:
         weights=args.weights,
         mean=args.mean,
         std=args.std,
+        mean_file=args.mean_file,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -171,7 +211,9 @@ def _extract(args: argparse.Namespace) -> int:
         quantile=args.quantile,
         memory_format=args.memory_format,
         store_activations=args.activations == "store",
+        tokens=args.tokens,
         progress=args.progress,
+        preset=args.preset,
     )
     return 0
 
@@ -195,6 +237,8 @@ def _tally(args: argparse.Namespace) -> int:
         args.thresholds,
         args.out,
         union=args.union,
+        upsample=args.upsample,
+        preset=args.preset,
         categories=args.categories,
         device=args.device,
         batch_size=args.batch_size,
@@ -225,7 +269,8 @@ def _score(args: argparse.Namespace) -> int:
     from netdissect import pipeline
 
     setup(args)
-    _print_summary(pipeline.score(args.counts, args.dataset, args.out, iou_threshold=args.iou_threshold))
+    info = pipeline.score(args.counts, args.dataset, args.out, iou_threshold=args.iou_threshold, shards=args.shards)
+    _print_summary(info)
     return 0
 
 
@@ -241,9 +286,12 @@ def _dissect(args: argparse.Namespace) -> int:
         weights=args.weights,
         mean=args.mean,
         std=args.std,
+        mean_file=args.mean_file,
         q=args.quantile,
         thresholds_file=args.thresholds,
         union=args.union,
+        upsample=args.upsample,
+        preset=args.preset,
         iou_threshold=args.iou_threshold,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -251,11 +299,16 @@ def _dissect(args: argparse.Namespace) -> int:
         device=args.device,
         categories=args.categories,
         dtype=args.dtype,
+        tokens=args.tokens,
         progress=args.progress,
         labels=args.labels,
         memory_format=args.memory_format,
         activations=args.activations,
+        report=args.report,
+        topk=args.topk,
     )
     for layer, info in summaries.items():
         _print_summary(info, f"{layer}: ")
+        if "report" in info:
+            print(f"{layer}: report {info['report']}")
     return 0

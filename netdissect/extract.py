@@ -24,6 +24,9 @@ from netdissect.defaults import BATCH_SIZE, DTYPE, MEMORY_FORMAT, MEMORY_FORMATS
 from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.io import atomic_path, save_json, save_npy
 from netdissect.models import LoadedModel, capture
+from netdissect.models.fieldmaps import field_map_json, trace_field_maps
+from netdissect.models.layers import require_weights
+from netdissect.models.readout import Readout, output_shape, plan_readout, read_maps, token_layout
 from netdissect.quantile import TopK, candidate_count
 from netdissect.shards import NUMPY_DTYPES, SHARD_FORMAT, SHARD_VERSION, NpyRowWriter, shard_file, shard_range
 
@@ -45,23 +48,6 @@ def image_size(ds: Any) -> tuple[int, int]:
     return int(sizes[0, 0]), int(sizes[0, 1])
 
 
-def as_maps(output: torch.Tensor, layer: str) -> torch.Tensor:
-    """A layer's output as (B, U, H, W): N×U outputs become 1×1 maps; other ranks are an error."""
-    if not isinstance(output, torch.Tensor):
-        raise NetDissectError(
-            f"layer {layer}: output is a {type(output).__name__}, expected a tensor; choose a "
-            f"layer whose module returns one tensor"
-        )
-    if output.dim() == 2:
-        return output[:, :, None, None]
-    if output.dim() != 4:
-        raise NetDissectError(
-            f"layer {layer}: output has shape {tuple(output.shape)}, expected (batch, units, "
-            f"height, width) or (batch, units); choose a convolutional or linear layer"
-        )
-    return output
-
-
 def extract_shard(
     ds: Any,
     model: LoadedModel,
@@ -77,17 +63,24 @@ def extract_shard(
     quantile: float = QUANTILE,
     memory_format: str = MEMORY_FORMAT,
     store_activations: bool = True,
+    tokens: str | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    preset: str | None = None,
+    copy_all: bool = False,
 ) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
 
     ``store_activations`` False (``--recompute``) writes no ``{layer}.act.npy``: the later stages rerun
-    the forward pass (:mod:`netdissect.recompute`), with the batches, device and memory format that
-    meta.json records, so they see the same numbers.
+    the forward pass (:mod:`netdissect.recompute`), with the batches, device, memory format and readouts
+    that meta.json records, so they see the same numbers.
 
+    Each layer's output is read as unit maps the way :func:`netdissect.models.readout.plan_readout`
+    decides on a probe image (``tokens``: ``--tokens spatial|cls`` for token layers); meta.json records it.
     ``timings``, when given, receives ``forward_s`` (seconds inside the model) and ``loop_s`` (the
-    whole batch loop: decoding, forward, writing, candidates).
+    whole batch loop: decoding, forward, writing, candidates). ``preset`` is only recorded (the model's
+    input convention and ``quantile`` already follow it); ``copy_all`` copies every captured output
+    (:func:`netdissect.models.capture`, to measure the cost).
     """
     import time
 
@@ -104,18 +97,34 @@ def extract_shard(
     ih, iw = image_size(ds)
     start, stop = shard_range(num_images, shard, shards)
     np_dtype = NUMPY_DTYPES[dtype]
+    require_weights(model)
     model.module.to(device)
     if device.startswith("cuda"):
         # full float32 convolutions and matmuls (PyTorch lets cuDNN use TF32 by default, ~1e-3 relative)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
-    with capture(model, layers) as run:
+    if model.fixed_batch is not None and batch_size != model.fixed_batch:
+        log.warning(
+            "model %s takes batches of %d only: --batch-size %d ignored", model.spec, model.fixed_batch, batch_size
+        )
+        batch_size = model.fixed_batch
+    try:
+        fields = trace_field_maps(model, layers, (ih, iw))
+    except Exception as err:  # only --upsample fieldmap needs them: record why, extract anyway
+        log.warning(
+            "field maps of %s could not be traced (%s); --upsample fieldmap will refuse its layers", model.spec, err
+        )
+        fields = {layer: f"tracing the model's operations failed: {err}" for layer in layers}
+    with capture(model, layers, copy_all) as run:
         probe, memory_format = probe_forward(run, model, (ih, iw), device, memory_format)
+        layout = token_layout(model.module)
+        readouts: dict[str, Readout] = {}
         shapes = {}
         for layer in layers:
-            maps = as_maps(probe[layer], layer)
-            if probe[layer].dim() == 2:
+            readouts[layer] = plan_readout(output_shape(probe[layer], layer), layer, (ih, iw), layout, tokens)
+            maps = read_maps(probe[layer], readouts[layer], layer)
+            if readouts[layer].kind == "flat":
                 log.warning(
                     "layer %s outputs (batch, %d) with no spatial dimensions: each unit is treated as a 1x1 map",
                     layer,
@@ -129,9 +138,11 @@ def extract_shard(
                 "units": units,
                 "height": height,
                 "width": width,
-                "flat": probe[layer].dim() == 2,
+                "flat": readouts[layer].kind == "flat",
+                "readout": readouts[layer].to_json(),
                 "num_values": values,
                 "candidates": min(candidate_count(values, quantile), (stop - start) * height * width),
+                **field_map_json(fields[layer]),
             }
         if store_activations:
             check_disk(out_dir, {layer: (stop - start) * u * h * w for layer, (u, h, w) in shapes.items()}, dtype)
@@ -153,7 +164,7 @@ def extract_shard(
             ):
                 forward_s += seconds
                 for layer in layers:
-                    stored, maxima = stored_maps(outputs[layer], layer, dtype, rows, ds)
+                    stored, maxima = stored_maps(outputs[layer], readouts[layer], layer, dtype, rows, ds)
                     if store_activations:
                         writers[layer].write(np.ascontiguousarray(stored.cpu().numpy(), dtype=np_dtype))
                     lo = int(rows[0]) - start
@@ -185,10 +196,11 @@ def extract_shard(
         "model": model.spec,
         "weights": model.weights,
         "weights_sha256": model.weights_sha256,
-        "mean": list(model.mean),
-        "std": list(model.std),
+        "preset": preset,
+        **model.input_settings(),
         "quantile": quantile,
         "dtype": dtype,
+        "tokens": tokens,
         "batch_size": batch_size,
         "memory_format": memory_format,
         "device": device,
@@ -231,13 +243,30 @@ def probe_forward(
     if memory_format == "channels_last":
         try:
             return run(x.contiguous(memory_format=torch.channels_last)), memory_format
-        except RuntimeError as err:
+        except (RuntimeError, AssertionError, ValueError) as err:
+            probe = _probe(run, model, x, size)  # a model that fails on contiguous input too: its message
             log.warning(
                 "model %s fails on channels-last input (%s); using contiguous input (--memory-format contiguous)",
                 model.spec,
-                str(err).splitlines()[0],
+                _reason(err),
             )
-    return run(x), "contiguous"
+            return probe, "contiguous"
+    return _probe(run, model, x.contiguous(), size), "contiguous"
+
+
+def _reason(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _probe(run: Any, model: LoadedModel, x: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The requested layers' outputs for the probe input ``x``: the model must run at the dataset's size."""
+    try:
+        return run(x)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise NetDissectError(
+            f"--model {model.spec}: cannot run on the dataset's {size[0]}x{size[1]} images ({_reason(err)}); use "
+            f"a dataset of the size the model takes (docs/models.md)"
+        ) from None
 
 
 def forward_batches(
@@ -293,12 +322,17 @@ def forward_batches(
 
 
 def stored_maps(
-    output: torch.Tensor, layer: str, dtype: str, rows: torch.Tensor, ds: Any
+    output: torch.Tensor, readout: Readout, layer: str, dtype: str, rows: torch.Tensor, ds: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A layer's output for a batch as the shards store it, as float32 (B, U, H, W) (rounded to float16
-    first when ``dtype`` is float16, so that every stage sees the same numbers), and its per-image
-    maxima (B, U). A non-finite stored value is refused, naming the image."""
-    maps = as_maps(output, layer).to(torch.float32)
+    """A layer's output for a batch, read as ``readout`` says, as the shards store it: float32
+    (B, U, H, W) (rounded to float16 first when ``dtype`` is float16, so that every stage sees the same
+    numbers), and its per-image maxima (B, U). A non-finite stored value is refused, naming the image."""
+    maps = read_maps(output, readout, layer).to(torch.float32)
+    if maps.shape[0] != len(rows):
+        raise NetDissectError(
+            f"layer {layer}: output has batch size {maps.shape[0]} for {len(rows)} images; the "
+            f"model mixes the images of a batch (a fixed batch size?): run with --batch-size 1"
+        )
     if dtype == "float16":
         maps = maps.to(torch.float16).to(torch.float32)
     maxima = maps.amax(dim=(2, 3))  # NaN and +inf reach the maxima, -inf the minima

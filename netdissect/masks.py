@@ -12,19 +12,22 @@ builds those per-axis tables; everything else is shared:
   float64) only for pixels within a margin of the threshold;
 - :func:`masked_pixels` lists the pixels of those runs.
 
-Modes (:data:`UPSAMPLINGS`): ``bilinear``, the interpolation of
-``F.interpolate(mode="bilinear", align_corners=False)`` (half-pixel centres, clamped edges).
+Modes: :data:`BILINEAR`, the interpolation of ``F.interpolate(mode="bilinear", align_corners=False)``
+(half-pixel centres, clamped edges), and :class:`FieldMapUpsampling`, the original system's: linear
+between knots at the centres of the units' receptive fields, constant outside them.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from netdissect.defaults import UPSAMPLES
 from netdissect.errors import NetDissectError
+from netdissect.models.fieldmap import FieldMap
 from netdissect.ops import expand_runs, nonzero, pick, select_rows
 
 
@@ -62,14 +65,86 @@ class Bilinear:
 
 
 BILINEAR = Bilinear()
-UPSAMPLINGS = {"bilinear": BILINEAR}
 
 
-def upsampling(name: str):
-    """The upsampling mode called ``name`` (``--upsample``)."""
-    if name not in UPSAMPLINGS:
-        raise NetDissectError(f"--upsample {name}: expected one of {', '.join(UPSAMPLINGS)}")
-    return UPSAMPLINGS[name]
+def fieldmap_knots(offset: int, size: int, step: int, n: int, reduction: int) -> np.ndarray:
+    """Segmentation pixels of the n knots of one axis: ``c_k = (size // 2 + offset) // r + k·(step // r)``
+    (floor division; the centre of unit k's receptive field, in pixels of a grid ``r`` times coarser than
+    the input)."""
+    return (size // 2 + offset) // reduction + np.arange(n, dtype=np.int64) * (step // reduction)
+
+
+def knot_table(knots: np.ndarray, n_out: int) -> AxisTable:
+    """Linear interpolation between increasing integer ``knots`` at output pixels 0..n_out−1, constant
+    (the edge knot's value) outside them.
+
+    Pixel y in (c_{k−1}, c_k] reads knots k−1 and k with weight ``w = (y − c_{k−1}) / (c_k − c_{k−1})``,
+    so a cell ends at its knot with w = 1 (the knot's own value, exactly) and w is affine within it;
+    pixels y ≤ c_0 read knot 0 alone and pixels y > c_{n−1} the last knot alone (w = 0)."""
+    y = np.arange(n_out, dtype=np.int64)
+    last = len(knots) - 1
+    inside = (y > knots[0]) & (y <= knots[-1])
+    k = np.clip(np.searchsorted(knots, y, side="left"), 1, max(last, 1))  # first knot >= y
+    i1 = np.where(inside, k, np.where(y <= knots[0], 0, last))
+    i0 = np.where(inside, k - 1, i1)
+    gap = np.where(inside, knots[i1] - knots[i0], 1)
+    w = np.where(inside, (y - knots[i0]) / gap, 0.0)
+    return AxisTable(i0.astype(np.int64), i1.astype(np.int64), w.astype(np.float64))
+
+
+@dataclass(frozen=True)
+class FieldMapUpsampling:
+    """The original system's upsampling (docs/dissection.md §3): unit k of the map is a knot at the
+    centre of its receptive field (``field_map``, in input pixels), values are linear between knots and
+    constant outside them. On a grid of width sw the reduction is ``r = round(image_width / sw)``
+    (2 for Broden's segmentations, 1 at the image's own size). ``layer`` only names it in messages."""
+
+    field_map: FieldMap
+    image_width: int
+    layer: str = field(default="", compare=False)
+    name: str = "fieldmap"
+
+    def reduction(self, sw: int) -> int:
+        r = round(self.image_width / sw)
+        if r < 1:
+            raise NetDissectError(
+                f"layer {self.layer}: a {sw}-pixel grid is more than twice as wide as the "
+                f"{self.image_width}-pixel images; the fieldmap upsampling needs r = round(iw / sw) >= 1"
+            )
+        return r
+
+    def tables(self, h: int, w: int, sh: int, sw: int) -> tuple[AxisTable, AxisTable]:
+        """The (y, x) axis tables of an h×w map on an sh×sw grid."""
+        r = self.reduction(sw)
+        tables = []
+        for axis, n, n_out in ((0, h, sh), (1, w, sw)):
+            step = self.field_map.step[axis]
+            if n > 1 and step // r < 1:
+                raise NetDissectError(
+                    f"layer {self.layer}: its field map's step {step} is smaller than the reduction "
+                    f"r = {r} of the {sw}-pixel segmentations, so its knots would coincide; use "
+                    f"--upsample bilinear for this layer"
+                )
+            knots = fieldmap_knots(self.field_map.offset[axis], self.field_map.size[axis], step, n, r)
+            tables.append(knot_table(knots, n_out))
+        return tables[0], tables[1]
+
+
+def upsampling(
+    name: str, field_map: FieldMap | None = None, image_width: int = 0, layer: str = "", why_none: str = ""
+) -> Bilinear | FieldMapUpsampling:
+    """The upsampling mode ``--upsample name`` of a layer; ``fieldmap`` needs the layer's field map
+    (``why_none`` says why it has none) and the images' width."""
+    if name == BILINEAR.name:
+        return BILINEAR
+    if name == "fieldmap":
+        if field_map is None:
+            raise NetDissectError(
+                f"--upsample fieldmap: layer {layer} has no field map: {why_none or 'none was recorded'}. "
+                f"Use --upsample bilinear for this layer"
+            )
+        return FieldMapUpsampling(field_map, image_width, layer)
+    raise NetDissectError(f"--upsample {name}: expected one of {', '.join(UPSAMPLES)}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import BATCH_SIZE, DEVICE
+from netdissect.defaults import BATCH_SIZE, CAFFE_MEAN, DEVICE, PRESETS, TOKEN_MODES, UPSAMPLE, UPSAMPLES
 from netdissect.errors import NetDissectError
 
 
@@ -29,16 +29,60 @@ def names(text: str) -> list[str]:
 
 
 def model_options(p: argparse.ArgumentParser) -> None:
-    """``--model SPEC --weights FILE --mean --std``."""
+    """``--model SPEC --weights FILE --mean --std --mean-file``."""
     p.add_argument(
         "--model",
         required=True,
         metavar="SPEC",
-        help="torchvision architecture (resnet18), TorchScript file, or package.module:factory",
+        help="torchvision architecture (resnet18), timm:NAME, TorchScript or ONNX file, package.module:factory, "
+        "or a Caffe deploy.prototxt",
     )
-    p.add_argument("--weights", metavar="FILE", help="state_dict or checkpoint holding one")
-    p.add_argument("--mean", type=floats, help="input normalisation mean per RGB channel (default ImageNet's)")
-    p.add_argument("--std", type=floats, help="input normalisation std per RGB channel (default ImageNet's)")
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="state_dict, checkpoint holding one, or .safetensors file; the .caffemodel of a Caffe model",
+    )
+    p.add_argument(
+        "--mean",
+        type=floats,
+        help="input mean per channel in the model's units: R,G,B in [0, 1] (default ImageNet's); for a Caffe "
+        f"model B,G,R in 0-255 (default {','.join(map(str, CAFFE_MEAN))})",
+    )
+    p.add_argument("--std", type=floats, help="input std per channel, in the same units (default ImageNet's; Caffe: 1)")
+    p.add_argument(
+        "--mean-file",
+        metavar="MEAN.binaryproto",
+        help="Caffe models: subtract the per-channel means of this mean image instead of --mean",
+    )
+
+
+def tokens_option(p: argparse.ArgumentParser) -> None:
+    """``--tokens spatial|cls``: how token layers (batch × tokens × channels) are read."""
+    p.add_argument(
+        "--tokens",
+        choices=TOKEN_MODES,
+        help="token layers (ViT blocks): 'spatial' = one map per channel over the patch grid (the default), "
+        "'cls' = the class token, a 1x1 map (docs/models.md)",
+    )
+
+
+def preset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="set every convention of one system: original (paper union, fieldmap, q = 5/999, the "
+        "original's input) or lite (NetDissect-Lite's union, bilinear, q = 5/999, Lite's input); explicit "
+        "options override it (logged). See netdissect/presets.py",
+    )
+
+
+def upsample_option(p: argparse.ArgumentParser, default: str = f"{UPSAMPLE}, or the preset's") -> None:
+    p.add_argument(
+        "--upsample",
+        choices=UPSAMPLES,
+        help=f"how maps are upsampled to masks: bilinear, or fieldmap (linear between the centres of the "
+        f"units' receptive fields, as the original system did) (default {default})",
+    )
 
 
 def batch_option(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ tally and the report read them.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,19 @@ from netdissect.defaults import (
     ACTIVATIONS,
     BATCH_SIZE,
     DEVICE,
+    DIVISOR,
     DTYPE,
     IOU_THRESHOLD,
+    MEAN_PRECISIONS,
     MEMORY_FORMAT,
-    QUANTILE,
-    UNION,
+    TOPK,
 )
 from netdissect.errors import NetDissectError
 from netdissect.io import save_json, save_npy
+from netdissect.names import layer_file_name
+from netdissect.presets import resolve
+
+log = logging.getLogger(__name__)
 
 
 def open_dataset(
@@ -61,20 +68,25 @@ def extract(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    mean_file: str | None = None,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
     device: str = DEVICE,
     dtype: str = DTYPE,
-    quantile: float = QUANTILE,
+    quantile: float | None = None,
     memory_format: str = MEMORY_FORMAT,
     store_activations: bool = True,
+    tokens: str | None = None,
     progress: bool = True,
+    preset: str | None = None,
 ) -> dict[str, Any]:
-    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`)."""
+    """Stage 1: forward pass over one shard (see :func:`netdissect.extract.extract_shard`). ``quantile``
+    and the model's input convention: as given, else ``preset``'s, else the defaults (netdissect/presets.py)."""
     from netdissect.extract import extract_shard
     from netdissect.models import load_model
 
-    model = load_model(model_spec, weights, mean, std)
+    quantile = resolve(preset, quantile=quantile)["quantile"]
+    model = load_model(model_spec, weights, mean, std, preset=preset, mean_file=mean_file)
     ds = open_dataset(dataset, labels=False)
     return extract_shard(
         ds,
@@ -90,7 +102,9 @@ def extract(
         quantile=quantile,
         memory_format=memory_format,
         store_activations=store_activations,
+        tokens=tokens,
         progress=progress,
+        preset=preset,
     )
 
 
@@ -148,7 +162,9 @@ def tally_layers(
     shard_dir: str | Path,
     jobs: dict[str, tuple[str | Path, str | Path]],
     *,
-    union: str = UNION,
+    union: str | None = None,
+    upsample: str | None = None,
+    preset: str | None = None,
     categories: Sequence[str] | None = None,
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,
@@ -161,9 +177,9 @@ def tally_layers(
     write)}. The labels come from the packed labels folder ``labels`` if given, else from the dataset's
     PNGs. Stored activations are read (``threads`` count on the CPU, ``workers`` loader processes feed
     a GPU); layers whose shard keeps none (``--recompute``) are counted in one rerun of the forward
-    pass (:mod:`netdissect.recompute`; ``workers`` then decode its images)."""
+    pass (:mod:`netdissect.recompute`; ``workers`` then decode its images). ``union`` and ``upsample``:
+    as given, else ``preset``'s (default: the preset the shard was extracted with), else the defaults."""
     from netdissect.counts import save_counts
-    from netdissect.masks import BILINEAR
     from netdissect.quantile import load_thresholds
     from netdissect.recompute import stores_activations, tally_recomputed
     from netdissect.shards import layer_meta, load_meta, shard_file
@@ -171,6 +187,17 @@ def tally_layers(
 
     meta = load_meta(shard_dir)
     info = {layer: layer_meta(meta, layer, shard_dir) for layer in jobs}
+    if preset is None:
+        preset = meta.get("preset")
+    elif meta.get("preset") != preset:
+        log.warning(
+            "%s was extracted with preset %s (its input convention and quantile); counting with preset %s",
+            shard_dir,
+            meta.get("preset"),
+            preset,
+        )
+    chosen = resolve(preset, union=union, upsample=upsample)
+    union = chosen["union"]
     ds = open_dataset(dataset, categories, images=False, labels=labels is None)
     if len(ds) != meta["num_images"] or ds.fingerprint() != meta["dataset_fingerprint"]:
         raise NetDissectError(
@@ -184,7 +211,10 @@ def tally_layers(
         from netdissect.broden.pack import PackedLabels
 
         packed = PackedLabels(labels, ds)
-    upsample = BILINEAR
+    modes = {layer: layer_upsampling(chosen["upsample"], info[layer], meta, layer) for layer in jobs}
+    for layer, mode in modes.items():
+        for sh, sw in sorted(set(map(tuple, ds.index[["sh", "sw"]].to_numpy().tolist()))):
+            mode.tables(info[layer]["height"], info[layer]["width"], int(sh), int(sw))  # refuses knots that coincide
     recompute = [layer for layer in jobs if not stores_activations(shard_dir, layer)]
     counts = {}
     if recompute:
@@ -194,7 +224,7 @@ def tally_layers(
             shard_dir,
             {layer: thresholds[layer] for layer in recompute},
             union=union,
-            upsample=upsample,
+            upsample={layer: modes[layer] for layer in recompute},
             device=device,
             workers=workers,
             progress=progress,
@@ -211,7 +241,7 @@ def tally_layers(
             meta["start"],
             meta["stop"],
             union=union,
-            upsample=upsample,
+            upsample=modes[layer],
             batch_size=batch_size,
             threads=threads,
             workers=workers,
@@ -228,13 +258,19 @@ def tally_layers(
             "quantile": source.get("quantile"),
             "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
             "union": union,
-            "upsample": upsample.name,
+            "upsample": modes[layer].name,
+            "field_map": info[layer].get("field_map") if modes[layer].name == "fieldmap" else None,
+            "preset": preset,
             "categories": list(ds.categories),
             "model": meta["model"],
             "weights": meta["weights"],
             "weights_sha256": meta["weights_sha256"],
             "mean": meta["mean"],
             "std": meta["std"],
+            "divisor": meta.get("divisor", DIVISOR),
+            "bgr": meta.get("bgr", False),
+            "mean_precision": meta.get("mean_precision", MEAN_PRECISIONS[0]),
+            "mean_file": meta.get("mean_file"),
             "dtype": meta["dtype"],
             "dataset": str(dataset),
             "dataset_fingerprint": meta["dataset_fingerprint"],
@@ -242,6 +278,18 @@ def tally_layers(
         }
         save_counts(out, counts[layer], thresholds[layer], meta["start"], meta["stop"], settings)
     return counts
+
+
+def layer_upsampling(name: str, info: dict[str, Any], meta: dict[str, Any], layer: str):
+    """The upsampling mode ``name`` of a layer of a shard (``info``: its meta.json entry; ``meta``:
+    the shard's meta.json, for the image size)."""
+    from netdissect.masks import upsampling
+    from netdissect.models.fieldmaps import field_map_from_json
+
+    why = (
+        info.get("field_map_none") or "the shard records none: it was extracted before field maps were; re-run extract"
+    )
+    return upsampling(name, field_map_from_json(info), int(meta["image_size"][1]), layer, why)
 
 
 def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
@@ -253,10 +301,26 @@ def merge(inputs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     return merged
 
 
+def relative_paths(layer_dir: str | Path, dataset: str | Path, shards: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """summary.json's ``paths``: the dataset and the shard folders relative to the layer folder, so that
+    ``netdissect report LAYER_DIR`` finds them wherever it runs, and after the tree moves as a whole."""
+    here = os.path.abspath(layer_dir)
+    return {
+        "dataset": Path(os.path.relpath(os.path.abspath(dataset), here)).as_posix(),
+        "shards": [Path(os.path.relpath(os.path.abspath(s), here)).as_posix() for s in shards],
+    }
+
+
 def score(
-    counts_path: str | Path, dataset: str | Path, out: str | Path, *, iou_threshold: float = IOU_THRESHOLD
+    counts_path: str | Path,
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    iou_threshold: float = IOU_THRESHOLD,
+    shards: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
-    """Stage 5: result.csv and summary.json from a counts file."""
+    """Stage 5: result.csv and summary.json from a counts file; summary.json records where the dataset
+    and ``shards`` (the activations, for the report) are (:func:`relative_paths`)."""
     from netdissect.counts import load_counts
     from netdissect.score import write_scores
 
@@ -267,7 +331,8 @@ def score(
             f"{counts_path} was counted on another dataset than {dataset} (fingerprints "
             f"differ); score with the dataset the counts came from"
         )
-    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold)
+    paths = relative_paths(out, dataset, shards)
+    return write_scores(out, counts, ds.categories, ds.label_names, ds.primary, iou_threshold, paths)
 
 
 def dissect(
@@ -279,9 +344,12 @@ def dissect(
     weights: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    q: float = QUANTILE,
+    mean_file: str | None = None,
+    q: float | None = None,
     thresholds_file: str | None = None,
-    union: str = UNION,
+    union: str | None = None,
+    upsample: str | None = None,
+    preset: str | None = None,
     iou_threshold: float = IOU_THRESHOLD,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
@@ -289,26 +357,36 @@ def dissect(
     device: str = DEVICE,
     categories: Sequence[str] | None = None,
     dtype: str = DTYPE,
+    tokens: str | None = None,
     progress: bool = True,
     labels: str | Path | None = None,
     memory_format: str = MEMORY_FORMAT,
     activations: str = ACTIVATIONS,
+    report: bool = True,
+    topk: int = TOPK,
 ) -> dict[str, dict[str, Any]]:
     """All stages in one process with one shard: OUT/shards/0/, OUT/<layer>/{thresholds.npy,
-    thresholds.json, counts.npz, result.csv, summary.json}. ``thresholds_file`` may contain ``{layer}``.
+    thresholds.json, counts.npz, result.csv, summary.json} and, unless ``report`` is False, the layer's
+    HTML report OUT/<layer>/report/index.html (``topk`` images per unit). ``thresholds_file`` may
+    contain ``{layer}``. ``q``, ``union``, ``upsample`` and the input convention: as given, else
+    ``preset``'s, else the defaults. <layer> is the layer's file name (:func:`netdissect.names.layer_file_name`:
+    ``/`` becomes ``%2F``), also in ``thresholds_file``.
 
     The labels are read from packed labels (:mod:`netdissect.labelcache`): ``labels`` names the pack
     folder (None: the cache's pack of the dataset, written first if missing; ``"none"``: decode the PNGs).
     ``activations`` ``store`` keeps them in OUT/shards/0; ``recompute`` keeps none and counts every
     layer in one rerun of the forward pass (same numbers, :mod:`netdissect.recompute`). ``threads``
-    counting threads (None: every core this process may use)."""
+    counting threads and the report's encoding threads (None: every core this process may use)."""
     if activations not in ACTIVATION_CHOICES:
         raise NetDissectError(f"activations {activations!r}: expected one of {', '.join(ACTIVATION_CHOICES)}")
+    chosen = resolve(preset, quantile=q, union=union, upsample=upsample)
     if thresholds_file and len(layers) > 1 and "{layer}" not in thresholds_file:
         raise NetDissectError(
             f"--thresholds {thresholds_file}: several layers were given, so the file name must "
             f"contain {{layer}} (e.g. runs/old/{{layer}}/thresholds.npy)"
         )
+    if report and not 1 <= topk <= 1000:
+        raise NetDissectError(f"--topk {topk}: expected a whole number from 1 to 1000 (images shown per unit).")
     if "shards" in layers:
         raise NetDissectError(
             "--layers: a layer named 'shards' would share OUT/shards with the activations; "
@@ -338,6 +416,7 @@ def dissect(
         weights=weights,
         mean=mean,
         std=std,
+        mean_file=mean_file,
         batch_size=batch_size,
         workers=workers,
         device=device,
@@ -345,16 +424,26 @@ def dissect(
         quantile=q,
         memory_format=memory_format,
         store_activations=activations == "store",
+        tokens=tokens,
         progress=progress,
+        preset=preset,
     )
-    for layer in layers:
-        file = thresholds_file.replace("{layer}", layer) if thresholds_file else None
-        quantile([shard_dir], layer, out / layer, q=q, thresholds_file=file)
-    tally_layers(
+    from netdissect.shards import load_meta
+
+    meta = load_meta(shard_dir)
+    for layer in layers:  # a layer without a field map fails before any tally
+        layer_upsampling(chosen["upsample"], meta["layers"][layer], meta, layer)
+    layer_dirs = {layer: out / layer_file_name(layer) for layer in layers}
+    for layer, layer_dir in layer_dirs.items():
+        file = thresholds_file.replace("{layer}", layer_file_name(layer)) if thresholds_file else None
+        quantile([shard_dir], layer, layer_dir, q=chosen["quantile"], thresholds_file=file)
+    tally_layers(  # all layers at once: a recompute run reruns the forward pass once
         dataset,
         shard_dir,
-        {layer: (out / layer / "thresholds.npy", out / layer / "counts.npz") for layer in layers},
+        {layer: (layer_dir / "thresholds.npy", layer_dir / "counts.npz") for layer, layer_dir in layer_dirs.items()},
         union=union,
+        upsample=upsample,
+        preset=preset,
         categories=categories,
         device=device,
         batch_size=batch_size,
@@ -363,6 +452,13 @@ def dissect(
         progress=progress,
         labels=packing.wait() if packing else None,
     )
-    return {
-        layer: score(out / layer / "counts.npz", dataset, out / layer, iou_threshold=iou_threshold) for layer in layers
-    }
+    summaries = {}
+    for layer, layer_dir in layer_dirs.items():
+        summaries[layer] = score(
+            layer_dir / "counts.npz", dataset, layer_dir, iou_threshold=iou_threshold, shards=[shard_dir]
+        )
+        if report:
+            from netdissect.report.build import write_layer_report
+
+            summaries[layer]["report"] = str(write_layer_report(layer_dir, topk=topk, threads=threads))
+    return summaries

@@ -2,8 +2,8 @@
 ``dissect.activations: recompute``): disk then holds only candidates, maxima and counts.
 
 A shard extracted with ``--recompute`` has no ``{layer}.act.npy``. The tally and the report rerun the
-forward pass with what its meta.json records (model, weights, normalisation, device, memory format,
-batch size, storage type) over the same batches as extraction, so they see the same numbers bit for
+forward pass with what its meta.json records (model, weights, input convention, device, memory format,
+batch size, each layer's readout, storage type) over the same batches as extraction, so they see the same numbers bit for
 bit: on the CPU a convolution's last bits depend on the batch an image is in, so batches are never
 regrouped. Every recomputed batch's per-image maxima are checked against the stored ones
 (``{layer}.imgmax.npy``): a forward pass that gives other numbers (another library version, another
@@ -39,11 +39,13 @@ def recomputed(
     extraction batches of the shard (only those holding one of ``rows``, global row numbers, when given)
     as (rows int64 array, {layer: activations as stored, float32 (B, U, H, W) tensor}).
 
-    The model, weights, normalisation, device, memory format, batch size and dtype come from the shard's
-    meta.json; the weights must still have the recorded sha256, and each batch's maxima must equal the
+    The model, weights, input convention, device, memory format, batch size, readouts and dtype come from
+    the shard's meta.json; the weights must still have the recorded sha256, and each batch's maxima must equal the
     stored ones."""
+    from netdissect.defaults import DIVISOR, MEAN_PRECISIONS
     from netdissect.extract import forward_batches, stored_maps
     from netdissect.models import capture, load_model
+    from netdissect.models.readout import Readout
     from netdissect.pipeline import open_dataset
     from netdissect.shards import layer_meta
 
@@ -51,12 +53,24 @@ def recomputed(
     for layer in layers:
         layer_meta(meta, layer, shard_dir)
     missing = [key for key in ("batch_size", "memory_format", "device") if key not in meta]
+    missing += [f"layers.{layer}.readout" for layer in layers if "readout" not in meta["layers"][layer]]
     if missing:
         raise NetDissectError(
             f"{shard_dir}/meta.json lacks {', '.join(missing)} (written by an older netdissect); re-run "
             f"`netdissect extract` to recompute its activations"
         )
     model = load_model(meta["model"], meta["weights"], meta["mean"], meta["std"])
+    # the input convention as recorded (a preset's or a mean file's values, without reading them again)
+    model.divisor = meta.get("divisor", DIVISOR)
+    model.bgr = meta.get("bgr", False)
+    model.mean_precision = meta.get("mean_precision", MEAN_PRECISIONS[0])
+    model.mean_file = meta.get("mean_file")
+    readouts = {}
+    for layer in layers:
+        info = meta["layers"][layer]["readout"]
+        readouts[layer] = Readout(
+            info["kind"], info.get("prefix", 0), tuple(info["grid"]) if info.get("grid") else None
+        )
     if model.weights_sha256 != meta["weights_sha256"]:
         raise NetDissectError(
             f"{shard_dir}: its activations are recomputed from {meta['weights'] or meta['model']}, whose "
@@ -84,7 +98,7 @@ def recomputed(
             ):
                 maps = {}
                 for layer in layers:
-                    stored, maxima = stored_maps(outputs[layer], layer, meta["dtype"], batch_rows, ds)
+                    stored, maxima = stored_maps(outputs[layer], readouts[layer], layer, meta["dtype"], batch_rows, ds)
                     maps[layer] = stored.cpu()
                     local = batch_rows.numpy() - start
                     if not np.array_equal(maxima.cpu().numpy(), imgmax[layer][local]):
@@ -163,7 +177,7 @@ def tally_recomputed(
     thresholds: dict[str, np.ndarray],
     *,
     union: str,
-    upsample: Any,
+    upsample: dict[str, Any],
     device: str = "cpu",
     workers: int = 0,
     progress: bool = True,
@@ -171,8 +185,9 @@ def tally_recomputed(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Counts G, I, C of every layer of ``thresholds`` ({layer: (U,) thresholds}) over one shard, in ONE
     rerun of its forward pass (:func:`recomputed`); the counting is :class:`netdissect.tally.BatchCounter`'s,
-    as for stored activations. ``ds`` gives the tables (and the labels, decoding the PNGs, unless
-    ``labels``, packed labels, is given); ``workers`` decode the images."""
+    as for stored activations, with each layer's upsampling mode ``upsample[layer]``. ``ds`` gives the
+    tables (and the labels, decoding the PNGs, unless ``labels``, packed labels, is given); ``workers``
+    decode the images."""
     from tqdm import tqdm
 
     from netdissect.counts import check_union, label_groups
@@ -184,7 +199,7 @@ def tally_recomputed(
     meta = load_meta(shard_dir)
     source = ds if labels is None else labels
     counters = {
-        layer: BatchCounter(t, ds.primary, len(ds.categories), union, device, upsample)
+        layer: BatchCounter(t, ds.primary, len(ds.categories), union, device, upsample[layer])
         for layer, t in thresholds.items()
     }
     num_labels, num_categories = ds.num_labels, len(ds.categories)

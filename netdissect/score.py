@@ -178,11 +178,18 @@ def result_csv(
 
 
 def summary(
-    scores: Scores, categories: Sequence[str], label_names: Sequence[str], settings: dict[str, Any], num_images: int
+    scores: Scores,
+    categories: Sequence[str],
+    label_names: Sequence[str],
+    settings: dict[str, Any],
+    num_images: int,
+    paths: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """summary.json content: units, detectors, both unique counts, per-category counts, settings."""
+    """summary.json content: units, detectors, both unique counts, per-category counts, settings, and
+    ``paths`` (where the dataset and the shards are, relative to the layer folder; read by
+    ``netdissect report LAYER_DIR``) when given."""
     counts = unit_counts(scores, categories)
-    return {
+    info = {
         "layer": settings.get("layer"),
         "units": counts.units,
         "detectors": counts.detectors,
@@ -198,6 +205,9 @@ def summary(
             "weights_sha256": settings.get("weights_sha256"),
         },
     }
+    if paths is not None:
+        info["paths"] = paths
+    return info
 
 
 def write_scores(
@@ -207,8 +217,10 @@ def write_scores(
     label_names: Sequence[str],
     primary: np.ndarray,
     iou_threshold: float = IOU_THRESHOLD,
+    paths: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score a counts dict and write ``result.csv`` and ``summary.json`` into ``out_dir``; returns the summary."""
+    """Score a counts dict and write ``result.csv`` and ``summary.json`` into ``out_dir``; returns the summary.
+    ``paths`` goes into summary.json as is (see :func:`summary`)."""
     if not iou_threshold >= 0:
         raise NetDissectError(f"--iou-threshold {iou_threshold}: expected a number >= 0")
     G, I, C = counts["G"], counts["I"], counts["C"]
@@ -221,6 +233,6 @@ def write_scores(
     scores = score_units(G, I, C, primary, iou_threshold)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "result.csv", result_csv(scores, G, I, C, categories, label_names))
-    info = summary(scores, categories, label_names, counts["settings"], counts["stop"] - counts["start"])
+    info = summary(scores, categories, label_names, counts["settings"], counts["stop"] - counts["start"], paths)
     save_json(out_dir / "summary.json", info)
     return info

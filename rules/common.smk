@@ -9,7 +9,11 @@
 
 import os
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from netdissect.names import layer_file_name, layer_from_file_name
 
 DISSECT = config["dissect"]
 RESOURCES = config["resources"]
@@ -19,7 +23,7 @@ SHARDS = list(range(DISSECT["shards"]))
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     model=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    layer=r"[^/,\s]+",
+    layer=r"[^/,\s]+",  # a layer as a file name (netdissect.names.layer_file_name)
     k=r"\d+",
 
 
@@ -39,11 +43,28 @@ def _check_names():
                 )
     for name, model in config["models"].items():
         weights = model["weights"]
+        caffe = is_caffe(name)
+        if caffe and weights["source"] not in ("download", "path"):
+            raise ValueError(
+                f"config models.{name}.weights.source: {weights['source']!r}; a Caffe deploy.prototxt needs its "
+                f".caffemodel: `source: download` (with `url`) or `source: path` (with `path`)"
+            )
+        if model["mean_file"] and not caffe:
+            raise ValueError(f"config models.{name}.mean_file: only for Caffe models (spec: .../deploy.prototxt)")
         if weights["source"] == "train" and weights["dataset"] not in config["datasets"]:
             raise ValueError(
                 f"config models.{name}.weights.dataset: {weights['dataset']!r} is not a key of "
                 f"`datasets` (defined: {', '.join(config['datasets'])})"
             )
+
+
+def is_url(text):
+    return re.match(r"https?://", text) is not None
+
+
+def is_caffe(model):
+    """A model whose SPEC is a Caffe deploy.prototxt (a path, or a URL fetched to models/<model>.prototxt)."""
+    return config["models"][model]["spec"].lower().endswith(".prototxt")
 
 
 _check_names()
@@ -79,13 +100,33 @@ def model_entry(wildcards):
     return config["models"][wildcards.model]
 
 
+def spec_path(model):
+    """The SPEC the commands get: the configured one, or where a prototxt URL is fetched to."""
+    spec = config["models"][model]["spec"]
+    return f"models/{model}.prototxt" if is_url(spec) else spec
+
+
+def spec_option(wildcards):
+    return spec_path(wildcards.model)
+
+
+def spec_input(wildcards):
+    """The prototxt of a Caffe model (fetched first when the SPEC is a URL); nothing for other SPECs."""
+    return [spec_path(wildcards.model)] if is_caffe(wildcards.model) else []
+
+
+def models_with_url_spec():
+    names = [n for n, m in config["models"].items() if is_url(m["spec"])]
+    return "|".join(re.escape(n) for n in names) or "^$"
+
+
 def weights_file(model):
     """The weights file a model's config names, or None when its SPEC carries its own weights."""
     weights = config["models"][model]["weights"]
     return {
         "train": f"models/{model}.pt",
         "random": f"models/{model}.pt",
-        "download": f"models/{model}.pth",
+        "download": f"models/{model}.caffemodel" if is_caffe(model) else f"models/{model}.pth",
         "path": weights.get("path"),
         "none": None,
     }[weights["source"]]
@@ -97,8 +138,11 @@ def weights_input(wildcards):
 
 
 def recompute_weights(wildcards):
-    """The weights a job that reruns the forward pass reads (dissect.activations: recompute)."""
-    return weights_input(wildcards) if DISSECT["activations"] == "recompute" else []
+    """The model files a job that reruns the forward pass reads (dissect.activations: recompute): the
+    weights, and a Caffe model's prototxt (its mean is recorded in the shard)."""
+    if DISSECT["activations"] != "recompute":
+        return []
+    return spec_input(wildcards) + weights_input(wildcards)
 
 
 def activations_option():
@@ -111,13 +155,27 @@ def weights_option(wildcards):
 
 
 def normalisation_options(wildcards):
-    """--mean/--std of the model, when the config sets them (else the engine's ImageNet defaults)."""
+    """--mean/--std/--mean-file of the model, when the config sets them (else the engine's defaults:
+    ImageNet's for torch models, the original system's BGR mean for Caffe models)."""
     entry = model_entry(wildcards)
     opts = []
     for key in ("mean", "std"):
         if entry[key] is not None:
             opts.append(f"--{key} " + ",".join(repr(float(v)) for v in entry[key]))
+    if entry["mean_file"]:
+        opts.append(f"--mean-file {entry['mean_file']}")
     return " ".join(opts)
+
+
+def tokens_option(wildcards):
+    """--tokens of the model, when the config sets it (token layers: patch grid or class token)."""
+    tokens = model_entry(wildcards)["tokens"]
+    return f"--tokens {tokens}" if tokens else ""
+
+
+def mean_file_input(wildcards):
+    path = model_entry(wildcards)["mean_file"]
+    return [path] if path else []
 
 
 def model_layers(model):
@@ -126,6 +184,11 @@ def model_layers(model):
 
 def layers_option(wildcards):
     return ",".join(model_layers(wildcards.model))
+
+
+def layer_name(wildcards):
+    """The real name of the layer whose file name is the {layer} wildcard."""
+    return layer_from_file_name(wildcards.layer)
 
 
 def layers_ok(wildcards):
@@ -157,7 +220,8 @@ def all_shard_dirs(wildcards):
 
 
 def layer_dir(dataset, model, layer):
-    return f"results/layers/{dataset}/{model}/{layer}"
+    """results/layers/{dataset}/{model}/{layer}, the layer as a file name (inception_5b%2Foutput)."""
+    return f"results/layers/{dataset}/{model}/{layer_file_name(layer)}"
 
 
 def thresholds_input(wildcards):
@@ -167,9 +231,37 @@ def thresholds_input(wildcards):
 
 
 def quantile_option(wildcards, input):
+    """A thresholds file, or the configured q; with a preset and the default q, nothing: the q the
+    shards were extracted for (the preset's)."""
     if input.thresholds_file:
         return f"--thresholds {input.thresholds_file[0]}"
-    return f"--quantile {DISSECT['quantile']!r}"
+    return f"--quantile {DISSECT['quantile']!r}" if _given("quantile") else ""
+
+
+_DISSECT_SCHEMA = yaml.safe_load(Path(workflow.basedir, "config", "schema.yaml").read_text())["properties"]["dissect"]
+
+
+def _given(key):
+    """Whether `dissect.<key>` is the user's choice: always without a preset; with one, when it differs
+    from the schema's default (keys left at their defaults take the preset's values)."""
+    return DISSECT["preset"] is None or DISSECT[key] != _DISSECT_SCHEMA["properties"][key]["default"]
+
+
+def convention_options(*keys):
+    """`--preset P` (when configured) and `--<key> value` for each given convention key."""
+    opts = [f"--preset {DISSECT['preset']}"] if DISSECT["preset"] else []
+    for key in keys:
+        if _given(key):
+            value = DISSECT[key]
+            opts.append(f"--{key} {value!r}" if isinstance(value, float) else f"--{key} {value}")
+    return " ".join(opts)
+
+
+def upsample_check_option():
+    """`--upsample fieldmap` for the layer check when the masks need field maps (a layer without one fails first)."""
+    preset = DISSECT["preset"]
+    upsample = DISSECT["upsample"] if _given("upsample") else {"original": "fieldmap"}.get(preset, "bilinear")
+    return "--upsample fieldmap" if upsample == "fieldmap" else ""
 
 
 def categories_option():
@@ -276,7 +368,8 @@ def all_results():
 
 
 def all_layer_reports():
-    return [f"{d}/report/index.html" for d in all_layer_dirs()]
+    """The per-layer report folders (rule report_layer; index.html inside)."""
+    return [f"{d}/report" for d in all_layer_dirs()]
 
 
 def all_layer_checks():

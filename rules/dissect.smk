@@ -6,7 +6,9 @@ rule extract:
     """One forward pass over shard k for ALL layers of the model: activations, imgmax, quantile candidates."""
     input:
         index=dataset_index,
+        spec=spec_input,
         weights=weights_input,
+        mean_file=mean_file_input,
         layers=ancient(layers_ok),
     output:
         directory("results/shards/{dataset}/{model}/{k}"),
@@ -21,22 +23,23 @@ rule extract:
         gpu=res("extract", "gpu"),
     params:
         dataset=dataset_option,
-        spec=lambda wc: model_entry(wc)["spec"],
+        spec=spec_option,
         weights=weights_option,
         layers=layers_option,
         norm=normalisation_options,
+        tokens=tokens_option,
         shards=DISSECT["shards"],
         batch_size=DISSECT["batch_size"],
         workers=DISSECT["workers"],
         device=DISSECT["device"],
         dtype=DISSECT["dtype"],
-        quantile=DISSECT["quantile"],
+        conventions=convention_options("quantile"),
         activations=activations_option(),
     shell:
         "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
-        " --layers {params.layers} --shard {wildcards.k} --shards {params.shards} --out {output}"
+        " --layers {params.layers:q} --shard {wildcards.k} --shards {params.shards} --out {output}"
         " --batch-size {params.batch_size} --workers {params.workers} --device {params.device}"
-        " --dtype {params.dtype} --quantile {params.quantile} {params.norm} {params.activations}"
+        " --dtype {params.dtype} {params.conventions} {params.norm} {params.tokens} {params.activations}"
         " --no-progress > {log} 2>&1"
 
 
@@ -57,10 +60,11 @@ rule quantile:
         mem_mb=res("quantile", "mem_mb"),
         runtime=res("quantile", "runtime"),
     params:
-        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        out=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
+        layer=layer_name,
         level=quantile_option,
     shell:
-        "netdissect quantile --shards {input.shards} --layer {wildcards.layer} {params.level}"
+        "netdissect quantile --shards {input.shards} --layer {params.layer:q} {params.level}"
         " --out {params.out} > {log} 2>&1"
 
 
@@ -86,15 +90,16 @@ rule tally:
         gpu=res("tally", "gpu"),
     params:
         dataset=dataset_option,
-        union=DISSECT["union"],
+        layer=layer_name,
+        conventions=convention_options("union", "upsample"),
         categories=categories_option(),
         device=DISSECT["device"],
         batch_size=DISSECT["batch_size"],
         parallel=tally_parallel,
     shell:
-        "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {wildcards.layer}"
+        "netdissect tally --dataset {params.dataset} --shard {input.shard} --layer {params.layer:q}"
         " --thresholds {input.thresholds} --labels {input.labels} --out {output}"
-        " --union {params.union} {params.categories}"
+        " {params.conventions} {params.categories}"
         " --device {params.device} --batch-size {params.batch_size} {params.parallel} --no-progress"
         " > {log} 2>&1"
 
@@ -135,8 +140,9 @@ rule score:
         runtime=res("light", "runtime"),
     params:
         dataset=dataset_option,
-        out=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
+        out=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
         iou=DISSECT["iou_threshold"],
+        shards=all_shard_dirs,
     shell:
         "netdissect score --counts {input.counts} --dataset {params.dataset} --out {params.out}"
-        " --iou-threshold {params.iou} > {log} 2>&1"
+        " --iou-threshold {params.iou} --shards {params.shards} > {log} 2>&1"

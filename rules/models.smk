@@ -3,7 +3,9 @@
 
 rule check_layers:
     """The SPEC loads and has every configured layer: fails first, before any long job, with the
-    engine's message. Needs no weights, so it runs at the very start."""
+    engine's message. Needs no weights, so it runs at the very start (after fetching a prototxt)."""
+    input:
+        spec=spec_input,
     output:
         "results/checks/{model}.layers.ok",
     log:
@@ -16,10 +18,11 @@ rule check_layers:
         mem_mb=res("light", "mem_mb"),
         runtime=res("light", "runtime"),
     params:
-        spec=lambda wc: model_entry(wc)["spec"],
+        spec=spec_option,
         layers=layers_option,
+        upsample=upsample_check_option(),
     shell:
-        "netdissect layers --model {params.spec} --check {params.layers} > {output} 2> {log}"
+        "netdissect layers --model {params.spec} --check {params.layers:q} {params.upsample} > {output} 2> {log}"
 
 
 rule train_demo:
@@ -72,16 +75,40 @@ rule random_weights:
         "netdissect random-weights --model {params.spec} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
+rule download_spec:
+    """A Caffe deploy.prototxt given by URL (`spec: http...prototxt`), fetched and checked against
+    `spec_sha256` when given."""
+    output:
+        "models/{model}.prototxt",
+    log:
+        "logs/models/{model}.spec.log",
+    wildcard_constraints:
+        model=models_with_url_spec(),
+    conda:
+        "../envs/netdissect.yaml"
+    threads: 1
+    resources:
+        mem_mb=res("light", "mem_mb"),
+        runtime=res("light", "runtime"),
+    params:
+        url=lambda wc: model_entry(wc)["spec"],
+        sha256=lambda wc: f"--sha256 {model_entry(wc)['spec_sha256']}" if model_entry(wc)["spec_sha256"] else "",
+    shell:
+        "netdissect fetch {params.url} --out {output} {params.sha256} --no-progress > {log} 2>&1"
+
+
 rule download_weights:
-    """Published weights, fetched and checked against the configured sha256."""
+    """Published weights (a state_dict .pth, or the .caffemodel of a Caffe model), fetched and checked
+    against the configured sha256."""
     input:
         layers=ancient(layers_ok),
     output:
-        "models/{model}.pth",
+        "models/{model}.{ext}",
     log:
-        "logs/models/{model}.fetch.log",
+        "logs/models/{model}.{ext}.fetch.log",
     wildcard_constraints:
         model=models_with_weights("download"),
+        ext="pth|caffemodel",
     conda:
         "../envs/netdissect.yaml"
     threads: 1

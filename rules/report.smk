@@ -1,4 +1,6 @@
-# Reports: one HTML page per layer, and report_all: every model x layer side by side.
+# Reports: one HTML page per layer, and report_all: every model x layer side by side. The outputs
+# marked report(...) make up Snakemake's own report (`snakemake --report report.zip`), with the
+# captions in report/ (the workflow's report folder).
 
 
 rule report_layer:
@@ -11,7 +13,14 @@ rule report_layer:
         shards=all_shard_dirs,
         weights=recompute_weights,
     output:
-        "results/layers/{dataset}/{model}/{layer}/report/index.html",
+        report(
+            directory("results/layers/{dataset}/{model}/{layer}/report"),
+            htmlindex="index.html",
+            caption="../report/layer.rst",
+            category="Layers",
+            subcategory="{model}",
+            labels={"dataset": "{dataset}", "model": "{model}", "layer": "{layer}"},
+        ),
     log:
         "logs/{dataset}/{model}/{layer}/report.log",
     conda:
@@ -22,22 +31,47 @@ rule report_layer:
         runtime=res("report", "runtime"),
     params:
         dataset=dataset_option,
-        layer_dir=lambda wc: layer_dir(wc.dataset, wc.model, wc.layer),
-        out=lambda wc: f"{layer_dir(wc.dataset, wc.model, wc.layer)}/report",
+        layer=layer_name,
+        layer_dir=lambda wc: layer_dir(wc.dataset, wc.model, layer_name(wc)),
         topk=DISSECT["topk"],
     shell:
-        "netdissect report --dataset {params.dataset} --layer-dir {params.layer_dir} --layer {wildcards.layer}"
-        " --shards {input.shards} --out {params.out} --topk {params.topk} > {log} 2>&1"
+        "netdissect report --dataset {params.dataset} --layer-dir {params.layer_dir} --layer {params.layer:q}"
+        " --shards {input.shards} --out {output} --topk {params.topk} > {log} 2>&1"
 
 
 rule report_summary:
-    """Unique detectors per category for every model x layer: table and stacked bars (the paper's figure)."""
+    """Unique detectors per category for every model x layer: table, stacked bars (the paper's figure),
+    summary.csv and the tidy units.csv."""
     input:
         results=all_results(),
         summaries=[f"{d}/summary.json" for d in all_layer_dirs()],
         reports=all_layer_reports(),
     output:
-        "results/report/index.html",
+        index="results/report/index.html",
+        unique_by_category=report(
+            "results/report/unique_by_category.svg",
+            caption="../report/unique_by_category.rst",
+            category="Summary",
+            labels={"figure": "unique detectors (by category, the paper's)"},
+        ),
+        unique_top=report(
+            "results/report/unique_top.svg",
+            caption="../report/unique_top.rst",
+            category="Summary",
+            labels={"figure": "unique detectors (top label)"},
+        ),
+        summary=report(
+            "results/report/summary.csv",
+            caption="../report/summary_csv.rst",
+            category="Summary",
+            labels={"figure": "table: one row per model and layer"},
+        ),
+        units=report(
+            "results/report/units.csv",
+            caption="../report/units_csv.rst",
+            category="Summary",
+            labels={"figure": "table: one row per unit and category"},
+        ),
     log:
         "logs/report_all.log",
     conda:

@@ -10,6 +10,7 @@ import yaml
 
 from netdissect import defaults
 from netdissect.cli import build_parser
+from netdissect.presets import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,8 @@ def test_shipped_config_equals_the_schema_defaults():
 def test_workflow_and_package_defaults_agree():
     schema = _schema_defaults("dissect")
     same = {"quantile": "QUANTILE", "iou_threshold": "IOU_THRESHOLD", "union": "UNION", "batch_size": "BATCH_SIZE"}
-    same |= {"topk": "TOPK", "device": "DEVICE", "activations": "ACTIVATIONS"}
+    same |= {"topk": "TOPK", "device": "DEVICE", "upsample": "UPSAMPLE", "preset": "PRESET"}
+    same |= {"activations": "ACTIVATIONS"}
     for key, name in same.items():
         assert schema[key] == getattr(defaults, name), key
     # the one documented difference: a workflow keeps every shard on disk, so it stores float16
@@ -43,15 +45,20 @@ def test_workflow_and_package_defaults_agree():
 def test_command_defaults_come_from_defaults_py():
     parser = build_parser()
     args = parser.parse_args(["dissect", "--dataset", "D", "--model", "M", "--layers", "a", "--out", "O"])
-    assert (args.quantile, args.iou_threshold, args.union, args.batch_size, args.dtype, args.device) == (
-        defaults.QUANTILE,
+    assert (args.iou_threshold, args.batch_size, args.dtype, args.device) == (
         defaults.IOU_THRESHOLD,
-        defaults.UNION,
         defaults.BATCH_SIZE,
         defaults.DTYPE,
         defaults.DEVICE,
     )
     assert (args.activations, args.memory_format) == (defaults.ACTIVATIONS, defaults.MEMORY_FORMAT)
+    # the conventions a preset sets are None until resolved: then defaults.py's, without a preset
+    assert (args.preset, args.quantile, args.union, args.upsample) == (None, None, None, None)
+    assert resolve(args.preset, quantile=args.quantile, union=args.union, upsample=args.upsample) == {
+        "quantile": defaults.QUANTILE,
+        "union": defaults.UNION,
+        "upsample": defaults.UPSAMPLE,
+    }
     args = parser.parse_args(
         ["tally", "--dataset", "D", "--shard", "S", "--layer", "a", "--thresholds", "T"] + ["--out", "O"]
     )

@@ -74,8 +74,11 @@ def test_flat_layer_is_treated_as_1x1_maps_with_a_warning(tiny, tmp_path, caplog
         "height": 1,
         "width": 1,
         "flat": True,
+        "readout": {"kind": "flat", "prefix": 0, "grid": None},
         "num_values": 6,
         "candidates": 2,
+        "field_map": None,  # (global pooling on the way: --upsample fieldmap refuses this layer)
+        "field_map_none": "adaptive_avg_pool2d in 2 changes the map from 8x8 to 1x1",
     }
     assert np.load(tmp_path / "s" / "4.act.npy").shape == (6, 3, 1, 1)
     # and it dissects: a 1x1 map upsampled is constant, so masks are whole images or empty

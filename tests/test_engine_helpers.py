@@ -151,6 +151,29 @@ def bilinear(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return out
 
 
+def fieldmap_upsample(a: np.ndarray, knots_y: list[int], knots_x: list[int], out_h: int, out_w: int) -> np.ndarray:
+    """docs/dissection.md §3's fieldmap values, one pixel at a time: linear between the knots around
+    the pixel, the edge knot's value outside them (float64; the same rounding order as :func:`bilinear`)."""
+
+    def source(y: int, knots: list[int]) -> tuple[int, int, float]:
+        if y <= knots[0]:
+            return 0, 0, 0.0
+        if y >= knots[-1]:
+            return len(knots) - 1, len(knots) - 1, 0.0
+        k = max(j for j in range(len(knots)) if knots[j] <= y)
+        return k, k + 1, (y - knots[k]) / (knots[k + 1] - knots[k])
+
+    out = np.empty((out_h, out_w))
+    for y in range(out_h):
+        y0, y1, wy = source(y, knots_y)
+        for x in range(out_w):
+            x0, x1, wx = source(x, knots_x)
+            top = a[y0, x0] * (1 - wx) + a[y0, x1] * wx
+            bottom = a[y1, x0] * (1 - wx) + a[y1, x1] * wx
+            out[y, x] = top * (1 - wy) + bottom * wy
+    return out
+
+
 def reference(
     acts: np.ndarray,
     data: TinyBroden,
@@ -158,8 +181,11 @@ def reference(
     union: str = "paper",
     rows: range | None = None,
     thresholds: np.ndarray | None = None,
+    upsample=None,
 ) -> dict[str, np.ndarray]:
-    """Thresholds and counts of docs/dissection.md §2-4, plainly. ``acts``: (N, U, H, W) activations of all images."""
+    """Thresholds and counts of docs/dissection.md §2-4, plainly. ``acts``: (N, U, H, W) activations of
+    all images; ``upsample(map, sh, sw)`` gives the upsampled values (default :func:`bilinear`)."""
+    upsample = upsample or bilinear
     n, units = acts.shape[:2]
     if thresholds is None:
         thresholds = np.array([np.quantile(acts[:, u].astype(np.float64).ravel(), 1 - q) for u in range(units)])
@@ -181,7 +207,7 @@ def reference(
             primary[l] for l in image_labels
         }
         for u in range(units):
-            mask = bilinear(acts[i, u].astype(np.float64), sh, sw) > thresholds[u]
+            mask = upsample(acts[i, u].astype(np.float64), sh, sw) > thresholds[u]
             size = int(mask.sum())
             for layer in layers:
                 for l in np.unique(layer[mask]):

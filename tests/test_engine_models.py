@@ -54,7 +54,13 @@ def test_layer_shapes_and_cli(capsys):
     assert shapes["layer4"] == (512, 2, 2) and shapes["fc"] == (1000,) and shapes["layer1.0.conv1"] == (64, 16, 16)
     assert main(["layers", "--model", "resnet18", "--size", "64"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "layer4\t512x2x2" in lines and "avgpool\t512x1x1" in lines
+    # name, shape, how it is read, field map (offset, size, step; y,x) or why there is none
+    assert "layer4\t512x2x2\tconv: 512 units, 2x2 maps\toffset -217,-217 size 435,435 step 32,32" in lines
+    assert (
+        "avgpool\t512x1x1\tconv: 512 units, 1x1 maps\tnone (adaptive_avg_pool2d in avgpool changes the map from "
+        "2x2 to 1x1)" in lines
+    )
+    assert any(line.startswith("fc\t1000\tflat: 1000 units, 1x1 maps (image-level)\t") for line in lines)
 
 
 def test_weights_state_dict_checkpoint_and_module_prefix(tmp_path):

@@ -3,6 +3,7 @@ forward pass's input layout and the bad inputs of extraction (disk, GPU memory) 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections import namedtuple
@@ -210,3 +211,36 @@ def test_float16_overflow_is_refused(tiny, tmp_path):
     assert not (tmp_path / "s" / "meta.json").exists()
     meta = pipeline.extract(tiny.root, spec, ["0"], 0, 1, tmp_path / "t", quantile=0.5, progress=False)
     assert meta["dtype"] == "float32" and np.load(tmp_path / "t" / "0.imgmax.npy").max() == 1e5
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("conv", SPEC, ["2", "4"], {"preset": "original"}),  # fieldmap upsampling, BGR 0-255 float64 input
+        ("tokens", "tests.test_models_tokens:TokenDetector", ["block"], {"tokens": "spatial"}),
+        ("cls", "tests.test_models_tokens:TokenDetector", ["block"], {"tokens": "cls"}),
+    ],
+    ids=lambda case: case[0],
+)
+def test_recompute_keeps_presets_fieldmaps_and_token_readouts(tmp_path, case):
+    from tests.test_models_tokens import PATCH, planted_dataset
+
+    name, spec, layers, options = case
+    if name == "conv":
+        data = write_tiny_broden(tmp_path / "broden", n_images=13, seg=8, scale=2, seed=5)
+    else:
+        data = planted_dataset(tmp_path, seg=8, scale=PATCH // 2)
+    for mode in ("store", "recompute"):
+        pipeline.dissect(
+            data.root, spec, layers, tmp_path / mode, q=0.05, batch_size=5, activations=mode, progress=False, **options
+        )
+    for layer in layers:
+        for output in OUTPUTS:
+            store, recompute = (tmp_path / mode / layer / output for mode in ("store", "recompute"))
+            assert store.read_bytes() == recompute.read_bytes(), (layer, output)
+        settings = json.loads((tmp_path / "recompute" / layer / "summary.json").read_text())["settings"]
+        assert settings["upsample"] == ("fieldmap" if name == "conv" else "bilinear")
+        strips = sorted((tmp_path / "store" / layer / "report").rglob("*.jpg"))
+        assert strips and all(
+            s.read_bytes() == (tmp_path / "recompute" / s.relative_to(tmp_path / "store")).read_bytes() for s in strips
+        )

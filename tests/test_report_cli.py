@@ -112,7 +112,7 @@ def test_report_errors_name_the_file(broden_example: Path, dissected: Path, tmp_
     ]
     (layer_dir / "thresholds.npy").unlink()
     assert main(args) == 2
-    assert f"{layer_dir / 'thresholds.npy'}: no such file" in capsys.readouterr().err
+    assert f"{layer_dir} is not a layer folder of a dissection: it lacks thresholds.npy" in capsys.readouterr().err
     shutil.copy(dissected / "conv1" / "thresholds.npy", layer_dir / "thresholds.npy")
     shard = tmp_path / "shard"
     shutil.copytree(dissected / "shards" / "0", shard)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 
 from netdissect.defaults import BATCH_SIZE, DEMO_EPOCHS
@@ -14,7 +17,9 @@ def register(sub, *groups) -> None:
         "train-demo",
         help="train the demo CNN (netdissect.demo:DemoNet) on a Broden dataset",
         description="Train DemoNet to predict which non-color labels cover each cell of its conv4 "
-        "map; save its weights with spec and training settings (deterministic).",
+        "map; save its weights with spec and training settings. The same weights, to the bit, on every "
+        "x86-64 machine with AVX2 and any thread count: it trains in a child process with one thread and "
+        "fixed numerical code paths (netdissect/demo/train.py).",
     )
     p.add_argument("--dataset", required=True, metavar="DIR", help="Broden folder to train on")
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="weights file to write")
@@ -28,6 +33,30 @@ def register(sub, *groups) -> None:
 
 
 def _train_demo(args: argparse.Namespace) -> int:
+    from netdissect.demo.train import REPRODUCIBLE_ENV, reproducible_process
+
+    if not reproducible_process():
+        # MKL and PyTorch read these when they load: start a fresh process that has them.
+        argv = [
+            sys.executable,
+            "-m",
+            "netdissect",
+            "train-demo",
+            "--dataset",
+            str(args.dataset),
+            "--out",
+            str(args.out),
+        ]
+        argv += ["--epochs", str(args.epochs), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
+        argv += ["--workers", str(args.workers)]
+        sys.stdout.flush()
+        child = subprocess.run(argv, env={**os.environ, **REPRODUCIBLE_ENV}, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(child.stderr)  # its error message, where the caller reads this command's
+        return child.returncode
+    return _train_here(args)
+
+
+def _train_here(args: argparse.Namespace) -> int:
     import torch
 
     from netdissect.demo.net import DEMO_SPEC
@@ -39,7 +68,8 @@ def _train_demo(args: argparse.Namespace) -> int:
     data = load_training_data(args.dataset, workers=args.workers)
     print(
         f"{len(data['images'])} images, {len(data['labels'])} target labels, "
-        f"targets {tuple(data['targets'].shape[1:])}, {threads} threads ({time.monotonic() - start:.1f} s to load)",
+        f"targets {tuple(data['targets'].shape[1:])}, {threads} threads to load ({time.monotonic() - start:.1f} s), "
+        "1 to train",
         flush=True,
     )
     net, history = train_demo(

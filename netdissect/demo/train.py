@@ -7,9 +7,16 @@ out of the target, so what the network learns is objects, parts, materials, scen
 prediction head (a 1x1 convolution) is used only for training; the saved file holds the ``DemoNet``
 weights, which is all a dissection needs.
 
-Training is deterministic for a given seed and thread count: seeded initialisation, seeded order and
-crops, deterministic algorithms. It trains on random 112-pixel crops (a quarter of the cost of whole
-images, same scale as at dissection time, since the network is fully convolutional).
+Training gives the same weights, to the bit, on every x86-64 machine with AVX2 for a given seed,
+dataset and PyTorch version, whatever the thread count (docs/benchmarks.md, "Reproducible training"):
+seeded initialisation, order and crops; one thread; convolutions by PyTorch's own im2col + BLAS path
+(oneDNN off: its kernels and blocking depend on the CPU); and the process environment
+:data:`REPRODUCIBLE_ENV`, read by the libraries when they load, so ``netdissect train-demo`` trains in a
+child process that starts with it (:func:`reproducible_process`): MKL's conditional numerical
+reproducibility fixed to the AVX2 code path (``MKL_CBWR``), PyTorch's own kernels to their baseline
+build (``ATEN_CPU_CAPABILITY``), one OpenMP/MKL thread. It trains on random 112-pixel crops (a quarter
+of the cost of whole images, same scale as at dissection time, since the network is fully
+convolutional).
 
 Saved file (:func:`netdissect.models.save_checkpoint`, read with ``torch.load(path,
 weights_only=True)``): a dict with ``state_dict`` (the weights), ``spec``, ``seed``, ``epochs``,
@@ -19,8 +26,10 @@ and ``history`` (mean loss per epoch).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,36 @@ import torch
 from netdissect.demo.net import WIDTHS, DemoNet
 from netdissect.errors import NetDissectError
 from netdissect.models.loading import normalise
+
+# Read by MKL and PyTorch when they load: set before the training process starts.
+REPRODUCIBLE_ENV = {
+    "MKL_CBWR": "AVX2",  # MKL's reproducible AVX2 code path on every CPU that has AVX2 (Intel and AMD)
+    "ATEN_CPU_CAPABILITY": "default",  # PyTorch's kernels as built for every x86-64, not per CPU
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def reproducible_process() -> bool:
+    """Whether this process started with :data:`REPRODUCIBLE_ENV`."""
+    return all(os.environ.get(key) == value for key, value in REPRODUCIBLE_ENV.items())
+
+
+@contextlib.contextmanager
+def reproducible_kernels() -> Iterator[None]:
+    """One thread, deterministic algorithms, no oneDNN; restored afterwards."""
+    import torch
+
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = onednn
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
 
 
 def target_labels(primary: np.ndarray, categories: Sequence[str]) -> np.ndarray:
@@ -135,12 +174,9 @@ def train_demo(
     (N, T, H/16, W/16); return the network in eval mode and the mean loss of every epoch.
 
     Each step takes a random ``crop``-pixel window (multiple of 16; whole images when they are smaller)
-    and a random horizontal flip, identical for image and target. Deterministic for a given seed.
+    and a random horizontal flip, identical for image and target. Deterministic for a given seed; the
+    same on every machine in a process started with :data:`REPRODUCIBLE_ENV` (module docstring).
     """
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
     if images.ndim != 4 or images.shape[1] != 3 or targets.ndim != 4 or len(images) != len(targets):
         raise NetDissectError(
             f"train_demo: expected images (N, 3, H, W) and targets (N, T, h, w) with the same N, "
@@ -148,9 +184,17 @@ def train_demo(
         )
     if epochs < 1 or batch_size < 1:
         raise NetDissectError(f"--epochs and the batch size must be >= 1, got {epochs} and {batch_size}")
+    with reproducible_kernels():
+        return _train(images, targets, epochs, seed, batch_size, crop, lr, log)
+
+
+def _train(images, targets, epochs, seed, batch_size, crop, lr, log) -> tuple[torch.nn.Module, list[float]]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
     net = DemoNet()
     head = nn.Conv2d(WIDTHS[-1], targets.shape[1], kernel_size=1)
     params = list(net.parameters()) + list(head.parameters())
@@ -184,5 +228,4 @@ def train_demo(
             total += loss.item() * len(rows)
         history.append(total / len(images))
         log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} ({time.monotonic() - start:.1f} s)")
-    torch.use_deterministic_algorithms(False)
     return net.eval(), history

@@ -1,5 +1,6 @@
 """Models: a SPEC becomes a torch module in eval mode (:mod:`~netdissect.models.loading`), whose layer
-outputs are captured by hooks (:mod:`~netdissect.models.layers`); named architectures live in
+outputs are captured by hooks (:mod:`~netdissect.models.layers`) and whose field maps are traced
+(:mod:`~netdissect.models.fieldmaps`); named architectures live in
 :mod:`~netdissect.models.zoo`, the ``layers`` and ``random-weights`` commands in
 :mod:`~netdissect.models.cli`."""
 
@@ -17,6 +18,7 @@ _HOMES = {
     "load_weights": "loading",
     "normalise": "loading",
     "save_checkpoint": "loading",
+    "trace_field_maps": "fieldmaps",
 }
 
 

@@ -3,9 +3,12 @@
 Core functions take arrays and return files; the CLI (``netdissect report``, ``netdissect report-all``)
 only reads the inputs and calls them.
 
-* :func:`render_layer_report` — one layer's self-contained folder (index.html, strips, bar graph).
-* :func:`render_summary_report` — every model × layer: table, ``summary.csv``, stacked bar charts.
-* :func:`read_result_csv`, :func:`count_detectors`, :func:`label_bars` — the numbers they show.
+* :func:`render_layer_report` — one layer's self-contained folder (index.html, strips, bar graph);
+  :func:`write_layer_report` — the same from a layer folder (dataset, shards, layer from summary.json).
+* :func:`render_summary_report` — every model × layer: table, ``summary.csv``, ``units.csv``, stacked bar charts.
+* :func:`read_result_file` (any of the three layouts: ours, NetDissect-Lite's, the original's),
+  :func:`read_result_csv`, :func:`count_detectors`, :func:`label_bars`, :func:`tidy_units` — the numbers they show.
+* :func:`compare_results` — two result files of one layer, unit by unit (``netdissect compare``).
 * :func:`top_rows`, :func:`tile_masks`, :func:`compose_strip` — which images a unit shows, and how
   they are highlighted.
 """
@@ -22,6 +25,13 @@ _HOMES = {
     "parse_result": "results",
     "read_result_csv": "results",
     "read_summary": "results",
+    "read_result_file": "results",
+    "result_files": "results",
+    "ResultFile": "results",
+    "tidy_units": "results",
+    "compare_results": "compare",
+    "layer_inputs": "build",
+    "write_layer_report": "build",
     "compose_strip": "strips",
     "tile_masks": "strips",
     "top_rows": "strips",
@@ -39,6 +49,13 @@ def __getattr__(name: str):
 __all__ = [
     "LayerCounts",
     "LayerEntry",
+    "ResultFile",
+    "compare_results",
+    "layer_inputs",
+    "read_result_file",
+    "result_files",
+    "tidy_units",
+    "write_layer_report",
     "compose_strip",
     "count_detectors",
     "headline",

@@ -5,7 +5,9 @@
 * :func:`stacked_bar_chart`: one bar per model × layer, stacked by category (the paper's figure of
   unique detectors).
 
-Both return a standalone SVG document as a string; it can be inlined in HTML as is.
+Both return a standalone SVG document as a string; it can be inlined in HTML as is. Axis labels are
+rotated and the margins are sized from an upper bound of each label's width (:func:`text_width`), so no
+label is cut, however long.
 """
 
 from __future__ import annotations
@@ -25,7 +27,26 @@ CATEGORY_COLORS = {
     "color": "#56b4e9",
 }
 _SPARE_COLORS = ("#7f7f7f", "#8c564b", "#bcbd22", "#17becf", "#9467bd", "#393b79")
-_CHAR_WIDTH = 6.4  # approximate width of one character of the 11 px labels
+# Advance widths in em, rounded up over Helvetica/Arial/Liberation Sans and DejaVu Sans (the fallback).
+_NARROW, _NARROW_EM = set("fijlrtI.,:;'|!() "), 0.36
+_WIDE, _WIDE_EM = set("mwMW@%"), 1.0
+_UPPER_EM, _OTHER_EM = 0.8, 0.65
+
+
+def text_width(text: str, size: float = 11) -> float:
+    """An upper bound of the width in pixels of ``text`` set in ``size``-pixel sans-serif."""
+    em = sum(
+        _NARROW_EM if c in _NARROW else _WIDE_EM if c in _WIDE else _UPPER_EM if c.isupper() else _OTHER_EM
+        for c in text
+    )
+    return em * size
+
+
+def rotated_extent(width: float, degrees: float, size: float = 11) -> tuple[float, float]:
+    """(horizontal, vertical) reach of a label of ``width`` pixels rotated by ``degrees`` below the
+    horizontal and anchored at its end, plus the glyphs' height across the line."""
+    angle = math.radians(degrees)
+    return width * math.cos(angle) + size * math.sin(angle), width * math.sin(angle) + size * math.cos(angle)
 
 
 def category_colors(categories: Sequence[str]) -> dict[str, str]:
@@ -55,10 +76,10 @@ def label_bar_chart(
 ) -> str:
     """SVG of ``(category, label, count)`` bars, in the given order (see ``results.label_bars``)."""
     colors = category_colors(categories)
-    bar, gap, group_gap, plot_h = 12, 4, 14, 150
+    bar, gap, group_gap, plot_h, angle = 12, 4, 14, 150, 55
     left, top = 44, 58
-    longest = max((len(label) for _, label, _ in bars), default=0)
-    bottom = 16 + int(0.82 * min(longest, 40) * _CHAR_WIDTH)
+    reach = [rotated_extent(text_width(label), angle) for _, label, _ in bars]
+    bottom = 8 + max((v for _, v in reach), default=0) + 6
     ticks = nice_ticks(max((n for *_, n in bars), default=1))
     scale = plot_h / ticks[-1]
     items, groups, x, previous = [], [], left + 8, None
@@ -68,7 +89,7 @@ def label_bar_chart(
         if cat != previous:
             groups.append({"category": cat, "x0": x, "x1": x, "color": colors.get(cat, "#999")})
         groups[-1]["x1"] = x + bar
-        groups[-1]["x_next"] = groups[-1]["x0"] + len(cat) * (_CHAR_WIDTH + 1.2) + 4  # room for the group name
+        groups[-1]["x_next"] = groups[-1]["x0"] + text_width(cat, 12) + 4  # room for the group name
         items.append(
             {
                 "category": cat,
@@ -83,7 +104,9 @@ def label_bar_chart(
         )
         x += bar + gap
         previous = cat
-    width = max(x + 12, groups[-1]["x_next"] + 12 if groups else 0, 320)
+    # shift the plot right where the first labels reach past the left edge
+    shift = max([0.0] + [h - (item["center"] + 4) + 2 for item, (h, _) in zip(items, reach)])
+    width = shift + max(x + 12, groups[-1]["x_next"] + 12 if groups else 0, left + text_width(title, 14) + 8, 320)
     return (
         environment()
         .get_template("label_bars.svg")
@@ -92,6 +115,8 @@ def label_bar_chart(
             items=items,
             groups=groups,
             bar=bar,
+            angle=angle,
+            shift=shift,
             width=width,
             height=top + plot_h + bottom,
             left=left,
@@ -113,10 +138,10 @@ def stacked_bar_chart(
 ) -> str:
     """SVG of one stacked bar per ``(name, {category: count})``, segments in category order."""
     colors = category_colors(categories)
-    bar, gap, plot_h = 30, 14, 220
+    bar, gap, plot_h, angle = 30, 14, 220, 45
     left, top = 56, 44
-    longest = max((len(name) for name, _ in bars), default=0)
-    bottom = 16 + int(0.72 * min(longest, 48) * _CHAR_WIDTH)
+    reach = [rotated_extent(text_width(name), angle) for name, _ in bars]
+    bottom = 8 + max((v for _, v in reach), default=0) + 6
     totals = [sum(counts.get(c, 0) for c in categories) for _, counts in bars]
     ticks = nice_ticks(max(totals, default=1))
     scale = plot_h / ticks[-1]
@@ -135,8 +160,9 @@ def stacked_bar_chart(
         {"category": c, "color": colors[c], "x": x + 18, "y": top + 12 + 18 * i}
         for i, c in enumerate(reversed(list(categories)))
     ]
-    legend_width = 40 + max((len(c) for c in categories), default=0) * _CHAR_WIDTH
-    width = max(x + 18 + legend_width, left + len(title) * 7.6 + 10, 320)
+    legend_width = 40 + max((text_width(c, 12) for c in categories), default=0)
+    shift = max([0.0] + [h - (column["center"] + 4) + 2 for column, (h, _) in zip(columns, reach)])
+    width = shift + max(x + 18 + legend_width, left + text_width(title, 14) + 10, 320)
     return (
         environment()
         .get_template("stacked_bars.svg")
@@ -146,6 +172,8 @@ def stacked_bar_chart(
             columns=columns,
             legend=legend,
             bar=bar,
+            angle=angle,
+            shift=shift,
             width=width,
             height=top + plot_h + bottom,
             left=left,

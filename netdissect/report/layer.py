@@ -16,6 +16,7 @@ import pandas as pd
 from netdissect.defaults import JPEG_QUALITY, REPORT_THREADS, TOPK
 from netdissect.errors import NetDissectError
 from netdissect.io import atomic_dir
+from netdissect.masks import BILINEAR
 from netdissect.report.charts import category_colors, label_bar_chart
 from netdissect.report.results import count_detectors, detector_mask, iou_threshold_of, label_bars
 from netdissect.report.strips import LoadImage, MapsForRows, gather_maps, render_strips, top_rows
@@ -32,22 +33,40 @@ def headline(counts) -> str:
     )
 
 
-def settings_line(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The run settings worth showing under the headline, from summary.json's ``settings`` (if any)."""
+def settings_line(summary: Mapping[str, Any], masks: str | None = None) -> list[tuple[str, str]]:
+    """The run settings worth showing under the headline, from summary.json's ``settings`` (if any);
+    ``masks``: the upsampling of the masks shown, named when it is not the one the counts used."""
     settings = summary.get("settings") if isinstance(summary.get("settings"), Mapping) else {}
     shown = []
     for key, name in (
         ("model", "model"),
         ("weights", "weights"),
+        ("input", "input"),
         ("dataset_images", "images"),
+        ("preset", "preset"),
         ("quantile", "top fraction q"),
         ("union", "union"),
         ("upsample", "upsample"),
     ):
-        value = settings.get(key)
+        value = input_convention(settings) if key == "input" else settings.get(key)
         if value not in (None, ""):
             shown.append((name, str(value)))
+    if masks is not None and settings.get("upsample") not in (None, masks):
+        shown.append(("masks shown upsampled by", masks))
     return shown
+
+
+def input_convention(settings: Mapping[str, Any]) -> str | None:
+    """How images were fed to the model: 'BGR 0–255 − mean 109.539,118.69,124.69, std 1,1,1' (Caffe) or
+    'RGB 0–1 − mean ..., std ...' (torch); the mean file when the mean came from one."""
+    mean, std = settings.get("mean"), settings.get("std")
+    if not mean or not std:
+        return None
+    scale = "0–255" if float(settings.get("divisor", 255.0)) == 1.0 else "0–1"
+    source = f" (from {settings['mean_file']})" if settings.get("mean_file") else ""
+    numbers = lambda values: ",".join(f"{float(v):g}" for v in values)
+    order = "BGR" if settings.get("bgr") else "RGB"
+    return f"{order} {scale} − mean {numbers(mean)}{source}, std {numbers(std)}"
 
 
 def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float) -> np.ndarray:
@@ -110,13 +129,15 @@ def render_layer_report(
     quality: int = JPEG_QUALITY,
     threads: int = REPORT_THREADS,
     title: str | None = None,
+    upsample=BILINEAR,
 ) -> Path:
     """Write the report of one layer into the folder ``out``; return the path of its ``index.html``.
 
     ``result``/``categories`` come from :func:`netdissect.report.results.read_result_csv`; ``summary``
     (summary.json) supplies model, layer, dataset and iou_threshold; ``thresholds`` (U,) and ``imgmax``
     (N, U) are the layer's files; ``maps_for_rows(rows)`` returns activations (len(rows), U, H, W);
-    ``load_image(row)`` returns the dataset image uint8 (3, h, w).
+    ``load_image(row)`` returns the dataset image uint8 (3, h, w); ``upsample`` is the mode of the
+    masks (:mod:`netdissect.masks`), the one the counts used.
     """
     out = Path(out)
     units = len(result)
@@ -145,7 +166,9 @@ def render_layer_report(
     with atomic_dir(out, replace=True) as built:
         top = top_rows(imgmax, topk)
         maps = gather_maps(top, maps_for_rows)
-        names = render_strips(built / "strips", top, maps, thresholds, load_image, quality=quality, threads=threads)
+        names = render_strips(
+            built / "strips", top, maps, thresholds, load_image, quality=quality, threads=threads, upsample=upsample
+        )
         strips = {u + 1: f"strips/{name}" for u, name in enumerate(names)}
         chart = label_bar_chart(label_bars(result, categories, iou_threshold), categories)
         (built / "detectors.svg").write_text(chart, encoding="utf-8")
@@ -166,7 +189,7 @@ def render_layer_report(
                 chart=chart,
                 cards=_cards(result, categories, iou_threshold, strips, top.shape[1]),
                 iou_threshold=iou_threshold,
-                settings=settings_line(summary),
+                settings=settings_line(summary, upsample.name),
             )
         )
         (built / "index.html").write_text(page, encoding="utf-8")

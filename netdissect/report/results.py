@@ -1,11 +1,20 @@
-"""Read one layer's dissection (``result.csv``, ``summary.json``) and count its detectors.
+"""Read a layer's results in any of three layouts, and count its detectors.
 
-``result.csv`` is the single source of the numbers a report shows (docs/dissection.md §6): one row
-per unit, ``unit,category,label,score`` and then, for every category in category.csv order,
-``<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou``. ``summary.json`` only supplies
-names and settings (model, layer, dataset, iou_threshold); the counts are recomputed here from
-result.csv with the definitions of docs/dissection.md §5 (:mod:`netdissect.score`), so the per-layer report and the cross-network summary
-always agree with the file users plot from.
+A result table has one row per unit, ``unit,category,label,score`` and then, for every category,
+``<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou`` (docs/dissection.md §6). Three
+systems write it, with the same column names but other column orders and number formats
+(docs/results-files.md):
+
+* ``netdissect``: our ``result.csv``; counts are whole numbers, categories in category.csv order.
+* ``lite``: NetDissect-Lite's ``tally.csv``; every count is written as a float (``1234.0``).
+* ``original``: the original system's ``<layer>-result.csv`` (and the CSVs its paper's plots were made
+  from); truth and intersect are whole numbers, activation a float, categories in any order.
+
+Columns are read by name, so any order works. Where a category has no label, the other systems write
+label 0's numbers; they are read as truth 0, intersect 0, IoU 0 (what netdissect writes), so that
+"no label" means one thing. ``summary.json`` only supplies names and settings (model, layer, dataset,
+iou_threshold); the counts are recomputed from the table with the rules of :mod:`netdissect.score`,
+so the per-layer report, the cross-network summary and ``compare`` agree with the file users plot from.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +36,29 @@ from netdissect.score import LayerCounts
 
 CATEGORY_FIELDS = ("label", "truth", "activation", "intersect", "iou")
 _FIXED_COLUMNS = ("unit", "category", "label", "score")
+COUNT_FIELDS = ("truth", "activation", "intersect")
+
+# The three layouts (docs/results-files.md) and the file names their systems give them.
+LAYOUTS = {
+    "netdissect": "netdissect's result.csv",
+    "lite": "NetDissect-Lite's tally.csv",
+    "original": "the original system's <layer>-result.csv",
+}
+RESULT_FILE = "result.csv"
+LITE_FILE = "tally.csv"
+ORIGINAL_SUFFIX = "-result.csv"
+KNOWN_LAYOUTS = (
+    "a result file of a known layout: netdissect's result.csv, NetDissect-Lite's tally.csv or the original "
+    "system's <layer>-result.csv, with the header 'unit,category,label,score' and, per category, "
+    "'<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou' in any order (docs/dissection.md §6)"
+)
 
 
 def result_categories(columns: list[str], source: str = "result.csv") -> list[str]:
     """The categories of a result table, in column order, checking every per-category column is there."""
     missing = [c for c in _FIXED_COLUMNS if c not in columns]
     if missing:
-        raise NetDissectError(
-            f"{source}: missing column(s) {', '.join(missing)}; expected the header "
-            "'unit,category,label,score,<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou,...' "
-            "(docs/dissection.md §6). Regenerate it with `netdissect score`."
-        )
+        raise NetDissectError(f"{source}: missing column(s) {', '.join(missing)}; expected {KNOWN_LAYOUTS}.")
     categories = [c[: -len("-label")] for c in columns if c.endswith("-label")]
     for cat in categories:
         absent = [f"{cat}-{f}" for f in CATEGORY_FIELDS if f"{cat}-{f}" not in columns]
@@ -46,10 +68,7 @@ def result_categories(columns: list[str], source: str = "result.csv") -> list[st
                 f"{', '.join(f'{cat}-{f}' for f in CATEGORY_FIELDS)}. Regenerate it with `netdissect score`."
             )
     if not categories:
-        raise NetDissectError(
-            f"{source}: no '<category>-label' column; expected one group of five columns "
-            "per category (docs/dissection.md §6)."
-        )
+        raise NetDissectError(f"{source}: no '<category>-label' column; expected {KNOWN_LAYOUTS}.")
     return categories
 
 
@@ -77,7 +96,8 @@ def parse_result(table: pd.DataFrame, source: str = "result.csv") -> tuple[pd.Da
 
     The returned frame keeps the file's row order and has ``unit`` (int, 1-based), ``category``,
     ``label`` (str, "" when empty), ``score`` (float) and the per-category columns typed
-    (labels str, counts int, iou float). Units must be exactly 1..U, each once.
+    (labels str, counts int, iou float); counts written as floats (``1234.0``) must be whole numbers.
+    A category without a label gets truth, intersect and iou 0. Units must be exactly 1..U, each once.
     """
     table = table.copy()
     categories = result_categories(list(table.columns), source)
@@ -93,9 +113,12 @@ def parse_result(table: pd.DataFrame, source: str = "result.csv") -> tuple[pd.Da
     )
     for cat in categories:
         typed[f"{cat}-label"] = table[f"{cat}-label"].to_numpy()
-        for f in ("truth", "activation", "intersect"):
+        for f in COUNT_FIELDS:
             typed[f"{cat}-{f}"] = _numeric(table, f"{cat}-{f}", source, integer=True)
         typed[f"{cat}-iou"] = _numeric(table, f"{cat}-iou", source)
+        empty = typed[f"{cat}-label"] == ""
+        typed.loc[empty, [f"{cat}-truth", f"{cat}-intersect"]] = 0
+        typed.loc[empty, f"{cat}-iou"] = 0.0
     units = np.sort(typed["unit"].to_numpy())
     if len(units) == 0:
         raise NetDissectError(f"{source}: no unit rows; a layer has at least one unit.")
@@ -114,16 +137,81 @@ def parse_result(table: pd.DataFrame, source: str = "result.csv") -> tuple[pd.Da
     return typed, categories
 
 
-def read_result_csv(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """Read and validate ``result.csv``; see :func:`parse_result`."""
+def detect_layout(table: pd.DataFrame, categories: list[str], name: str = "") -> str:
+    """Which system wrote a result table (read as text): from how its counts are written, else from
+    the file ``name``. ``netdissect``: whole numbers; ``lite``: all counts as floats; ``original``:
+    activation alone as a float."""
+    floats = {
+        f: any(table[f"{c}-{f}"].astype(str).str.contains(r"[.eE]").any() for c in categories) for f in COUNT_FIELDS
+    }
+    if not any(floats.values()):
+        return "netdissect"
+    if floats["truth"] and floats["intersect"]:
+        return "lite"
+    if floats["activation"] and not floats["truth"] and not floats["intersect"]:
+        return "original"
+    if name == LITE_FILE:
+        return "lite"
+    return "original" if name.endswith(ORIGINAL_SUFFIX) else "netdissect"
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One layer's results as read by :func:`read_result_file`: the typed table of :func:`parse_result`,
+    its categories (column order), the layout that wrote it (a key of ``LAYOUTS``) and the layer name
+    the original system puts in its file name (``conv5-result.csv``; None otherwise)."""
+
+    path: Path
+    table: pd.DataFrame
+    categories: list[str]
+    layout: str
+    layer: str | None = None
+
+    @property
+    def units(self) -> int:
+        return len(self.table)
+
+
+def read_result_file(path: str | Path) -> ResultFile:
+    """Read and validate a result file of any of the three layouts (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise NetDissectError(f"{path}: no such file; run `netdissect score` for this layer first.")
+        raise NetDissectError(
+            f"{path}: no such file; expected {KNOWN_LAYOUTS}. For a layer of netdissect, run `netdissect score` first."
+        )
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise NetDissectError(f"{path}: not a readable CSV ({err}); regenerate it with `netdissect score`.") from err
-    return parse_result(table, str(path))
+        raise NetDissectError(f"{path}: not a readable CSV ({err}); expected {KNOWN_LAYOUTS}.") from err
+    table, categories = parse_result(raw, str(path))
+    layer = path.name[: -len(ORIGINAL_SUFFIX)] if path.name.endswith(ORIGINAL_SUFFIX) else None
+    return ResultFile(path, table, categories, detect_layout(raw, categories, path.name), layer or None)
+
+
+def read_result_csv(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read and validate a result file (any layout); see :func:`parse_result`."""
+    result = read_result_file(path)
+    return result.table, result.categories
+
+
+def result_files(folder: str | Path) -> list[Path]:
+    """The result files of a folder: its ``result.csv``, else its ``tally.csv``, else every
+    ``<layer>-result.csv`` (sorted by name). A CSV file given instead of a folder is its own result."""
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise NetDissectError(f"{folder}: no such folder or file; expected a folder holding {KNOWN_LAYOUTS}.")
+    for name in (RESULT_FILE, LITE_FILE):
+        if (folder / name).is_file():
+            return [folder / name]
+    found = sorted(p for p in folder.glob(f"*{ORIGINAL_SUFFIX}") if p.is_file())
+    if not found:
+        raise NetDissectError(
+            f"{folder}: holds no result.csv, tally.csv or <layer>-result.csv; expected a folder holding "
+            f"{KNOWN_LAYOUTS}, or such a CSV file itself."
+        )
+    return found
 
 
 def read_summary(path: str | Path) -> dict[str, Any]:
@@ -185,3 +273,35 @@ def label_bars(result: pd.DataFrame, categories: list[str], iou_threshold: float
     counts["order"] = counts["category"].map(order)
     counts = counts.sort_values(["order", "n", "label"], ascending=[True, False, True])
     return [(c, l, int(n)) for c, l, n in zip(counts["category"], counts["label"], counts["n"])]
+
+
+TIDY_COLUMNS = ("unit", "category", "label", "iou", "truth", "activation", "intersect", "top", "detector")
+
+
+def tidy_units(result: pd.DataFrame, categories: list[str], iou_threshold: float) -> pd.DataFrame:
+    """A result table in long form: one row per unit (ascending) and category (in ``categories`` order)
+    with ``label, iou, truth, activation, intersect`` of that category; ``top`` is True on the row of
+    the unit's own label (result.csv's ``category``/``label``), ``detector`` on every row of a unit that
+    is a detector (:func:`netdissect.score.detector_mask`)."""
+    ordered = result.sort_values("unit", kind="stable")
+    units, k = len(ordered), len(categories)
+
+    def per_category(field: str):
+        return pd.concat([ordered[f"{c}-{field}"].reset_index(drop=True) for c in categories], axis=1).to_numpy()
+
+    labelled = ordered["label"].to_numpy() != ""
+    top = (ordered["category"].to_numpy()[:, None] == np.array(categories, dtype=object)[None, :]) & labelled[:, None]
+    return pd.DataFrame(
+        {
+            "unit": np.repeat(ordered["unit"].to_numpy(), k),
+            "category": np.tile(np.array(categories, dtype=object), units),
+            "label": per_category("label").ravel(),
+            "iou": per_category("iou").astype(np.float64).ravel(),
+            "truth": per_category("truth").astype(np.int64).ravel(),
+            "activation": per_category("activation").astype(np.int64).ravel(),
+            "intersect": per_category("intersect").astype(np.int64).ravel(),
+            "top": top.ravel(),
+            "detector": np.repeat(detector_mask(ordered, iou_threshold), k),
+        },
+        columns=list(TIDY_COLUMNS),
+    )
