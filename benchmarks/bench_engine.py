@@ -1,6 +1,7 @@
 """Benchmark of the dissection engine: forward pass vs everything after it, tally speed, peak memory.
 
-    python benchmarks/bench_engine.py --dataset DIR [--images N] [--model resnet18] [--layer layer4]
+    python benchmarks/bench_engine.py --dataset DIR [--images N] [--model resnet18] [--weights FILE] [--layer layer4]
+                                      [--labels PACK]
                                       [--repeat 2] [--batch-size 32] [--workers 1] [--tally-threads 2]
                                       [--device cpu]
 
@@ -77,6 +78,11 @@ def child(args: argparse.Namespace) -> None:
     ds = BrodenDataset(args.dataset, load_labels=False)
     model = load_model(args.model)
     timings: dict[str, float] = {}
+    if args.weights:
+        from netdissect.models import load_weights
+
+        load_weights(model.module, args.weights)
+    cpu0 = time.process_time()
     tic = time.perf_counter()
     extract_shard(
         ds,
@@ -92,7 +98,9 @@ def child(args: argparse.Namespace) -> None:
         timings=timings,
     )
     extract_s = time.perf_counter() - tic
+    extract_cpu = time.process_time() - cpu0
     rss_after_extract = peak_rss_mb()
+    cpu0 = time.process_time()
     tic = time.perf_counter()
     pipeline.quantile([shard_dir], args.layer, layer_dir)
     quantile_s = time.perf_counter() - tic
@@ -107,12 +115,14 @@ def child(args: argparse.Namespace) -> None:
         batch_size=args.tally_batch_size,
         threads=args.tally_threads,
         progress=False,
+        labels=args.labels,
     )
     tally_s = time.perf_counter() - tic
     tic = time.perf_counter()
     info = pipeline.score(layer_dir / "counts.npz", args.dataset, layer_dir)
     score_s = time.perf_counter() - tic
     after = quantile_s + tally_s + score_s
+    after_cpu = time.process_time() - cpu0
     print(
         json.dumps(
             {
@@ -127,6 +137,10 @@ def child(args: argparse.Namespace) -> None:
                 "score_s": round(score_s, 3),
                 "after_forward_s": round(after, 2),
                 "after_over_forward": round(after / timings["forward_s"], 3),
+                "extract_cpu_s": round(extract_cpu, 2),
+                "after_cpu_s": round(after_cpu, 2),
+                "after_over_extract_cpu": round(after_cpu / extract_cpu, 3),
+                "labels": args.labels,
                 "forward_images_per_s": round(len(ds) / timings["forward_s"], 1),
                 "tally_images_per_s": round(len(ds) / tally_s, 1),
                 "detectors": info["detectors"],
@@ -265,6 +279,7 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, type=Path)
     parser.add_argument("--images", type=int, default=0, help="repeat rows up to this many images")
     parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--weights", help="weights of --model (default: its seeded random initialisation)")
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -277,7 +292,7 @@ def main() -> None:
     parser.add_argument("--shard", type=Path, help="with --tally-only: an extracted shard folder")
     parser.add_argument("--thresholds", type=Path, help="with --tally-only: the layer's thresholds.npy")
     parser.add_argument("--union", default="paper", choices=["paper", "lite"])
-    parser.add_argument("--labels", help="with --tally-only: packed labels (netdissect broden pack-labels)")
+    parser.add_argument("--labels", help="packed labels for the tally (netdissect broden pack-labels)")
     parser.add_argument("--upsample", default="bilinear", choices=["bilinear", "fieldmap"], help="with --tally-only")
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -349,6 +364,8 @@ def main() -> None:
                 args.model,
                 "--layer",
                 args.layer,
+                *(["--weights", args.weights] if args.weights else []),
+                *(["--labels", args.labels] if args.labels else []),
                 "--batch-size",
                 str(args.batch_size),
                 "--workers",

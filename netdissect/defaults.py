@@ -22,6 +22,10 @@ BATCH_SIZE = 32  # images per batch: forward pass, tally, report
 DTYPE = "float32"  # storage type of activations in the shards
 DTYPES = ("float32", "float16")
 DEVICE = "cpu"
+MEMORY_FORMAT = "channels_last"  # of the forward pass's input: convolutions run fastest so on the CPU
+MEMORY_FORMATS = ("channels_last", "contiguous")  # contiguous: for models whose code needs it (x.view)
+ACTIVATIONS = "store"  # store: keep activations on disk; recompute: keep none, rerun the forward pass
+ACTIVATION_CHOICES = ("store", "recompute")
 
 # Models (docs/dissection.md §1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

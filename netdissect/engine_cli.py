@@ -7,7 +7,20 @@ from __future__ import annotations
 
 import argparse
 
-from netdissect.defaults import DTYPE, DTYPES, IOU_THRESHOLD, PERMUTATION_SEED, PRESETS, QUANTILE, TOPK, UNION, UNIONS
+from netdissect.defaults import (
+    ACTIVATIONS,
+    DTYPE,
+    DTYPES,
+    IOU_THRESHOLD,
+    MEMORY_FORMAT,
+    MEMORY_FORMATS,
+    PERMUTATION_SEED,
+    PRESETS,
+    QUANTILE,
+    TOPK,
+    UNION,
+    UNIONS,
+)
 from netdissect.experiments.cli import permutation_options, rotation_of, rotation_options
 from netdissect.options import (
     batch_option,
@@ -48,6 +61,25 @@ def _dtype_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=DTYPE, choices=DTYPES, help=f"stored activations (default {DTYPE})")
 
 
+def _forward_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--recompute",
+        dest="activations",
+        action="store_const",
+        const="recompute",
+        default=ACTIVATIONS,
+        help="store no activations: the tally and the report rerun the forward pass (same numbers; disk holds "
+        "only candidates, maxima and counts)",
+    )
+    p.add_argument(
+        "--memory-format",
+        default=MEMORY_FORMAT,
+        choices=MEMORY_FORMATS,
+        help=f"memory layout of the model's input (default {MEMORY_FORMAT}, the fastest on the CPU; a model "
+        "that cannot take it falls back to contiguous)",
+    )
+
+
 def register(sub, *groups) -> None:
     p = sub.add_parser("extract", help="forward pass over one shard: activations, maxima, quantile candidates")
     p.add_argument("--dataset", required=True, metavar="DIR")
@@ -59,6 +91,7 @@ def register(sub, *groups) -> None:
     tokens_option(p)
     preset_option(p)
     _dtype_option(p)
+    _forward_options(p)
     _quantile_option(p)
     batch_option(p)
     workers_option(p)
@@ -139,10 +172,21 @@ def register(sub, *groups) -> None:
     upsample_option(p)
     _scoring_options(p)
     _dtype_option(p)
-    labels_option(p)
+    _forward_options(p)
+    p.add_argument(
+        "--labels",
+        metavar="PACK",
+        help="packed labels folder (`netdissect broden pack-labels`), written first when missing or of "
+        "another dataset; default: the cache's pack of the dataset ($NETDISSECT_CACHE, ~/.cache/netdissect); "
+        "'none': decode the label PNGs",
+    )
     batch_option(p)
     workers_option(p)
-    threads_option(p, COUNT_THREADS + " and encoding the report's images")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help=f"{COUNT_THREADS} and encoding the report's images (default: every core this process may use)",
+    )
     device_options(p)
     p.add_argument(
         "--no-report",
@@ -182,6 +226,8 @@ def _extract(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         quantile=args.quantile,
+        memory_format=args.memory_format,
+        store_activations=args.activations == "store",
         tokens=args.tokens,
         progress=args.progress,
         preset=args.preset,
@@ -287,6 +333,8 @@ def _dissect(args: argparse.Namespace) -> int:
         permutations=args.permutations,
         permutation_seed=args.permutation_seed,
         alpha=args.alpha,
+        memory_format=args.memory_format,
+        activations=args.activations,
         report=args.report,
         topk=args.topk,
     )

@@ -10,6 +10,7 @@ first, then rows), never held for the whole shard.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from netdissect.broden.dataset import check_not_empty
-from netdissect.defaults import BATCH_SIZE, DTYPE, QUANTILE
+from netdissect.broden.dataset import check_not_empty, single_thread_worker
+from netdissect.defaults import BATCH_SIZE, DTYPE, MEMORY_FORMAT, MEMORY_FORMATS, QUANTILE
 from netdissect.errors import NetDissectError, unwrap_worker_errors
 from netdissect.experiments.rotation import rotate_maps, rotation_matrix
 from netdissect.io import atomic_path, open_for_writing, save_json, save_npy
@@ -62,6 +63,8 @@ def extract_shard(
     device: str = "cpu",
     dtype: str = DTYPE,
     quantile: float = QUANTILE,
+    memory_format: str = MEMORY_FORMAT,
+    store_activations: bool = True,
     tokens: str | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
@@ -70,6 +73,10 @@ def extract_shard(
     rotation: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """Run the model over shard ``shard`` of ``ds`` and write the shard folder; returns meta.json's content.
+
+    ``store_activations`` False (``--recompute``) writes no ``{layer}.act.npy``: the later stages rerun
+    the forward pass (:mod:`netdissect.recompute`), with the batches, device, memory format and readouts
+    that meta.json records, so they see the same numbers.
 
     Each layer's output is read as unit maps the way :func:`netdissect.models.readout.plan_readout`
     decides on a probe image (``tokens``: ``--tokens spatial|cls`` for token layers); meta.json records it.
@@ -118,7 +125,7 @@ def extract_shard(
         )
         fields = {layer: f"tracing the model's operations failed: {err}" for layer in layers}
     with capture(model, layers, copy_all) as run:
-        probe = _probe(run, model, ih, iw, device)
+        probe, memory_format = probe_forward(run, model, (ih, iw), device, memory_format)
         layout = token_layout(model.module)
         readouts: dict[str, Readout] = {}
         shapes = {}
@@ -133,6 +140,7 @@ def extract_shard(
                 )
             shapes[layer] = tuple(maps.shape[1:])
         rotations = {layer: _rotation(rotation, shapes[layer][0], layer) for layer in layers}
+        turns = {layer: rotation_turn(rotations[layer], rotation, device) for layer in layers}
         layer_info = {}
         for layer, (units, height, width) in shapes.items():
             values = num_images * height * width
@@ -146,53 +154,40 @@ def extract_shard(
                 "candidates": min(candidate_count(values, quantile), (stop - start) * height * width),
                 **field_map_json(fields[layer]),
             }
+        if store_activations:
+            check_disk(out_dir, {layer: (stop - start) * u * h * w for layer, (u, h, w) in shapes.items()}, dtype)
         with contextlib.ExitStack() as stack:
             writers, topks, imgmax = {}, {}, {}
             for layer, info in layer_info.items():
-                target = shard_file(out_dir, layer, "act")
-                tmp = stack.enter_context(atomic_path(target))
-                f = stack.enter_context(open_for_writing(tmp, target))
-                writers[layer] = NpyRowWriter(f, (stop - start, *shapes[layer]), np_dtype, target)
+                if store_activations:
+                    target = shard_file(out_dir, layer, "act")
+                    tmp = stack.enter_context(atomic_path(target))
+                    f = stack.enter_context(open_for_writing(tmp, target))
+                    writers[layer] = NpyRowWriter(f, (stop - start, *shapes[layer]), np_dtype, target)
+                else:
+                    shard_file(out_dir, layer, "act").unlink(missing_ok=True)  # never mix runs
                 topks[layer] = TopK(candidate_count(info["num_values"], quantile))
                 imgmax[layer] = np.empty((stop - start, info["units"]), dtype=np.float32)
-            loader = ds.loader(batch_size, workers, start, stop)
             bar = tqdm(total=stop - start, desc=f"extract shard {shard}", unit="img", disable=not progress)
             forward_s, loop_start = 0.0, time.perf_counter()
-            for batch in unwrap_worker_errors(loader):
-                images = batch["image"]
-                if not isinstance(images, torch.Tensor):
-                    raise NetDissectError(
-                        f"{ds.root}: rows {batch['i'][0].item() + 2}.. have images of different "
-                        f"sizes; dissection needs one image size"
-                    )
-                tic = time.perf_counter()
-                outputs = run(model.normalise(images.to(device)))
-                if device != "cpu":
-                    torch.cuda.synchronize()
-                forward_s += time.perf_counter() - tic
-                rows = batch["i"]
+            for rows, outputs, seconds in forward_batches(
+                ds, model, run, layers, start, stop, batch_size, workers, device, memory_format
+            ):
+                forward_s += seconds
                 for layer in layers:
-                    maps = read_maps(outputs[layer], readouts[layer], layer).to(torch.float32)
-                    if maps.shape[0] != len(rows):
-                        raise NetDissectError(
-                            f"layer {layer}: output has batch size {maps.shape[0]} for {len(rows)} images; the "
-                            f"model mixes the images of a batch (a fixed batch size?): run with --batch-size 1"
-                        )
-                    if not bool(torch.isfinite(maps.sum())):  # one reduction; the full check only when needed
-                        _check_finite(maps, layer, rows, ds)
-                    if rotation is not None and rotation[1] != 0:
-                        maps = rotate_maps(maps, torch.from_numpy(rotations[layer]).to(maps.device))
-                    stored = maps.to(torch.float16).to(torch.float32) if dtype == "float16" else maps
-                    writers[layer].write(stored.cpu().numpy().astype(np_dtype, copy=False))
+                    stored, maxima = stored_maps(outputs[layer], readouts[layer], layer, dtype, rows, ds, turns[layer])
+                    if store_activations:
+                        writers[layer].write(np.ascontiguousarray(stored.cpu().numpy(), dtype=np_dtype))
                     lo = int(rows[0]) - start
-                    imgmax[layer][lo : lo + len(rows)] = stored.amax(dim=(2, 3)).cpu().numpy()
+                    imgmax[layer][lo : lo + len(rows)] = maxima.cpu().numpy()
                     topks[layer].add(stored.permute(1, 0, 2, 3).reshape(stored.shape[1], -1))
                 bar.update(len(rows))
             bar.close()
             if timings is not None:
                 timings.update(forward_s=forward_s, loop_s=time.perf_counter() - loop_start)
-            for layer in layers:
+            for layer in writers:
                 writers[layer].close()
+            for layer in layers:
                 if rotation is not None:
                     save_npy(shard_file(out_dir, layer, "rotation"), rotations[layer])
                 save_npy(shard_file(out_dir, layer, "imgmax"), imgmax[layer])
@@ -220,6 +215,10 @@ def extract_shard(
         "dtype": dtype,
         "tokens": tokens,
         "rotation": None if rotation is None else {"seed": rotation[0], "power": rotation[1]},
+        "batch_size": batch_size,
+        "memory_format": memory_format,
+        "device": device,
+        "activations": "store" if store_activations else "recompute",
         "layers": layer_info,
     }
     save_json(out_dir / "meta.json", meta)
@@ -235,25 +234,154 @@ def _rotation(rotation: tuple[int, float] | None, units: int, layer: str) -> np.
     return np.eye(units) if matrix is None else matrix
 
 
-def _probe(run: Any, model: LoadedModel, ih: int, iw: int, device: str) -> dict[str, torch.Tensor]:
-    """The requested layers' outputs for one black image: the model must run at the dataset's size."""
-    try:
-        return run(model.normalise(torch.zeros(1, 3, ih, iw, dtype=torch.uint8, device=device)))
-    except (RuntimeError, AssertionError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def rotation_turn(matrix: np.ndarray | None, rotation: tuple[int, float] | None, device: str) -> torch.Tensor | None:
+    """The matrix :func:`stored_maps` applies (None: nothing to rotate, also at power 0)."""
+    if matrix is None or rotation is None or rotation[1] == 0:
+        return None
+    return torch.from_numpy(matrix).to(device)
+
+
+def check_disk(out_dir: Path, values: dict[str, int], dtype: str) -> None:
+    """Refuse to start when the activations (``values`` per layer, stored as ``dtype``) would not fit on
+    the disk of ``out_dir``, saying how much they need and what to do."""
+    import shutil
+
+    need = sum(values.values()) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+    free = shutil.disk_usage(out_dir).free
+    if need > free:
+        gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+        per_layer = ", ".join(
+            f"{layer} {gb(v * np.dtype(NUMPY_DTYPES[dtype]).itemsize)}" for layer, v in values.items()
+        )
+        half = " or --dtype float16 (half of it)," if dtype == "float32" else ""
         raise NetDissectError(
-            f"--model {model.spec}: cannot run on the dataset's {ih}x{iw} images ({reason}); use a dataset of "
-            f"the size the model takes (docs/models.md)"
+            f"{out_dir}: the {dtype} activations need {gb(need)} ({per_layer}) but only {gb(free)} are free "
+            f"there; free some space,{half} or use --recompute (dissect.activations: recompute), which "
+            f"stores no activations and reruns the forward pass in the tally and the report"
+        )
+
+
+def probe_forward(
+    run: Any, model: LoadedModel, size: tuple[int, int], device: str, memory_format: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """One black image through the model: the layers' outputs, and the memory format the batches will
+    use. A model whose code cannot take channels-last input (``x.view`` on its features) falls back to
+    contiguous input, with a warning."""
+    if memory_format not in MEMORY_FORMATS:
+        raise NetDissectError(f"--memory-format {memory_format}: expected one of {', '.join(MEMORY_FORMATS)}")
+    x = model.normalise(torch.zeros(1, 3, *size, dtype=torch.uint8, device=device))
+    if memory_format == "channels_last":
+        try:
+            return run(x.contiguous(memory_format=torch.channels_last)), memory_format
+        except (RuntimeError, AssertionError, ValueError) as err:
+            probe = _probe(run, model, x, size)  # a model that fails on contiguous input too: its message
+            log.warning(
+                "model %s fails on channels-last input (%s); using contiguous input (--memory-format contiguous)",
+                model.spec,
+                _reason(err),
+            )
+            return probe, "contiguous"
+    return _probe(run, model, x.contiguous(), size), "contiguous"
+
+
+def _reason(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _probe(run: Any, model: LoadedModel, x: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The requested layers' outputs for the probe input ``x``: the model must run at the dataset's size."""
+    try:
+        return run(x)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise NetDissectError(
+            f"--model {model.spec}: cannot run on the dataset's {size[0]}x{size[1]} images ({_reason(err)}); use "
+            f"a dataset of the size the model takes (docs/models.md)"
         ) from None
 
 
-def _check_finite(maps: torch.Tensor, layer: str, rows: torch.Tensor, ds: Any) -> None:
-    finite = torch.isfinite(maps).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        b = int(torch.nonzero(~finite)[0, 0])
-        row = int(rows[b])
+def forward_batches(
+    ds: Any,
+    model: LoadedModel,
+    run: Any,
+    layers: Sequence[str],
+    start: int,
+    stop: int,
+    batch_size: int,
+    workers: int,
+    device: str,
+    memory_format: str,
+    rows: Sequence[int] | None = None,
+):
+    """The forward pass over rows [start, stop) in batches of ``batch_size`` from ``start`` on (the
+    batches of extraction: same batches, same numbers): yields (rows, {layer: output}, seconds in the
+    model). ``rows``: only the batches that hold one of these rows (the others are not decoded)."""
+    import time
+
+    channels_last = memory_format == "channels_last"
+    if rows is None:
+        loader = ds.loader(batch_size, workers, start, stop, channels_last=channels_last)
+    else:
+        wanted = np.unique((np.asarray(rows, dtype=np.int64) - start) // batch_size)
+        batches = [list(range(start + j * batch_size, min(start + (j + 1) * batch_size, stop))) for j in wanted]
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=functools.partial(ds.collate, channels_last=channels_last),
+            worker_init_fn=single_thread_worker if workers else None,
+        )
+    for batch in unwrap_worker_errors(loader):
+        images = batch["image"]
+        if not isinstance(images, torch.Tensor):
+            raise NetDissectError(
+                f"{ds.root}: rows {batch['i'][0].item() + 2}.. have images of different "
+                f"sizes; dissection needs one image size"
+            )
+        tic = time.perf_counter()
+        x = model.normalise(images.to(device))
+        try:
+            outputs = run(x if channels_last else x.contiguous())
+            if device != "cpu":
+                torch.cuda.synchronize()
+        except torch.cuda.OutOfMemoryError:
+            raise NetDissectError(
+                f"--batch-size {batch_size}: a batch of {len(images)} images does not fit in the memory of "
+                f"{device}; lower --batch-size (e.g. {max(1, batch_size // 2)})"
+            ) from None
+        yield batch["i"], outputs, time.perf_counter() - tic
+
+
+def stored_maps(
+    output: torch.Tensor,
+    readout: Readout,
+    layer: str,
+    dtype: str,
+    rows: torch.Tensor,
+    ds: Any,
+    turn: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's output for a batch, read as ``readout`` says, as the shards store it: float32
+    (B, U, H, W), its units rotated by ``turn`` (U, U) when given (:func:`rotation_turn`), rounded to
+    float16 when ``dtype`` is float16 (so that every stage sees the same numbers), and its per-image
+    maxima (B, U). A non-finite stored value is refused, naming the image."""
+    maps = read_maps(output, readout, layer).to(torch.float32)
+    if maps.shape[0] != len(rows):
         raise NetDissectError(
-            f"layer {layer}: NaN or infinite activation for image {ds.image_path(row)} "
+            f"layer {layer}: output has batch size {maps.shape[0]} for {len(rows)} images; the "
+            f"model mixes the images of a batch (a fixed batch size?): run with --batch-size 1"
+        )
+    if turn is not None:
+        maps = rotate_maps(maps, turn)
+    if dtype == "float16":
+        maps = maps.to(torch.float16).to(torch.float32)
+    maxima = maps.amax(dim=(2, 3))  # NaN and +inf reach the maxima, -inf the minima
+    finite = torch.isfinite(maxima).all(dim=1) & torch.isfinite(maps.amin(dim=(2, 3))).all(dim=1)
+    if not bool(finite.all()):
+        row = int(rows[int(torch.nonzero(~finite)[0, 0])])
+        overflow = " (float16 holds up to 65504: use --dtype float32)" if dtype == "float16" else ""
+        raise NetDissectError(
+            f"layer {layer}: NaN or infinite activation{overflow} for image {ds.image_path(row)} "
             f"(index.csv row {row + 2}, image index {row}); check the model's weights and "
             f"--mean/--std"
         )
+    return maps, maxima

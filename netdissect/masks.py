@@ -28,7 +28,7 @@ import torch
 from netdissect.defaults import UPSAMPLES
 from netdissect.errors import NetDissectError
 from netdissect.models.fieldmap import FieldMap
-from netdissect.ops import expand_runs, nonzero, pick
+from netdissect.ops import expand_runs, nonzero, pick, select_rows
 
 
 @dataclass(frozen=True)
@@ -252,19 +252,20 @@ def mask_runs(
     """
     h, w = maps.shape[1], maps.shape[2]
     sw = xs.n_out
-    a = maps.to(torch.float64)
     t = thresholds.to(torch.float64)
-    margin = 1e-9 * a.abs().amax(dim=(1, 2))
+    # max|a| per map, exact in the maps' own type (and so after widening): no float64 copy of the maps
+    margin = 1e-9 * torch.maximum(maps.amax(dim=(1, 2)), -maps.amin(dim=(1, 2))).to(torch.float64)
     t_low, t_high = t - margin, t + margin
 
     # 1. cells whose largest corner may exceed the threshold, and their 4 corners
-    row_max = torch.maximum(maps.index_select(1, ys.i0), maps.index_select(1, ys.i1))  # (A, cy, w)
-    cell_max = torch.maximum(row_max.index_select(2, xs.i0), row_max.index_select(2, xs.i1))  # (A, cy, cx)
+    row_max = torch.maximum(select_rows(maps, ys.i0), select_rows(maps, ys.i1))  # (A, cy, w)
+    across = row_max.transpose(1, 2).contiguous()  # (A, w, cy): the columns as rows, to pick them fast
+    cell_max = torch.maximum(select_rows(across, xs.i0), select_rows(across, xs.i1)).transpose(1, 2)  # (A, cy, cx)
     m, cy, cx = nonzero(cell_max > t_low[:, None, None])
-    flat = a.reshape(-1)
+    flat = maps.reshape(-1)
     top, bottom = m * (h * w) + pick(ys.i0, cy) * w, m * (h * w) + pick(ys.i1, cy) * w
     left, right = pick(xs.i0, cx), pick(xs.i1, cx)
-    c00, c01, c10, c11 = (pick(flat, row + col) for row in (top, bottom) for col in (left, right))
+    c00, c01, c10, c11 = (pick(flat, row + col).to(torch.float64) for row in (top, bottom) for col in (left, right))
 
     # 2. the values at both ends of every row of those cells (the formula, its x part once per
     #    cell); rows that may hold mask pixels (padded rows have NaN ends: never), and in each the

@@ -19,6 +19,17 @@ def pick(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.index_select(0, index)
 
 
+def select_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values.index_select(1, index)`` of a (P, n, Q) tensor. On the CPU it picks whole rows of Q
+    values along the first axis of a (P·n, Q) view instead (several times faster than torch's
+    gather along a middle axis)."""
+    if values.device.type != "cpu":
+        return values.index_select(1, index)
+    p, n, q = values.shape
+    rows = (torch.arange(p)[:, None] * n + index[None, :]).reshape(-1)
+    return values.reshape(p * n, q).index_select(0, rows).reshape(p, len(index), q)
+
+
 def nonzero(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``torch.nonzero(mask, as_tuple=True)``; on the CPU through numpy, several times faster."""
     if mask.device.type != "cpu":

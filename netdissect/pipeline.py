@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from netdissect.defaults import (
+    ACTIVATION_CHOICES,
+    ACTIVATIONS,
     ALPHA,
     BATCH_SIZE,
     DEVICE,
@@ -32,6 +34,7 @@ from netdissect.defaults import (
     DTYPE,
     IOU_THRESHOLD,
     MEAN_PRECISIONS,
+    MEMORY_FORMAT,
     PERMUTATION_SEED,
     TOPK,
 )
@@ -74,6 +77,8 @@ def extract(
     device: str = DEVICE,
     dtype: str = DTYPE,
     quantile: float | None = None,
+    memory_format: str = MEMORY_FORMAT,
+    store_activations: bool = True,
     tokens: str | None = None,
     progress: bool = True,
     rotation: tuple[int, float] | None = None,
@@ -100,6 +105,8 @@ def extract(
         device=device,
         dtype=dtype,
         quantile=quantile,
+        memory_format=memory_format,
+        store_activations=store_activations,
         tokens=tokens,
         progress=progress,
         rotation=rotation,
@@ -154,6 +161,17 @@ def tally(
     layer: str,
     thresholds_path: str | Path,
     out: str | Path,
+    **options: Any,
+) -> dict[str, np.ndarray]:
+    """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz); the
+    options are :func:`tally_layers`'s."""
+    return tally_layers(dataset, shard_dir, {layer: (thresholds_path, out)}, **options)[layer]
+
+
+def tally_layers(
+    dataset: str | Path,
+    shard_dir: str | Path,
+    jobs: dict[str, tuple[str | Path, str | Path]],
     *,
     union: str | None = None,
     upsample: str | None = None,
@@ -165,18 +183,21 @@ def tally(
     workers: int = 0,
     progress: bool = True,
     labels: str | Path | None = None,
-) -> dict[str, np.ndarray]:
-    """Stage 3: counts of one shard under given thresholds, written to ``out`` (a counts .npz). The
-    labels come from the packed labels folder ``labels`` if given, else from the dataset's PNGs;
-    ``threads`` count on the CPU, ``workers`` loader processes feed a GPU. ``union`` and ``upsample``:
+) -> dict[str, dict[str, np.ndarray]]:
+    """Stage 3 for several layers of one shard: ``jobs`` is {layer: (thresholds .npy, counts .npz to
+    write)}. The labels come from the packed labels folder ``labels`` if given, else from the dataset's
+    PNGs. Stored activations are read (``threads`` count on the CPU, ``workers`` loader processes feed
+    a GPU); layers whose shard keeps none (``--recompute``) are counted in one rerun of the forward
+    pass (:mod:`netdissect.recompute`; ``workers`` then decode its images). ``union`` and ``upsample``:
     as given, else ``preset``'s (default: the preset the shard was extracted with), else the defaults."""
     from netdissect.counts import save_counts
     from netdissect.quantile import load_thresholds
+    from netdissect.recompute import stores_activations, tally_recomputed
     from netdissect.shards import layer_meta, load_meta, shard_file
     from netdissect.tally import tally_shard
 
     meta = load_meta(shard_dir)
-    info = layer_meta(meta, layer, shard_dir)
+    info = {layer: layer_meta(meta, layer, shard_dir) for layer in jobs}
     if preset is None:
         preset = meta.get("preset")
     elif meta.get("preset") != preset:
@@ -195,60 +216,79 @@ def tally(
             f"{meta['num_images']} images) than {dataset} ({len(ds)} images); tally with the "
             f"dataset the activations came from"
         )
-    thresholds = load_thresholds(thresholds_path, info["units"], layer)
-    imgmax = np.load(shard_file(shard_dir, layer, "imgmax"))
+    thresholds = {layer: load_thresholds(path, info[layer]["units"], layer) for layer, (path, _) in jobs.items()}
     packed = None
     if labels is not None:
         from netdissect.broden.pack import PackedLabels
 
         packed = PackedLabels(labels, ds)
-    mode = layer_upsampling(chosen["upsample"], info, meta, layer)
-    for sh, sw in sorted(set(map(tuple, ds.index[["sh", "sw"]].to_numpy().tolist()))):
-        mode.tables(info["height"], info["width"], int(sh), int(sw))  # refuses knots that coincide
-    counts = tally_shard(
-        ds,
-        shard_file(shard_dir, layer, "act"),
-        imgmax,
-        thresholds,
-        meta["start"],
-        meta["stop"],
-        union=union,
-        upsample=mode,
-        batch_size=batch_size,
-        threads=threads,
-        workers=workers,
-        device=device,
-        progress=progress,
-        layer=layer,
-        labels=packed,
-    )
-    source_path = Path(thresholds_path).with_suffix(".json")
-    source = json.loads(source_path.read_text()) if source_path.is_file() else {}
-    settings = {
-        "layer": layer,
-        "quantile": source.get("quantile"),
-        "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
-        "union": union,
-        "upsample": mode.name,
-        "field_map": info.get("field_map") if mode.name == "fieldmap" else None,
-        "preset": preset,
-        "categories": list(ds.categories),
-        "model": meta["model"],
-        "weights": meta["weights"],
-        "weights_sha256": meta["weights_sha256"],
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "divisor": meta.get("divisor", DIVISOR),
-        "bgr": meta.get("bgr", False),
-        "mean_precision": meta.get("mean_precision", MEAN_PRECISIONS[0]),
-        "mean_file": meta.get("mean_file"),
-        "dtype": meta["dtype"],
-        "dataset": str(dataset),
-        "dataset_fingerprint": meta["dataset_fingerprint"],
-        "dataset_images": meta["num_images"],
-        **({"rotation": meta["rotation"]} if meta.get("rotation") else {}),
-    }
-    save_counts(out, counts, thresholds, meta["start"], meta["stop"], settings)
+    modes = {layer: layer_upsampling(chosen["upsample"], info[layer], meta, layer) for layer in jobs}
+    for layer, mode in modes.items():
+        for sh, sw in sorted(set(map(tuple, ds.index[["sh", "sw"]].to_numpy().tolist()))):
+            mode.tables(info[layer]["height"], info[layer]["width"], int(sh), int(sw))  # refuses knots that coincide
+    recompute = [layer for layer in jobs if not stores_activations(shard_dir, layer)]
+    counts = {}
+    if recompute:
+        counts = tally_recomputed(
+            ds,
+            dataset,
+            shard_dir,
+            {layer: thresholds[layer] for layer in recompute},
+            union=union,
+            upsample={layer: modes[layer] for layer in recompute},
+            device=device,
+            workers=workers,
+            progress=progress,
+            labels=packed,
+        )
+    for layer in jobs:
+        if layer in recompute:
+            continue
+        counts[layer] = tally_shard(
+            ds,
+            shard_file(shard_dir, layer, "act"),
+            np.load(shard_file(shard_dir, layer, "imgmax"), mmap_mode="r"),  # read by batch: memory flat in N
+            thresholds[layer],
+            meta["start"],
+            meta["stop"],
+            union=union,
+            upsample=modes[layer],
+            batch_size=batch_size,
+            threads=threads,
+            workers=workers,
+            device=device,
+            progress=progress,
+            layer=layer,
+            labels=packed,
+        )
+    for layer, (thresholds_path, out) in jobs.items():
+        source_path = Path(thresholds_path).with_suffix(".json")
+        source = json.loads(source_path.read_text()) if source_path.is_file() else {}
+        settings = {
+            "layer": layer,
+            "quantile": source.get("quantile"),
+            "thresholds_file": source.get("thresholds_file", str(thresholds_path)),
+            "union": union,
+            "upsample": modes[layer].name,
+            "field_map": info[layer].get("field_map") if modes[layer].name == "fieldmap" else None,
+            "preset": preset,
+            "categories": list(ds.categories),
+            "model": meta["model"],
+            "weights": meta["weights"],
+            "weights_sha256": meta["weights_sha256"],
+            "mean": meta["mean"],
+            "std": meta["std"],
+            "divisor": meta.get("divisor", DIVISOR),
+            "bgr": meta.get("bgr", False),
+            "mean_precision": meta.get("mean_precision", MEAN_PRECISIONS[0]),
+            "mean_file": meta.get("mean_file"),
+            "dtype": meta["dtype"],
+            "dataset": str(dataset),
+            "dataset_fingerprint": meta["dataset_fingerprint"],
+            "dataset_images": meta["num_images"],
+            **({"rotation": meta["rotation"]} if meta.get("rotation") else {}),
+        }
+        save_counts(out, counts[layer], thresholds[layer], meta["start"], meta["stop"], settings)
     return counts
 
 
@@ -331,7 +371,7 @@ def dissect(
     iou_threshold: float = IOU_THRESHOLD,
     batch_size: int = BATCH_SIZE,
     workers: int = 0,
-    threads: int = 1,
+    threads: int | None = None,
     device: str = DEVICE,
     categories: Sequence[str] | None = None,
     dtype: str = DTYPE,
@@ -342,6 +382,8 @@ def dissect(
     permutations: int = 0,
     permutation_seed: int = PERMUTATION_SEED,
     alpha: float = ALPHA,
+    memory_format: str = MEMORY_FORMAT,
+    activations: str = ACTIVATIONS,
     report: bool = True,
     topk: int = TOPK,
 ) -> dict[str, dict[str, Any]]:
@@ -354,9 +396,17 @@ def dissect(
     (+ OUT/<layer>/rotation.npy); ``permutations`` K > 0 runs the significance test before the scores
     (+ OUT/<layer>/significance.csv, docs/experiments.md). OUT/dissect.json is the record that lets a
     killed run resume (same settings) or start over (netdissect.manifest); one process at a time per OUT
-    (the lock OUT/.dissect.lock)."""
+    (the lock OUT/.dissect.lock).
+
+    The labels are read from packed labels (:mod:`netdissect.labelcache`): ``labels`` names the pack
+    folder (None: the cache's pack of the dataset, written first if missing; ``"none"``: decode the PNGs).
+    ``activations`` ``store`` keeps them in OUT/shards/0; ``recompute`` keeps none and counts every
+    layer in one rerun of the forward pass (same numbers, :mod:`netdissect.recompute`). ``threads``
+    counting threads and the report's encoding threads (None: every core this process may use)."""
     from netdissect.experiments.significance import check_permutations, permutation_test
 
+    if activations not in ACTIVATION_CHOICES:
+        raise NetDissectError(f"activations {activations!r}: expected one of {', '.join(ACTIVATION_CHOICES)}")
     if permutations:
         check_permutations(permutations, alpha)
     chosen = resolve(preset, quantile=q, union=union, upsample=upsample)
@@ -372,7 +422,19 @@ def dissect(
             "--layers: a layer named 'shards' would share OUT/shards with the activations; "
             "dissect it with the stage commands (docs/interfaces.md)"
         )
+    import os
+
+    from netdissect.labelcache import PackJob, pack_folder, spare_cores
+
+    threads = threads or len(os.sched_getaffinity(0))
+
     out = Path(out)
+    tables = open_dataset(dataset, images=False, labels=False)
+    pack = pack_folder(tables, labels)
+    packing = None
+    if pack is not None:  # in the background only where cores are spare and nothing forks meanwhile
+        background = spare_cores() > 0 and workers == 0
+        packing = PackJob(dataset, pack, tables, background=background, progress=progress)
     settings = dissect_settings(
         dataset,
         model_spec,
@@ -385,6 +447,8 @@ def dissect(
         permutations=permutations,
         permutation_seed=permutation_seed,
         alpha=alpha,
+        memory_format=memory_format,
+        activations=activations,
         preset=preset,
         q=chosen["quantile"],
         thresholds_file=thresholds_file,
@@ -415,6 +479,8 @@ def dissect(
                 device=device,
                 dtype=dtype,
                 quantile=q,
+                memory_format=memory_format,
+                store_activations=activations == "store",
                 tokens=tokens,
                 progress=progress,
                 rotation=rotation,
@@ -426,32 +492,37 @@ def dissect(
         meta = load_meta(shard_dir)
         for layer in layers:  # a layer without a field map fails before any tally
             layer_upsampling(chosen["upsample"], meta["layers"][layer], meta, layer)
+        pending = {layer: stage_dir(out, layer) for layer in layers if not manifest.is_done(layer)}
+        for layer, layer_dir in pending.items():
+            manifest.clear(layer)
+            file = thresholds_file.replace("{layer}", layer_file_name(layer)) if thresholds_file else None
+            quantile([shard_dir], layer, layer_dir, q=chosen["quantile"], thresholds_file=file)
+        packed = packing.wait() if packing else None
+        if pending:
+            tally_layers(  # all layers at once: a recompute run reruns the forward pass once
+                dataset,
+                shard_dir,
+                {
+                    layer: (layer_dir / "thresholds.npy", layer_dir / "counts.npz")
+                    for layer, layer_dir in pending.items()
+                },
+                union=union,
+                upsample=upsample,
+                preset=preset,
+                categories=categories,
+                device=device,
+                batch_size=batch_size,
+                threads=threads,
+                workers=workers,
+                progress=progress,
+                labels=packed,
+            )
         summaries = {}
         for layer in layers:
             layer_dir = stage_dir(out, layer)
-            if manifest.is_done(layer):
+            if layer not in pending:
                 summaries[layer] = json.loads((layer_dir / "summary.json").read_text())
             else:
-                manifest.clear(layer)
-                file = thresholds_file.replace("{layer}", layer_file_name(layer)) if thresholds_file else None
-                quantile([shard_dir], layer, layer_dir, q=chosen["quantile"], thresholds_file=file)
-                tally(
-                    dataset,
-                    shard_dir,
-                    layer,
-                    layer_dir / "thresholds.npy",
-                    layer_dir / "counts.npz",
-                    union=union,
-                    upsample=upsample,
-                    preset=preset,
-                    categories=categories,
-                    device=device,
-                    batch_size=batch_size,
-                    threads=threads,
-                    workers=workers,
-                    progress=progress,
-                    labels=labels,
-                )
                 if permutations:
                     permutation_test(
                         dataset,
@@ -460,7 +531,7 @@ def dissect(
                         permutations=permutations,
                         seed=permutation_seed,
                         alpha=alpha,
-                        labels=labels,
+                        labels=packed,
                         batch_size=batch_size,
                         progress=progress,
                         iou_threshold=iou_threshold,
@@ -505,6 +576,8 @@ def dissect_settings(
     permutations: int,
     permutation_seed: int,
     alpha: float,
+    memory_format: str,
+    activations: str,
 ) -> dict[str, Any]:
     """What decides the numbers of a dissection (netdissect.manifest): the options and the checksums of
     every input file; not the batch size, threads, loader processes, device or packed labels."""
@@ -542,4 +615,6 @@ def dissect_settings(
         "permutations": permutations,
         "permutation_seed": permutation_seed if permutations else None,
         "alpha": alpha if permutations else None,
+        "memory_format": memory_format,  # the last bits of the activations (docs/benchmarks.md)
+        "activations": activations,  # what OUT/shards/0 holds
     }

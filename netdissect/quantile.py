@@ -49,16 +49,27 @@ class TopK:
     """Streaming top-k per unit: ``add`` (U, m) blocks, ``result`` gives (U, ≤k) sorted descending.
 
     Blocks are buffered and reduced with one ``torch.topk`` whenever more than k values wait, so each
-    value is handled O(1) times on average and at most U·(2k + largest block) values are held.
+    value is handled O(1) times on average and at most U·(2k + largest block) values are held. Once k
+    values are kept, a unit's smallest kept value is a floor: a new value at or below it cannot change
+    the k largest values (an equal one only swaps with an equal one), so when k exceeds a block only
+    as many values per unit are buffered as the unit with the most values above its floor has (at the
+    top 0.5 %, few): the buffer, and the work of reducing it, shrink.
     """
 
     def __init__(self, k: int):
         self.k = k
         self.kept: torch.Tensor | None = None
+        self.floor: torch.Tensor | None = None  # (U,) smallest kept value, once k are kept
         self.pending: list[torch.Tensor] = []
         self.pending_size = 0
 
     def add(self, values: torch.Tensor) -> None:
+        if self.floor is not None and self.k > values.shape[1]:  # (a k smaller than a block: reduced at once)
+            above = int((values > self.floor[:, None]).sum(dim=1).max())
+            if above == 0:
+                return
+            if above < values.shape[1]:
+                values = torch.topk(values, above, dim=1, sorted=False).values
         self.pending.append(values)
         self.pending_size += values.shape[1]
         if self.pending_size > self.k:
@@ -69,6 +80,7 @@ class TopK:
         allv = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         k = min(self.k, allv.shape[1])
         self.kept = torch.topk(allv, k, dim=1, sorted=False).values if k < allv.shape[1] else allv
+        self.floor = self.kept.amin(dim=1) if k == self.k else None
         self.pending, self.pending_size = [], 0
 
     def result(self) -> np.ndarray:

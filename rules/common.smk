@@ -145,6 +145,18 @@ def weights_input(wildcards):
     return [path] if path else []
 
 
+def recompute_weights(wildcards):
+    """The model files a job that reruns the forward pass reads (dissect.activations: recompute): the
+    weights, and a Caffe model's prototxt (its mean is recorded in the shard)."""
+    if DISSECT["activations"] != "recompute":
+        return []
+    return spec_input(wildcards) + weights_input(wildcards)
+
+
+def activations_option():
+    return "--recompute" if DISSECT["activations"] == "recompute" else ""
+
+
 def weights_option(wildcards):
     path = weights_file(wildcards.model)
     return f"--weights {path}" if path else ""

@@ -34,11 +34,13 @@ rule extract:
         device=DISSECT["device"],
         dtype=DISSECT["dtype"],
         conventions=convention_options("quantile"),
+        activations=activations_option(),
     shell:
         "netdissect extract --dataset {params.dataset} --model {params.spec} {params.weights}"
         " --layers {params.layers:q} --shard {wildcards.k} --shards {params.shards} --out {output}"
         " --batch-size {params.batch_size} --workers {params.workers} --device {params.device}"
-        " --dtype {params.dtype} {params.conventions} {params.norm} {params.tokens} --no-progress > {log} 2>&1"
+        " --dtype {params.dtype} {params.conventions} {params.norm} {params.tokens} {params.activations}"
+        " --no-progress > {log} 2>&1"
 
 
 rule quantile:
@@ -74,6 +76,7 @@ rule tally:
         thresholds="results/layers/{dataset}/{model}/{layer}/thresholds.npy",
         source="results/layers/{dataset}/{model}/{layer}/thresholds.json",
         labels=labels_dir,
+        weights=recompute_weights,
     output:
         "results/layers/{dataset}/{model}/{layer}/tally/{k}.npz",
     log:

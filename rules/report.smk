@@ -12,6 +12,7 @@ rule report_layer:
         thresholds="results/layers/{dataset}/{model}/{layer}/thresholds.npy",
         significance=significance_input,
         shards=all_shard_dirs,
+        weights=recompute_weights,
     output:
         report(
             directory("results/layers/{dataset}/{model}/{layer}/report"),

@@ -182,3 +182,19 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if fuzzing is not None and fuzzing.CASES:
         per_target = ", ".join(f"{name} {n}" for name, n in sorted(fuzzing.CASES.items()))
         terminalreporter.write_line(f"fuzz cases run: {sum(fuzzing.CASES.values())} ({fuzzing.MODE}; {per_target})")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def label_cache(tmp_path_factory: pytest.TempPathFactory):
+    """``netdissect dissect`` packs labels into a cache (netdissect.labelcache): one per test session,
+    never the user's ~/.cache (the commands the tests start inherit the variable)."""
+    import os
+
+    cache = tmp_path_factory.mktemp("netdissect-cache")
+    previous = os.environ.get("NETDISSECT_CACHE")
+    os.environ["NETDISSECT_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("NETDISSECT_CACHE", None)
+    else:
+        os.environ["NETDISSECT_CACHE"] = previous

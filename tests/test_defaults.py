@@ -36,6 +36,7 @@ def test_workflow_and_package_defaults_agree():
     same = {"quantile": "QUANTILE", "iou_threshold": "IOU_THRESHOLD", "union": "UNION", "batch_size": "BATCH_SIZE"}
     same |= {"topk": "TOPK", "device": "DEVICE", "upsample": "UPSAMPLE", "preset": "PRESET"}
     same |= {"alpha": "ALPHA", "permutation_seed": "PERMUTATION_SEED"}
+    same |= {"activations": "ACTIVATIONS"}
     for key, name in same.items():
         assert schema[key] == getattr(defaults, name), key
     # the documented differences: a workflow keeps every shard on disk, so it stores float16; it tests
@@ -56,6 +57,7 @@ def test_command_defaults_come_from_defaults_py():
         defaults.DTYPE,
         defaults.DEVICE,
     )
+    assert (args.activations, args.memory_format) == (defaults.ACTIVATIONS, defaults.MEMORY_FORMAT)
     # the conventions a preset sets are None until resolved: then defaults.py's, without a preset
     assert (args.preset, args.quantile, args.union, args.upsample) == (None, None, None, None)
     assert resolve(args.preset, quantile=args.quantile, union=args.union, upsample=args.upsample) == {

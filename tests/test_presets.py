@@ -63,7 +63,7 @@ def test_features_are_those_of_lites_input(tmp_path):
     meta = pipeline.extract(data.root, "resnet18", ["layer1"], 0, 1, tmp_path / "s", preset="lite", progress=False)
     m = load_model("resnet18").module
     with torch.no_grad():
-        x = system_input(data.images, BGR_MEAN)
+        x = system_input(data.images, BGR_MEAN).contiguous(memory_format=torch.channels_last)  # as extract feeds it
         direct = m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))
     assert np.array_equal(np.load(tmp_path / "s" / "layer1.act.npy"), direct.numpy())
     assert meta["preset"] == "lite" and meta["quantile"] == 5 / 999

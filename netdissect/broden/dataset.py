@@ -8,6 +8,7 @@ once, at construction, and every defect in them is reported at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,23 +158,30 @@ class BrodenDataset(torch.utils.data.Dataset):
     # -- batches ------------------------------------------------------------------------------
 
     @staticmethod
-    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    def collate(batch: list[dict[str, Any]], channels_last: bool = False) -> dict[str, Any]:
         """Batch items: ``i`` as an int64 tensor, images stacked (B, 3, H, W) when their sizes agree
-        (else a list), ``pixel_labels`` and ``image_labels`` as lists of per-image tensors."""
+        (else a list), ``pixel_labels`` and ``image_labels`` as lists of per-image tensors.
+        ``channels_last``: the stacked images are (B, 3, H, W) in channels-last memory, (B, H, W, 3)
+        underneath: the decoder's own order, so stacking copies without transposing."""
         out: dict[str, Any] = {"i": torch.tensor([item["i"] for item in batch], dtype=torch.int64)}
         if batch and "image" in batch[0]:
             images = [item["image"] for item in batch]
             same = all(img.shape == images[0].shape for img in images)
-            out["image"] = torch.stack(images) if same else images
+            if same and channels_last:  # numpy's copy: one thread, no waiting on torch's thread pool
+                hwc = np.stack([img.permute(1, 2, 0).numpy() for img in images])
+                out["image"] = torch.from_numpy(hwc).permute(0, 3, 1, 2)
+            else:
+                out["image"] = torch.stack(images) if same else images
         for key in ("pixel_labels", "image_labels"):
             if batch and key in batch[0]:
                 out[key] = _views_of_one_storage([item[key] for item in batch])
         return out
 
     def loader(
-        self, batch_size: int, workers: int = 0, start: int = 0, stop: int | None = None
+        self, batch_size: int, workers: int = 0, start: int = 0, stop: int | None = None, channels_last: bool = False
     ) -> torch.utils.data.DataLoader:
-        """A DataLoader over rows ``[start, stop)`` in row order, batched with :meth:`collate`."""
+        """A DataLoader over rows ``[start, stop)`` in row order, batched with :meth:`collate`
+        (``channels_last``: images in channels-last memory)."""
         stop = len(self) if stop is None else stop
         if not 0 <= start <= stop <= len(self):
             raise NetDissectError(
@@ -187,7 +195,7 @@ class BrodenDataset(torch.utils.data.Dataset):
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
-            collate_fn=self.collate,
+            collate_fn=functools.partial(self.collate, channels_last=channels_last) if channels_last else self.collate,
             worker_init_fn=single_thread_worker if workers else None,
             prefetch_factor=4 if workers else None,
         )

@@ -141,21 +141,27 @@ def pack_labels(
                 },
             )
             bar = tqdm(total=len(ds), unit="img", desc=f"pack {root.name}", disable=not progress, file=sys.stderr)
-            for batch in unwrap_worker_errors(ds.loader(batch_size=batch_size, workers=workers)):
-                for i, layers in zip(batch["i"].tolist(), batch["pixel_labels"]):
+            if workers:
+                batches = ds.loader(batch_size=batch_size, workers=workers)
+            else:  # items straight from the reader: no batching, no torch kernels (packing may run in a thread)
+                items = (ds[i] for i in range(len(ds)))
+                batches = ({"i": [item["i"]], "pixel_labels": [item["pixel_labels"]]} for item in items)
+            for batch in unwrap_worker_errors(batches):
+                for i, layers in zip(list(map(int, batch["i"])), batch["pixel_labels"]):
+                    layers = layers.numpy()
                     if tuple(layers.shape) != tuple(shape[i]):
                         raise NetDissectError(
                             f"{root / 'index.csv'} row {i + 2}: the reader gave layers "
                             f"{tuple(layers.shape)}, the index says {tuple(shape[i])}; "
                             f"report this bug"
                         )
-                    if layers.numel() and int(layers.max()) > np.iinfo(np.uint16).max:
+                    if layers.size and int(layers.max()) > np.iinfo(np.uint16).max:
                         raise NetDissectError(
                             f"{root / 'index.csv'} row {i + 2}: label number {int(layers.max())} "
                             f"does not fit 16 bits (R + 256*G); fix the row"
                         )
-                    f.write(layers.numpy().astype("<u2").tobytes())
-                    for layer in layers.reshape(len(layers), -1).numpy():
+                    f.write(layers.astype("<u2").tobytes())
+                    for layer in layers.reshape(len(layers), -1):
                         counts = np.bincount(layer)
                         hist_label.append(np.flatnonzero(counts))
                         hist_count.append(counts[hist_label[-1]])

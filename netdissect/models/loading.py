@@ -63,16 +63,20 @@ def normalise(
     ``divisor`` 255 gives [0, 1] inputs (torchvision), 1 keeps 0–255 values (Caffe); ``bgr`` reverses the
     channel order first (Caffe models), so ``mean`` and ``std`` are then given in B, G, R order.
     ``mean_precision`` ``float32``: every step in float32; ``float64``: ``v/divisor - mean`` in float64,
-    rounded to float32, then divided by ``std`` in float32 (NetDissect-Lite's arithmetic, netdissect/presets.py)."""
+    rounded to float32, then divided by ``std`` in float32 (NetDissect-Lite's arithmetic, netdissect/presets.py).
+    The steps run in place on one new array, so the images' memory layout (channels-last) is kept."""
     if mean_precision not in MEAN_PRECISIONS:
         raise NetDissectError(f"mean precision {mean_precision}: expected one of {', '.join(MEAN_PRECISIONS)}")
     dtype = torch.float64 if mean_precision == "float64" else torch.float32
-    x = images.to(dtype) / divisor
+    x = images.to(dtype, copy=True).div_(divisor)
     if bgr:
         x = x.flip(1)
     mean_t = torch.tensor(mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t).to(torch.float32) / std_t
+    x = x.sub_(mean_t)
+    if dtype != torch.float32:
+        x = x.to(torch.float32)  # keeps the memory layout
+    return x.div_(std_t)
 
 
 _CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "net")

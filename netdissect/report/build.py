@@ -151,9 +151,10 @@ def write_layer_report(
 
     from netdissect.broden import BrodenDataset
     from netdissect.pipeline import layer_upsampling
+    from netdissect.recompute import ActivationReader
     from netdissect.report.layer import render_layer_report
     from netdissect.report.results import read_result_csv
-    from netdissect.shards import layer_shards, read_activations, read_imgmax
+    from netdissect.shards import layer_shards, read_imgmax
 
     inputs = layer_inputs(layer_dir, dataset, shards, layer)
     result, categories = read_result_csv(inputs.layer_dir / "result.csv")
@@ -187,23 +188,24 @@ def write_layer_report(
             f"{inputs.dataset} has {len(images)}; pass the dataset the layer was dissected on."
         )
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # the work is split by ``threads`` Python threads; torch ops here are small
     try:
-        return render_layer_report(
-            Path(out) if out is not None else inputs.layer_dir / "report",
-            result,
-            categories,
-            {**inputs.summary, "dataset": dataset_name, "model": model, "layer": inputs.layer},
-            thresholds,
-            imgmax,
-            maps_for_rows=lambda rows: read_activations(inputs.shards, inputs.layer, rows),
-            load_image=lambda row: images[row]["image"],
-            topk=topk,
-            quality=quality,
-            threads=threads,
-            upsample=mode,
-            p_values=p_values,
-            alpha=alpha,
-        )
+        with ActivationReader(inputs.shards, inputs.layer, inputs.dataset) as maps_for_rows:  # stored or recomputed
+            return render_layer_report(
+                Path(out) if out is not None else inputs.layer_dir / "report",
+                result,
+                categories,
+                {**inputs.summary, "dataset": dataset_name, "model": model, "layer": inputs.layer},
+                thresholds,
+                imgmax,
+                maps_for_rows=maps_for_rows,
+                load_image=lambda row: images[row]["image"],
+                topk=topk,
+                quality=quality,
+                threads=threads,
+                upsample=mode,
+                p_values=p_values,
+                alpha=alpha,
+            )
     finally:
         torch.set_num_threads(previous)
