@@ -244,3 +244,20 @@ def test_recompute_keeps_presets_fieldmaps_and_token_readouts(tmp_path, case):
         assert strips and all(
             s.read_bytes() == (tmp_path / "recompute" / s.relative_to(tmp_path / "store")).read_bytes() for s in strips
         )
+
+
+def test_recompute_of_a_rotated_layer_equals_store(tiny, tmp_path):
+    """A rotated basis (docs/experiments.md §1) is rotated again, with the saved matrix, when recomputed."""
+    for mode in ("store", "recompute"):
+        pipeline.dissect(
+            tiny.root, SPEC, ["2"], tmp_path / mode, q=0.05, batch_size=5, activations=mode, rotation=(3, 0.5),
+            progress=False,
+        )  # fmt: skip
+    for name in [*OUTPUTS, "rotation.npy"]:
+        assert (tmp_path / "store" / "2" / name).read_bytes() == (tmp_path / "recompute" / "2" / name).read_bytes()
+    with ActivationReader(tmp_path / "recompute" / "shards" / "0", "2", tiny.root) as reader:
+        stored = read_activations(tmp_path / "store" / "shards" / "0", "2", [0, 6, 12])
+        assert np.array_equal(reader([0, 6, 12]), stored)
+    plain = read_activations(tmp_path / "store" / "shards" / "0", "2", [0])
+    pipeline.dissect(tiny.root, SPEC, ["2"], tmp_path / "plain", q=0.05, batch_size=5, progress=False, report=False)
+    assert not np.array_equal(read_activations(tmp_path / "plain" / "shards" / "0", "2", [0]), plain)
