@@ -249,7 +249,7 @@ def check_disk(out_dir: Path, values: dict[str, int], dtype: str) -> None:
     need = sum(values.values()) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
     free = shutil.disk_usage(out_dir).free
     if need > free:
-        gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+        gb = lambda n: f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} bytes"  # noqa: E731
         per_layer = ", ".join(
             f"{layer} {gb(v * np.dtype(NUMPY_DTYPES[dtype]).itemsize)}" for layer, v in values.items()
         )

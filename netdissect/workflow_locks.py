@@ -21,6 +21,7 @@ file system where ``flock`` is not shared between hosts, start the workflow from
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -50,7 +51,7 @@ def clear_stale_locks(snakemake_dir: str | os.PathLike = ".snakemake") -> str | 
     record = folder / RUN_RECORD
     previous = _read_record(record)
     locks = sorted((folder / "locks").glob("*.lock")) if (folder / "locks").is_dir() else []
-    message = None
+    message, kept = None, False
     if locks and alone:
         reason = _why_not_stale(previous)
         if reason is None:
@@ -62,14 +63,25 @@ def clear_stale_locks(snakemake_dir: str | os.PathLike = ".snakemake") -> str | 
                 f"process of it left); its unfinished jobs are redone (rerun-incomplete)"
             )
         else:
+            kept = True
             message = (
                 f"netdissect: Snakemake's lock of an earlier run is kept: {reason}. Run again once it is "
                 f"gone, or, if you are sure nothing else works in this folder, `snakemake --unlock` first"
             )
     me = {"host": socket.gethostname(), "pid": os.getpid(), "pgid": os.getpgid(0)}
-    _write_record(record, ([] if alone else previous) + [me])
+    # The killed run's entry stays as long as its lock does (also when this start is refused), so
+    # that a later start can still prove the lock stale; this run's own entry goes when it exits.
+    _write_record(record, (previous if kept or not alone else []) + [me])
+    atexit.register(_forget, record, me)
     fcntl.flock(fd, fcntl.LOCK_SH)  # from now on, others see this run alive
     return message
+
+
+def _forget(record: Path, me: dict) -> None:
+    """Remove this run's entry from the record at a normal exit (a killed run cannot: its entry stays)."""
+    runs = _read_record(record)
+    if me in runs:
+        _write_record(record, [r for r in runs if r != me])
 
 
 def _why_not_stale(runs: list[dict]) -> str | None:

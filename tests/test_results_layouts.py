@@ -168,7 +168,7 @@ def test_compare_iou_tolerance_and_counts_against_brute_force(tmp_path: Path, ro
             "only in the first: ['material']",
         ),
         (lambda rows, p: p.write_text("a,b,c\n1,2,3\n") and p, "known layout"),
-        (lambda rows, p: p.write_bytes(b"\xff\xfe\x00garbage") and p, "not a readable CSV"),
+        (lambda rows, p: p.write_bytes(b"\xff\xfe\x00garbage") and p, "line 1: not UTF-8 text"),
         (lambda rows, p: p.parent / "missing.csv", "no such folder or file"),
     ],
 )
