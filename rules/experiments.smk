@@ -116,7 +116,7 @@ rule dissect_rotated:
         layer=layer_name,
         seed=lambda wc: model_entry(wc)["rotation"]["seed"],
     shell:
-        "netdissect dissect {params.dissect} --layers {params.layer:q} --out {output}"
+        "netdissect dissect {params.dissect} --layers {params.layer:q} --out {output} --threads {threads}"
         " --rotation-seed {params.seed} --rotation-power {wildcards.power} --labels {input.labels} > {log} 2>&1"
 
 
@@ -146,7 +146,8 @@ rule dissect_snapshot:
         dissect=lambda wc: dissect_options(wc, weights=snapshot_file(wc.model, wc.step)),
         layer=layer_name,
     shell:
-        "netdissect dissect {params.dissect} --layers {params.layer:q} --out {output} --labels {input.labels}"
+        "netdissect dissect {params.dissect} --layers {params.layer:q} --out {output} --threads {threads}"
+        " --labels {input.labels}"
         " > {log} 2>&1"
 
 

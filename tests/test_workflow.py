@@ -46,7 +46,9 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
         "train_demo_snapshots": 1,  # the demo is trained once, saving its snapshots on the way
         "random_weights": 1,
         # the experiments (rules/experiments.smk): power 0 is the unrotated layer itself
-        "significance": layers,
+        "significance": sum(
+            len(default["models"][m]["layers"]) for m in models if default["models"][m].get("permutations")
+        ),
         "dissect_rotated": len([p for p in demo["rotation"]["powers"] if p > 0]),
         "rotation_sweep": 1,
         "dissect_snapshot": len(demo["snapshots"]["steps"]),
