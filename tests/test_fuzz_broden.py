@@ -106,6 +106,28 @@ def broken_table(draw, text: str) -> bytes:
     return data[: draw(st.integers(0, len(data)))]
 
 
+@pytest.mark.parametrize(
+    "name, edit",
+    [
+        ("category.csv", lambda text: text.replace("\r\ncolor,", "\r\n\x1e,", 1)),  # a line separator as a name
+        ("index.csv", lambda text: re.sub(r"\r\n[^,]*,", "\r\n ,", text, count=1)),  # an image named " "
+    ],
+)
+def test_names_found_by_the_long_fuzz_run_are_refused_with_their_row(base: Path, scratch: Path, name, edit):
+    """Two cases the random (long) run found: a category named by a control character, and an image
+    path of spaces, gave messages without their file and row (the name broke the message's line)."""
+    text = (base / name).read_bytes().decode()
+    assert edit(text) != text
+    (scratch / name).write_bytes(edit(text).encode())
+    try:
+        with pytest.raises(NetDissectError) as err:
+            BrodenDataset(scratch)
+        assert f"{name}, row 2" in str(err.value)
+        check_message(str(err.value))
+    finally:
+        restore(base, scratch, name)
+
+
 @fuzz(700)
 @given(data=st.data())
 def test_fuzz_tables(base: Path, scratch: Path, data):

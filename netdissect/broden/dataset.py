@@ -45,8 +45,16 @@ Item = int | str  # one item of a category cell: an int label or a PNG path rela
 
 
 def safe_relative_path(text: str) -> bool:
-    """True if ``text`` is a relative ``/``-separated path that stays inside its folder."""
-    return bool(text) and not text.startswith("/") and "\\" not in text and ".." not in text.split("/")
+    """True if ``text`` is a relative ``/``-separated path that stays inside its folder, printable and
+    without surrounding spaces (a name no writer makes, and one that would garble messages)."""
+    return (
+        bool(text)
+        and text == text.strip()
+        and text.isprintable()
+        and not text.startswith("/")
+        and "\\" not in text
+        and ".." not in text.split("/")
+    )
 
 
 class BrodenDataset(torch.utils.data.Dataset):

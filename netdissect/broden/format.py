@@ -238,9 +238,13 @@ def read_category_csv(path: Path, problems: Problems) -> list[CategoryRow]:
     for line, row in rows:
         values = [_int(row.get(c, "0") or "0", path, line, c, problems) for c in CATEGORY_COLUMNS[1:]]
         name = row["name"]
-        if not name or "/" in name or "\\" in name:
+        if not name or "/" in name or "\\" in name or not name.isprintable() or name != name.strip():
             problems.add(
-                path, f"category name {name!r} must be non-empty and contain no path separator", row=line, column="name"
+                path,
+                f"category name {name!r} must be non-empty, printable, without surrounding spaces and contain no "
+                "path separator",
+                row=line,
+                column="name",
             )
             continue
         if name in names:
