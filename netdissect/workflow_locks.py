@@ -39,7 +39,7 @@ def clear_stale_locks(snakemake_dir: str | os.PathLike = ".snakemake") -> str | 
 
     Returns a message for the user when lock files were found (removed, or kept and why), else None.
     Call it once, from the Snakefile of the main Snakemake process."""
-    folder = Path(snakemake_dir)
+    folder = Path(snakemake_dir).absolute()  # Snakemake changes the working directory back before exiting
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     _HELD.append(fd)

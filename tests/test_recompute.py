@@ -133,7 +133,8 @@ def test_not_enough_disk_is_refused_before_the_forward_pass(tiny, tmp_path, monk
         pipeline.extract(tiny.root, SPEC, ["0", "2"], 0, 1, tmp_path / "s", progress=False)
     text = str(err.value)
     need = 13 * (4 * 16 * 16 + 5 * 8 * 8) * 4  # float32 activations of both layers
-    assert f"need {need / 1e9:.1f} GB" in text and "0 0.0 GB, 2 0.0 GB" in text
+    layer0, layer2 = 13 * 4 * 16 * 16 * 4, 13 * 5 * 8 * 8 * 4
+    assert f"need {need} bytes (0 {layer0} bytes, 2 {layer2} bytes) but only 1000 bytes are free" in text
     assert "--recompute" in text and "--dtype float16" in text
     assert not list((tmp_path / "s").glob("*"))
     pipeline.extract(tiny.root, SPEC, ["0", "2"], 0, 1, tmp_path / "s", store_activations=False, progress=False)
