@@ -429,12 +429,6 @@ def dissect(
     threads = threads or len(os.sched_getaffinity(0))
 
     out = Path(out)
-    tables = open_dataset(dataset, images=False, labels=False)
-    pack = pack_folder(tables, labels)
-    packing = None
-    if pack is not None:  # in the background only where cores are spare and nothing forks meanwhile
-        background = spare_cores() > 0 and workers == 0
-        packing = PackJob(dataset, pack, tables, background=background, progress=progress)
     settings = dissect_settings(
         dataset,
         model_spec,
@@ -459,7 +453,13 @@ def dissect(
         dtype=dtype,
         tokens=tokens,
     )
-    with exclusive_lock(out / LOCK, f"the dissection in {out}"):
+    with exclusive_lock(out / LOCK, f"the dissection in {out}"):  # a refused run starts nothing
+        tables = open_dataset(dataset, images=False, labels=False)
+        pack = pack_folder(tables, labels)
+        packing = None
+        if pack is not None:  # in the background only where cores are spare and nothing forks meanwhile
+            background = spare_cores() > 0 and workers == 0
+            packing = PackJob(dataset, pack, tables, background=background, progress=progress)
         manifest = DissectManifest.open(out, settings, list(layers))
         shard_dir = stage_dir(out, EXTRACT)
         if not manifest.is_done(EXTRACT):
