@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from netdissect.defaults import JPEG_QUALITY, REPORT_THREADS, TOPK
 from netdissect.errors import NetDissectError
@@ -80,11 +81,22 @@ def unit_order(result: pd.DataFrame, categories: list[str], iou_threshold: float
     return np.lexsort((result["unit"].to_numpy(), -result["score"].to_numpy(), group))
 
 
+# The first cards' images load at once (they are on the first screen, and a lazy image waits until the
+# page is laid out, which for 2,048 cards is after the whole page is parsed); the others load lazily.
+EAGER_CARDS = 8
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header only."""
+    with Image.open(path) as image:
+        return image.size
+
+
 def _cards(
     result: pd.DataFrame,
     categories: list[str],
     iou_threshold: float,
-    strips: dict[int, str],
+    strips: dict[int, tuple[str, tuple[int, int]]],
     topk: int,
     p_values: Mapping[int, float],
     alpha: float | None,
@@ -115,7 +127,8 @@ def _cards(
                 "score": float(row["score"]),
                 "detector": bool(detector[pos]),
                 "rank": rank,
-                "strip": strips.get(unit),
+                "strip": strips[unit][0] if unit in strips else None,
+                "strip_size": strips[unit][1] if unit in strips else None,
                 "per_category": per_category,
                 "topk": topk,
                 "p": p_values.get(unit),
@@ -184,7 +197,8 @@ def render_layer_report(
         names = render_strips(
             built / "strips", top, maps, thresholds, load_image, quality=quality, threads=threads, upsample=upsample
         )
-        strips = {u + 1: f"strips/{name}" for u, name in enumerate(names)}
+        # each strip with its pixel size, so the page reserves its box before the (lazy) image loads
+        strips = {u + 1: (f"strips/{name}", _image_size(built / "strips" / name)) for u, name in enumerate(names)}
         chart = label_bar_chart(label_bars(result, categories, iou_threshold), categories)
         (built / "detectors.svg").write_text(chart, encoding="utf-8")
         for name in STATIC_FILES:
@@ -206,6 +220,7 @@ def render_layer_report(
                 colors=category_colors(categories),
                 chart=chart,
                 cards=cards,
+                eager=EAGER_CARDS,
                 tested=tested,
                 alpha=alpha,
                 iou_threshold=iou_threshold,

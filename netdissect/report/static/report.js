@@ -41,12 +41,21 @@
     var text = search.value.trim().toLowerCase();
     var sorted = cards.slice().sort(orders[sortBy.value] || orders.category);
     var count = 0;
+    var moved = document.createDocumentFragment();  // one re-insertion, not one per card
     sorted.forEach(function (card) {
       card.hidden = !matches(card, text);
       if (!card.hidden) count += 1;
-      list.appendChild(card);
+      moved.appendChild(card);
     });
+    list.appendChild(moved);
     shown.textContent = count + " of " + cards.length + " units";
+  }
+
+  // The page is written in the default state (category order, nothing filtered): sort and filter at
+  // load only when the browser restored other choices, so a large page draws without moving any card.
+  function restored() {
+    return sortBy.value !== "category" || category.value !== "" || detectorsOnly.checked ||
+      (significantOnly && significantOnly.checked) || search.value.trim() !== "";
   }
 
   [sortBy, category, detectorsOnly, significantOnly].forEach(function (el) {
@@ -62,5 +71,5 @@
       list.scrollIntoView({ behavior: "smooth" });
     });
   });
-  update();
+  if (restored()) update();
 })();
