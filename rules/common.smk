@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from netdissect.defaults import BATCH_SIZE
 from netdissect.names import layer_file_name, layer_from_file_name
 
 DISSECT = config["dissect"]
@@ -333,17 +334,22 @@ def rotation_point(dataset, model, layer, power):
     return f"{rotation_dir(dataset, model, layer, power)}/{layer_file_name(layer)}"
 
 
-def rotation_sweep_inputs(wildcards):
-    """What the sweep reads: every point's folder (a dissect output) or the unrotated layer's files."""
-    layer = layer_name(wildcards)
+def point_inputs(points):
+    """What a sweep reads: each point's folder (a dissect output, the parent of its layer folder) or, for a
+    point that is a layer of the run itself, that layer's files."""
     paths = []
-    for p in config["models"][wildcards.model]["rotation"]["powers"]:
-        point = rotation_point(wildcards.dataset, wildcards.model, layer, p)
+    for point in points:
         if point.startswith("results/layers/"):
             paths += [f"{point}/result.csv", f"{point}/summary.json"]
         else:
-            paths.append(rotation_dir(wildcards.dataset, wildcards.model, layer, p))
+            paths.append(os.path.dirname(point))
     return paths
+
+
+def rotation_sweep_inputs(wildcards):
+    layer = layer_name(wildcards)
+    powers = config["models"][wildcards.model]["rotation"]["powers"]
+    return point_inputs([rotation_point(wildcards.dataset, wildcards.model, layer, p) for p in powers])
 
 
 def rotation_points_option(wildcards):
@@ -382,17 +388,40 @@ def snapshot_dir(dataset, model, layer, step):
     return f"results/snapshots/{dataset}/{model}/{layer_file_name(layer)}/step{int(step)}"
 
 
-def snapshot_dirs(wildcards):
-    return [
-        snapshot_dir(wildcards.dataset, wildcards.model, layer_name(wildcards), s)
-        for s in snapshot_steps(wildcards.model)
-    ]
+def trained_steps(model):
+    """The optimiser steps of a model the workflow trains (weights `source: train`), when the size of its
+    training dataset is known before the dataset exists (a synthetic one: `images`); otherwise None."""
+    weights = config["models"][model]["weights"]
+    if weights["source"] != "train":
+        return None
+    dataset = config["datasets"][weights["dataset"]]
+    if dataset.get("source") != "synth":
+        return None
+    # one step per batch of train-demo's default batch size, every epoch: netdissect.demo.train.training_steps
+    # (not imported: it would bring torch into every parse of the workflow)
+    return weights["epochs"] * math.ceil(dataset["images"] / BATCH_SIZE)
+
+
+def snapshot_point(dataset, model, layer, step):
+    """The layer folder of one point of a snapshot sweep. The last step of the workflow's own training is the
+    trained model itself (the same weights; tests/test_snapshots.py), so when the run dissects that layer
+    anyway the point is that layer, as power 0 of a rotation sweep is."""
+    if int(step) == trained_steps(model) and (dataset, model) in run_pairs() and layer in model_layers(model):
+        return layer_dir(dataset, model, layer)
+    return f"{snapshot_dir(dataset, model, layer, step)}/{layer_file_name(layer)}"
+
+
+def snapshot_points(wildcards):
+    layer = layer_name(wildcards)
+    return [snapshot_point(wildcards.dataset, wildcards.model, layer, s) for s in snapshot_steps(wildcards.model)]
+
+
+def snapshot_sweep_inputs(wildcards):
+    return point_inputs(snapshot_points(wildcards))
 
 
 def snapshot_points_option(wildcards):
-    return " ".join(
-        f"{s}={d}/{wildcards.layer}" for s, d in zip(snapshot_steps(wildcards.model), snapshot_dirs(wildcards))
-    )
+    return " ".join(f"{s}={d}" for s, d in zip(snapshot_steps(wildcards.model), snapshot_points(wildcards)))
 
 
 def models_with(key, source=None, has=True):

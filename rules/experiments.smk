@@ -178,7 +178,7 @@ rule rotation_sweep:
 rule snapshot_sweep:
     """Detectors and unique detectors per category against the training step: table and charts."""
     input:
-        snapshot_dirs,
+        snapshot_sweep_inputs,
     output:
         json="results/snapshots/{dataset}/{model}/{layer}/sweep/sweep.json",
         csv="results/snapshots/{dataset}/{model}/{layer}/sweep/sweep.csv",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import math
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from netdissect.defaults import BATCH_SIZE
 from tests.workflow_run import REPO, SNAKEFILE, job_counts, read_csv, snakemake, tiny_config
 
 
@@ -39,6 +41,8 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
     models = default["runs"][0]["models"]
     layers = sum(len(default["models"][m]["layers"]) for m in models)
     demo = default["models"]["demo"]
+    images = default["datasets"][demo["weights"]["dataset"]]["images"]
+    trained_steps = demo["weights"]["epochs"] * math.ceil(images / BATCH_SIZE)
     assert job_counts(proc.stdout) == {
         "check_layers": len(models),
         "synth_dataset": 1,
@@ -51,7 +55,8 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
         ),
         "dissect_rotated": len([p for p in demo["rotation"]["powers"] if p > 0]),
         "rotation_sweep": 1,
-        "dissect_snapshot": len(demo["snapshots"]["steps"]),
+        # the last step is the trained model, whose layer the run dissects anyway
+        "dissect_snapshot": len(demo["snapshots"]["steps"]) - (demo["snapshots"]["steps"][-1] == trained_steps),
         "snapshot_sweep": 1,
         "extract": len(models) * shards,
         "quantile": layers,
@@ -67,7 +72,7 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
         "models/demo.pt",
         "models/resnet18_random.pt",
         "results/shards/synth/demo/0",
-        "results/layers/synth/resnet18_random/layer4/tally/3.npz",
+        "results/layers/synth/resnet18_random/layer4/tally/1.npz",
         "results/layers/synth/demo/conv4/result.csv",
         "results/labels/synth",
         "results/report/index.html",
@@ -76,6 +81,7 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path: Path):
         "models/demo.snapshots",
     ):
         assert path in proc.stdout, path
+    assert f"results/snapshots/synth/demo/conv4/step{trained_steps}" not in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -66,14 +66,14 @@ def test_rotation_sweep_points(run: Path):
 def test_snapshot_sweep_points(run: Path):
     snapshots = run / "results" / "snapshots" / "tiny" / "tinydemo" / "conv4"
     assert sorted(p.name for p in (run / "models" / "tinydemo.snapshots").glob("*.pt")) == ["step1.pt", "step2.pt"]
-    # the last step is the trained model: the same numbers as the run's own dissection
-    last = snapshots / "step2" / "conv4" / "result.csv"
-    assert last.read_bytes() == (run / "results/layers/tiny/tinydemo/conv4/result.csv").read_bytes()
+    # the last step is the trained model: its point is the run's own dissection of the layer
+    assert not (snapshots / "step2").exists()
+    layer = json.loads((run / "results/layers/tiny/tinydemo/conv4/summary.json").read_text())
     first = json.loads((snapshots / "step1" / "conv4" / "summary.json").read_text())
     assert first["settings"]["weights"] == "models/tinydemo.snapshots/step1.pt"
     rows = read_csv(snapshots / "sweep" / "sweep.csv")
     assert rows[0][0] == "step" and [r[0] for r in rows[1:]] == ["1", "2"]
-    assert int(rows[1][2]) == first["detectors"]
+    assert int(rows[1][2]) == first["detectors"] and int(rows[2][2]) == layer["detectors"]
 
 
 def test_significance_reaches_summary_and_reports(run: Path):
