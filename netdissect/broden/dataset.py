@@ -87,9 +87,7 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.load_labels = load_labels
         if not (self.root / "index.csv").is_file():
             raise _no_index(self.root)
-        problems = Problems()
-        tables = read_tables(self.root, problems, categories)
-        problems.raise_if_any(f"dataset {self.root}")
+        tables, index = _parsed_tables(self.root, categories)
         self.category_rows: list[CategoryRow] = tables["category_rows"]
         self.categories: list[str] = tables["categories"]
         self.labels: list[LabelRow | None] = tables["labels"]
@@ -99,8 +97,6 @@ class BrodenDataset(torch.utils.data.Dataset):
         self.label_categories: list[dict[str, int]] = [{}] + [dict(r.categories) if r else {} for r in self.labels[1:]]
         self.primary: np.ndarray = primary_categories(self.codes, self.categories, self.num_labels)
 
-        index = read_index(self.root / "index.csv", self.categories, problems, self.num_labels)
-        problems.raise_if_any(f"dataset {self.root}")
         self.index: pd.DataFrame = index["frame"]
         self.pixel_categories: list[str] = index["pixel_categories"]
         self._images: list[str] = index["images"]
@@ -309,6 +305,31 @@ def read_tables(root: Path, problems: Problems, categories: Sequence[str] | None
     for row in label_rows:
         labels[row.number] = row
     return {"category_rows": category_rows, "categories": selected, "labels": labels, "codes": codes}
+
+
+_PARSED: dict[tuple, tuple[dict[str, Any], dict[str, Any]]] = {}
+_PARSED_KEEP = 4
+
+
+def _parsed_tables(root: Path, categories: Sequence[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tables and the parsed index.csv of ``root``, parsed once per process for the same bytes of its
+    CSV files (keyed by their digest, which costs milliseconds where parsing costs seconds): one
+    dissection opens its dataset several times, and index.csv of the released Broden (63,305 rows)
+    takes seconds to parse. The parsed objects are shared between datasets and never changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for f in sorted(root.glob("*.csv")):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    key = (str(root.resolve()), tuple(categories) if categories is not None else None, digest.hexdigest())
+    if key not in _PARSED:
+        problems = Problems()
+        tables = read_tables(root, problems, categories)
+        problems.raise_if_any(f"dataset {root}")
+        index = read_index(root / "index.csv", tables["categories"], problems, len(tables["labels"]))
+        problems.raise_if_any(f"dataset {root}")
+        while len(_PARSED) >= _PARSED_KEEP:
+            del _PARSED[next(iter(_PARSED))]
+        _PARSED[key] = (tables, index)
+    return _PARSED[key]
 
 
 def read_index(path: Path, categories: list[str], problems: Problems, num_labels: int | None = None) -> dict[str, Any]:
