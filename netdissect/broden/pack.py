@@ -299,8 +299,8 @@ class PackedLabels(torch.utils.data.Dataset):
             load_images=False, load_labels=False)`` is enough: only its tables are used).
 
     Refuses (NetDissectError) a missing or incomplete pack, an unknown format version, a pack of
-    another dataset (fingerprint) or another row count. pixels.npy is memory-mapped on first use, in
-    each process, so the object pickles cheaply to DataLoader workers.
+    another dataset (fingerprint) or another row count. pixels.npy is opened on first use, in each
+    process, so the object pickles cheaply to DataLoader workers; rows are read with ``pread``.
     """
 
     def __init__(self, pack: str | Path, ds: BrodenDataset) -> None:
@@ -343,7 +343,7 @@ class PackedLabels(torch.utils.data.Dataset):
         row_of_label = np.repeat(np.arange(n), np.diff(index["image_start"]))
         self._image_labels = index["image_labels"][keep]
         self._image_start = np.concatenate([[0], np.cumsum(np.bincount(row_of_label[keep], minlength=n))])
-        self._pixels: np.ndarray | None = None
+        self._file = None  # pixels.npy, opened on first use in each process
 
     def _read_index(self) -> dict[str, np.ndarray]:
         path = self.pack / INDEX
@@ -366,6 +366,7 @@ class PackedLabels(torch.utils.data.Dataset):
         try:
             pixels = np.load(path, mmap_mode="r")
             shape, dtype, end = pixels.shape, pixels.dtype, pixels.offset + pixels.nbytes
+            self._data_offset = pixels.offset  # bytes of the .npy header
             del pixels
         except Exception as err:  # a damaged .npy header: every failure is the file's
             raise _refuse(self.pack, self.root, f"cannot read {PIXELS} ({type(err).__name__}: {err})") from None
@@ -379,8 +380,20 @@ class PackedLabels(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_pixels"] = None  # each process maps the file itself
+        state["_file"] = None  # each process opens the file itself
         return state
+
+    def _read_pixels(self, start: int, count: int) -> np.ndarray:
+        """``count`` values of pixels.npy from element ``start``, in one ``pread``. The file is read, not
+        memory-mapped: a map's pages, once touched, count as the process's own memory, so a tally's
+        resident size grew with the rows it had read (by the pack's 5 GB at the released Broden's size);
+        read, they stay in the kernel's page cache, shared and reclaimable."""
+        if self._file is None:
+            self._file = open(self.pack / PIXELS, "rb", buffering=0)  # noqa: SIM115 (closed with the object)
+        data = os.pread(self._file.fileno(), count * 2, self._data_offset + start * 2)
+        if len(data) != count * 2:
+            raise _refuse(self.pack, self.root, f"{PIXELS} ended early (it changed after it was checked)")
+        return np.frombuffer(data, dtype="<u2")
 
     def __len__(self) -> int:
         return len(self._offset)
@@ -388,16 +401,13 @@ class PackedLabels(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         """Row i as ``dict(i, pixel_labels, image_labels, label_pixels)``; copies only row i's slice of
         pixels.npy. ``label_pixels`` is (labels, pixel counts) over its layers (a label may repeat)."""
-        if self._pixels is None:
-            # a plain ndarray view of the map: slicing a np.memmap costs a Python hook per call
-            self._pixels = np.load(self.pack / PIXELS, mmap_mode="r").view(np.ndarray)
-        k, sh, sw = self._shape[i]
-        a, b = self._kept_start[i], self._kept_start[i + 1]
+        k, sh, sw = (int(v) for v in self._shape[i])
+        a, b = int(self._kept_start[i]), int(self._kept_start[i + 1])
         if self._contiguous[i]:
-            start = self._offset[i] + self._first[i] * sh * sw
-            stack = self._pixels[start : start + (b - a) * sh * sw].reshape(b - a, sh, sw)
+            start = int(self._offset[i] + self._first[i] * sh * sw)
+            stack = self._read_pixels(start, (b - a) * sh * sw).reshape(b - a, sh, sw)
         else:
-            whole = self._pixels[self._offset[i] : self._offset[i] + k * sh * sw].reshape(k, sh, sw)
+            whole = self._read_pixels(int(self._offset[i]), k * sh * sw).reshape(k, sh, sw)
             stack = whole[self._kept_layers[a:b]]
         c, d = self._image_start[i], self._image_start[i + 1]
         e, f = self._hist_start[i], self._hist_start[i + 1]
