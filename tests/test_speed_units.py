@@ -58,3 +58,18 @@ def test_channels_last_batches_hold_the_same_images(synth_dataset):
     plain, fast = next(iter(ds.loader(6))), next(iter(ds.loader(6, channels_last=True)))
     assert fast["image"].is_contiguous(memory_format=torch.channels_last) and plain["image"].is_contiguous()
     assert torch.equal(plain["image"], fast["image"]) and torch.equal(plain["i"], fast["i"])
+
+
+@pytest.mark.parametrize("k", [3, 50, 900])
+def test_topk_partition_leaves_the_added_blocks_alone(k):
+    """The CPU reduction partitions in place only the buffer it joined itself; a block it was given (a
+    view of the activations extract writes) is never reordered, whether it is reduced alone or joined."""
+    rng = np.random.default_rng(k)
+    blocks = [torch.from_numpy(rng.standard_normal((3, 400)).astype(np.float32)) for _ in range(5)]
+    originals = [b.clone() for b in blocks]
+    acc = TopK(k)
+    for block in blocks:
+        acc.add(block)
+    expected = -np.sort(-torch.cat(originals, dim=1).numpy(), axis=1)[:, :k]
+    assert np.array_equal(acc.result(), expected)
+    assert all(torch.equal(b, o) for b, o in zip(blocks, originals))
