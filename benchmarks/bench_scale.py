@@ -17,6 +17,9 @@ Broden), for the demo net (the workflow's layers) and resnet18 ``layer4``, one p
    recompute`` stores none).
 4. The tables (per model and N: time per image and peak memory of every stage) are printed and, with
    ``--doc``, written between the ``<!-- scale:begin -->`` / ``<!-- scale:end -->`` markers of that file.
+   ``--merge LOG`` adds the records of earlier runs (their scale.jsonl) to the tables, so that a run at
+   63,305 alone can be shown beside the smaller N measured before; this run's records win where both
+   have the same N, model, layer, stage and activations.
 
 Layers: demo ``conv2,conv3,conv4`` (the workflow's), resnet18 ``layer4``; ``--demo-layers`` and
 ``--resnet-layers`` change them.
@@ -50,6 +53,40 @@ def activation_bytes(spec: str, layers: list[str], images: int, dtype_bytes: int
     return sum(images * dtype_bytes * math.prod(shapes[layer]) for layer in layers)
 
 
+def record_key(r: dict) -> tuple:
+    return r["images"], r["model"], r["layer"], r["stage"], r.get("activations", "")
+
+
+def merged(logs: list[Path], records: list[dict], models: list[str]) -> list[dict]:
+    """This run's records after those of the earlier ``logs`` (stages of the given models and packs; a
+    later record replaces an earlier one of the same key), sorted by N, model, layer and stage."""
+    table: dict[tuple, dict] = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            if "images" in r and r.get("model") in ["", *models]:
+                r.setdefault("activations", "store" if r["model"] else "")
+                table[record_key(r)] = r
+    for r in records:
+        table[record_key(r)] = r
+    return [table[k] for k in sorted(table)]
+
+
+def growth_table(records: list[dict], sizes: list[int]) -> str:
+    """One row per model, layer, stage and activations: CPU ms per image and peak MB at each N."""
+    keys = sorted({record_key(r)[1:] for r in records})
+    head = ["model", "layer", "stage", "activations"] + [f"N = {n}" for n in sizes]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in keys:
+        found = {r["images"]: r for r in records if record_key(r)[1:] == key}
+        cells = [
+            f"{1e3 * found[n]['cpu_s'] / n:.2f} ms, {found[n]['peak_rss_mb']:.0f} MB" if n in found else ""
+            for n in sizes
+        ]
+        rows.append("| " + " | ".join(list(key) + cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path, help="folder for the dataset and the runs")
@@ -64,6 +101,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--doc", type=Path, help="markdown file to write the tables into (between markers)")
     parser.add_argument("--keep", action="store_true", help="keep shards and packs")
+    parser.add_argument("--merge", nargs="+", default=[], type=Path, metavar="LOG", help="earlier scale.jsonl files")
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.sizes.split(","))
     models = args.models.split(",")
@@ -101,11 +139,11 @@ def main() -> None:
         work = root / f"run{n}"
         pack = work / "labels"
         cmd = NETDISSECT + ["broden", "pack-labels", str(data), "--out", str(pack), "--no-progress"]
-        records.append(run_stage("pack", cmd, [pack], env, images=n, model="", layer=""))
+        records.append(run_stage("pack", cmd, [pack], env, images=n, model="", layer="", activations=""))
         log_line(log, records[-1])
         for m in models:
             shard = work / m / "shards" / "0"
-            common = dict(images=n, model=m, env=env)
+            common = dict(images=n, model=m, activations=args.activations, env=env)
             cmd = NETDISSECT + ["extract", "--dataset", str(data), "--model", MODELS[m], "--weights", str(weights[m])]
             cmd += ["--layers", ",".join(layers[m]), "--out", str(shard), "--dtype", "float16", "--no-progress"]
             cmd += ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device]
@@ -138,22 +176,16 @@ def main() -> None:
         r.pop("env", None)
     text = [
         f"Measured with `python benchmarks/bench_scale.py --root DIR --sizes {args.sizes} --models "
-        f"{args.models} --activations {args.activations} --threads {args.threads}` ({machine_line()}).",
+        f"{args.models} --activations {args.activations} --threads {args.threads}` ({machine_line()})"
+        + (f", with the records of {', '.join(map(str, args.merge))}." if args.merge else "."),
         "",
     ]
+    records = merged(args.merge, records, models)
+    sizes = sorted({r["images"] for r in records})
     text += ["Every stage, every N (wall and CPU time of the stage's process, its peak RSS, what it wrote):", ""]
-    text.append(markdown_table(records, ["images", "model", "layer", "stage"]))
+    text.append(markdown_table(records, ["images", "model", "layer", "stage", "activations"]))
     text += ["", "Growth: CPU ms per image and peak MB of each stage, by N:", ""]
-    keys = sorted({(r["model"], r["layer"], r["stage"]) for r in records}, key=lambda k: (k[0], k[1], k[2]))
-    head = ["model", "layer", "stage"] + [f"N = {n}" for n in sizes]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key in keys:
-        cells = []
-        for n in sizes:
-            found = [r for r in records if (r["model"], r["layer"], r["stage"]) == key and r["images"] == n]
-            cells.append(f"{1e3 * found[0]['cpu_s'] / n:.2f} ms, {found[0]['peak_rss_mb']:.0f} MB" if found else "")
-        rows.append("| " + " | ".join(list(key) + cells) + " |")
-    text.append("\n".join(rows))
+    text.append(growth_table(records, sizes))
     print("\n".join(text))
     (root / "scale.md").write_text("\n".join(text) + "\n")
     if args.doc:

@@ -130,7 +130,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--synthetic-shard", nargs=3, metavar=("CASE", "DATASET", "SHARD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.synthetic_shard:
+    if args.synthetic_shard:  # the child process: netdissect from this checkout, installed or not
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         case, data, shard = args.synthetic_shard
         synthetic_shard(Path(data), case, SHAPES[case], Path(shard))
         return

@@ -1,4 +1,4 @@
-"""Shared helpers of the scale benchmarks (bench_scale.py, bench_wide.py, bench_gpu.py): datasets made of
+"""Shared helpers of the scale benchmarks (bench_scale.py, bench_wide.py): datasets made of
 the first N rows of a bigger one, stage commands timed as separate processes, and the tables they print.
 
 Each stage runs as its own process (``python -m netdissect ...``) so that its figures are its own: wall
