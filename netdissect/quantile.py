@@ -14,9 +14,10 @@ and :func:`thresholds_from_candidates` reproduces numpy's result bit for bit (sa
 
 Memory bound. ``k ≈ q·n + 1``. A shard's candidates file is (U, min(k, n_shard)) float32, e.g.
 ResNet-18 layer4 on Broden (63,305 images, 7×7, q = 0.005): k = 15,510, 512 units → 32 MB.
-While extracting, :class:`TopK` holds at most U·(2k + B·H·W) float32 values per layer (B = batch);
-merging holds two shards' candidates at once: U·2k. Big maps cost more (layer1, 56×56, 64 units:
-k ≈ 993,000 → 254 MB per shard file); pass ``--quantile`` to extract only as small as you need.
+While extracting, :class:`TopK` holds one buffer of U·(k + max(k/2, B·H·W)) float32 values per layer
+(B = batch), whatever N; merging holds two shards' candidates at once: U·2k. Big maps cost more (layer1,
+56×56, 64 units: k ≈ 993,000 → 254 MB per shard file, a 381 MB buffer); pass ``--quantile`` to extract
+only as small as you need.
 
 Candidates files (``{layer}.topk.npy``) hold (U, k_shard) float32, each row sorted descending.
 """
@@ -48,20 +49,23 @@ def candidate_count(num_values: int, q: float) -> int:
 class TopK:
     """Streaming top-k per unit: ``add`` (U, m) blocks, ``result`` gives (U, ≤k) sorted descending.
 
-    Blocks are buffered and reduced with one ``torch.topk`` whenever more than k values wait, so each
-    value is handled O(1) times on average and at most U·(2k + largest block) values are held. Once k
-    values are kept, a unit's smallest kept value is a floor: a new value at or below it cannot change
-    the k largest values (an equal one only swaps with an equal one), so when k exceeds a block only
-    as many values per unit are buffered as the unit with the most values above its floor has (at the
-    top 0.5 %, few): the buffer, and the work of reducing it, shrink.
+    The values live in one buffer per layer, (U, k + room) with room = max(k/2, first block), allocated
+    at the first block (its pages are touched as it fills): the first columns hold the values kept so
+    far, new blocks are copied in after them, and when the next block would not fit, the buffer is
+    partitioned in place so that each unit's k largest come first (no index array, no second copy).
+    Memory is therefore bounded by the buffer and the block being added, whatever N. Once k values are
+    kept, a unit's smallest kept value is a floor: a new value at or below it cannot change the k
+    largest values (an equal one only swaps with an equal one), so when k exceeds a block only as many
+    values per unit are copied in as the unit with the most values above its floor has (at the top
+    0.5 %, few), and reductions are rare.
     """
 
     def __init__(self, k: int):
         self.k = k
-        self.kept: torch.Tensor | None = None
+        self.buffer: torch.Tensor | None = None  # (U, capacity): kept values, then the pending ones
+        self.size = 0  # columns of the buffer in use
+        self.pending_size = 0  # of them, values added since the last reduction
         self.floor: torch.Tensor | None = None  # (U,) smallest kept value, once k are kept
-        self.pending: list[torch.Tensor] = []
-        self.pending_size = 0
 
     def add(self, values: torch.Tensor) -> None:
         if self.floor is not None and self.k > values.shape[1]:  # (a k smaller than a block: reduced at once)
@@ -70,44 +74,60 @@ class TopK:
                 return
             if above < values.shape[1]:
                 values = torch.topk(values, above, dim=1, sorted=False).values
-        self.pending.append(values)
-        self.pending_size += values.shape[1]
-        if self.pending_size > self.k:
+        m = values.shape[1]
+        if self.buffer is None:
+            self.buffer = torch.empty(
+                (values.shape[0], self.k + max(m, self.k // 2)), dtype=values.dtype, device=values.device
+            )
+        if self.size + m > self.buffer.shape[1]:
             self._reduce()
+        if self.size + m > self.buffer.shape[1]:  # a block wider than any before: a larger buffer
+            grown = torch.empty(
+                (self.buffer.shape[0], self.size + m), dtype=self.buffer.dtype, device=self.buffer.device
+            )
+            grown[:, : self.size] = self.buffer[:, : self.size]
+            self.buffer = grown
+        self.buffer[:, self.size : self.size + m] = values
+        self.size += m
+        self.pending_size += m
 
     def _reduce(self) -> None:
-        parts = ([self.kept] if self.kept is not None else []) + self.pending
-        self.kept, self.pending, self.pending_size = None, [], 0  # the parts are freed once joined
-        joined = len(parts) > 1  # a new tensor, this object's own: it may be overwritten
-        allv = torch.cat(parts, dim=1) if joined else parts[0]
-        del parts
-        k = min(self.k, allv.shape[1])
-        self.kept = _largest(allv, k, overwrite=joined) if k < allv.shape[1] else allv
-        self.floor = self.kept.amin(dim=1) if k == self.k else None
+        """Keep each unit's k largest values in the buffer's first k columns (in no order)."""
+        k = min(self.k, self.size)
+        if k < self.size:
+            used = self.buffer[:, : self.size]
+            if used.device.type == "cpu":  # in place: -x ascending is x descending, and negation is exact
+                array = used.numpy()
+                np.negative(array, out=array)
+                array.partition(k - 1, axis=1)
+                np.negative(array, out=array)
+            else:
+                self.buffer[:, :k] = torch.topk(used, k, dim=1, sorted=False).values
+        self.size, self.pending_size = k, 0
+        self.floor = self.buffer[:, :k].amin(dim=1) if k == self.k else None
 
     def result(self) -> np.ndarray:
-        """(U, min(k, values seen)) float32, each row descending."""
-        if self.pending:
-            self._reduce()
-        if self.kept is None:
+        """(U, min(k, values seen)) float32, each row descending. On the CPU a view of the buffer, sorted
+        in place: valid until the next ``add``."""
+        if self.buffer is None:
             raise NetDissectError("no activation values were added: the shard is empty")
-        return torch.sort(self.kept, dim=1, descending=True).values.cpu().numpy().astype(np.float32, copy=False)
-
-
-def _largest(values: torch.Tensor, k: int, overwrite: bool) -> torch.Tensor:
-    """The k largest of each row of ``values`` (U, n), in no order. With ``overwrite``, on the CPU, an
-    in-place partition of ``values``, so that no index array is made: torch.topk's int64 indices
-    doubled the memory a reduction of a large layer's candidates needed (56x56 maps at 16,000 images:
-    250,880 candidates per unit). Both give the same multiset of values, so the same thresholds."""
-    if not overwrite or values.device.type != "cpu":
-        return torch.topk(values, k, dim=1, sorted=False).values
-    array = values.numpy()
-    array.partition(array.shape[1] - k, axis=1)
-    return torch.from_numpy(array[:, array.shape[1] - k :].copy())
+        if self.pending_size:
+            self._reduce()
+        kept = self.buffer[:, : self.size]
+        if kept.device.type != "cpu" or kept.dtype != torch.float32:
+            return torch.sort(kept, dim=1, descending=True).values.cpu().numpy().astype(np.float32, copy=False)
+        array = kept.numpy()
+        np.negative(array, out=array)
+        array.sort(axis=1)
+        np.negative(array, out=array)
+        return array
 
 
 def merge_candidates(parts: Iterable[np.ndarray], k: int) -> np.ndarray:
-    """Top-k per unit of several (U, k_i) candidate arrays: (U, min(k, Σk_i)), rows descending."""
+    """Top-k per unit of several (U, k_i) candidate arrays: (U, min(k, Σk_i)), rows descending.
+
+    Sorted in place (negated, so that ascending is descending; negation is exact): the memory is the
+    joined array, with no index array (a 56x56 layer's candidates at 63,305 images are 254 MB a shard)."""
     merged: np.ndarray | None = None
     for part in parts:
         if merged is not None and part.shape[0] != merged.shape[0]:
@@ -115,10 +135,15 @@ def merge_candidates(parts: Iterable[np.ndarray], k: int) -> np.ndarray:
                 f"candidate arrays disagree on the number of units: {merged.shape[0]} vs "
                 f"{part.shape[0]}; were the shards extracted from the same model and layer?"
             )
-        both = part if merged is None else np.concatenate([merged, part], axis=1)
+        both = np.array(part, dtype=np.float32) if merged is None else np.concatenate([merged, part], axis=1)
         kk = min(k, both.shape[1])
-        top = torch.topk(torch.from_numpy(np.ascontiguousarray(both)), kk, dim=1, sorted=True).values
-        merged = top.numpy()
+        np.negative(both, out=both)
+        if kk < both.shape[1]:
+            both.partition(kk - 1, axis=1)
+        top = both[:, :kk]
+        top.sort(axis=1)
+        np.negative(top, out=top)
+        merged = top
     if merged is None:
         raise NetDissectError("no shards given to merge")
     return merged
@@ -133,14 +158,13 @@ def thresholds_from_candidates(candidates: np.ndarray, num_values: int, q: float
             f"1 - {q} over {num_values} values needs {k}; re-run extract with --quantile {q} "
             f"(or a larger q)"
         )
-    desc = candidates.astype(np.float64)
     virtual = (num_values - 1) * (1.0 - q)
     if virtual >= num_values - 1:
-        return desc[:, 0].copy()
+        return candidates[:, 0].astype(np.float64)
     lo = math.floor(virtual)
     gamma = virtual - lo
-    a = desc[:, num_values - 1 - lo]  # ascending order statistic lo
-    b = desc[:, num_values - 2 - lo]  # ascending order statistic lo + 1
+    a = candidates[:, num_values - 1 - lo].astype(np.float64)  # ascending order statistic lo
+    b = candidates[:, num_values - 2 - lo].astype(np.float64)  # ascending order statistic lo + 1
     diff = b - a  # numpy's _lerp, exactly
     return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
 

@@ -73,3 +73,20 @@ def test_topk_partition_leaves_the_added_blocks_alone(k):
     expected = -np.sort(-torch.cat(originals, dim=1).numpy(), axis=1)[:, :k]
     assert np.array_equal(acc.result(), expected)
     assert all(torch.equal(b, o) for b, o in zip(blocks, originals))
+
+
+def test_topk_buffer_is_bounded_and_grows_only_for_a_wider_block():
+    """One buffer of k + max(first block, k/2) columns, whatever the number of blocks (memory flat in N);
+    a block wider than that (k small) grows it once, and the result is still a full sort's."""
+    rng = np.random.default_rng(7)
+    k, width = 3000, 250
+    rising = np.sort(rng.standard_normal((2, 400 * width)).astype(np.float32), axis=1)  # every block beats the floor
+    acc = TopK(k)
+    for block in np.split(rising, 400, axis=1):
+        acc.add(torch.from_numpy(block))
+    assert acc.buffer.shape[1] == k + k // 2
+    assert np.array_equal(acc.result(), rising[:, ::-1][:, :k])
+    wide = rng.standard_normal((2, 3 * k)).astype(np.float32)
+    acc.add(torch.from_numpy(wide))  # wider than the room left after a reduction
+    everything = np.concatenate([rising, wide], axis=1)
+    assert np.array_equal(acc.result(), -np.sort(-everything, axis=1)[:, :k])
