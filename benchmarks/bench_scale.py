@@ -19,7 +19,7 @@ Broden), for the demo net (the workflow's layers) and resnet18 ``layer4``, one p
    ``--doc``, written between the ``<!-- scale:begin -->`` / ``<!-- scale:end -->`` markers of that file.
    ``--merge LOG`` adds the records of earlier runs (their scale.jsonl) to the tables, so that a run at
    63,305 alone can be shown beside the smaller N measured before; this run's records win where both
-   have the same N, model, layer, stage and activations.
+   have the same N, model, layer, stage and activations; with ``--tables-only`` it runs nothing.
 
 Layers: demo ``conv2,conv3,conv4`` (the workflow's), resnet18 ``layer4``; ``--demo-layers`` and
 ``--resnet-layers`` change them.
@@ -87,6 +87,29 @@ def growth_table(records: list[dict], sizes: list[int]) -> str:
     return "\n".join(rows)
 
 
+def write_tables(args: argparse.Namespace, records: list[dict], root: Path, models: list[str]) -> None:
+    """Print the tables of this run's records and the ``--merge`` logs' (ROOT/scale.md; ``--doc``)."""
+    for r in records:
+        r.pop("env", None)
+    text = [
+        f"Measured with `python benchmarks/bench_scale.py --root DIR --sizes {args.sizes} --models "
+        f"{args.models} --activations {args.activations} --threads {args.threads}` ({machine_line()})"
+        + (f", with the records of {', '.join(map(str, args.merge))}." if args.merge else "."),
+        "",
+    ]
+    records = merged(args.merge, records, models)
+    sizes = sorted({r["images"] for r in records})
+    text += ["Every stage, every N (wall and CPU time of the stage's process, its peak RSS, what it wrote):", ""]
+    text.append(markdown_table(records, ["images", "model", "layer", "stage", "activations"]))
+    text += ["", "Growth: CPU ms per image and peak MB of each stage, by N:", ""]
+    text.append(growth_table(records, sizes))
+    print("\n".join(text))
+    (root / "scale.md").write_text("\n".join(text) + "\n")
+    if args.doc:
+        replace_section(args.doc, "scale", "\n".join(text))
+    print(json.dumps({"log": str(root / "scale.jsonl"), "tables": str(root / "scale.md")}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path, help="folder for the dataset and the runs")
@@ -102,6 +125,7 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, help="markdown file to write the tables into (between markers)")
     parser.add_argument("--keep", action="store_true", help="keep shards and packs")
     parser.add_argument("--merge", nargs="+", default=[], type=Path, metavar="LOG", help="earlier scale.jsonl files")
+    parser.add_argument("--tables-only", action="store_true", help="run nothing: the tables of the --merge logs")
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.sizes.split(","))
     models = args.models.split(",")
@@ -110,6 +134,9 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     log = root / "scale.jsonl"
     env = {**os.environ, "NETDISSECT_CACHE": str(root / "cache")}
+    if args.tables_only:
+        write_tables(args, [], root, models)
+        return
 
     largest = max(sizes)
     act = {m: activation_bytes(MODELS[m], layers[m], largest) for m in models}
@@ -172,25 +199,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(pack, ignore_errors=True)
 
-    for r in records:
-        r.pop("env", None)
-    text = [
-        f"Measured with `python benchmarks/bench_scale.py --root DIR --sizes {args.sizes} --models "
-        f"{args.models} --activations {args.activations} --threads {args.threads}` ({machine_line()})"
-        + (f", with the records of {', '.join(map(str, args.merge))}." if args.merge else "."),
-        "",
-    ]
-    records = merged(args.merge, records, models)
-    sizes = sorted({r["images"] for r in records})
-    text += ["Every stage, every N (wall and CPU time of the stage's process, its peak RSS, what it wrote):", ""]
-    text.append(markdown_table(records, ["images", "model", "layer", "stage", "activations"]))
-    text += ["", "Growth: CPU ms per image and peak MB of each stage, by N:", ""]
-    text.append(growth_table(records, sizes))
-    print("\n".join(text))
-    (root / "scale.md").write_text("\n".join(text) + "\n")
-    if args.doc:
-        replace_section(args.doc, "scale", "\n".join(text))
-    print(json.dumps({"log": str(log), "tables": str(root / "scale.md")}))
+    write_tables(args, records, root, models)
 
 
 if __name__ == "__main__":
