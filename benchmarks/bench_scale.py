@@ -91,16 +91,21 @@ def write_tables(args: argparse.Namespace, records: list[dict], root: Path, mode
     """Print the tables of this run's records and the ``--merge`` logs' (ROOT/scale.md; ``--doc``)."""
     for r in records:
         r.pop("env", None)
-    text = [
-        f"Measured with `python benchmarks/bench_scale.py --root DIR --sizes {args.sizes} --models "
-        f"{args.models} --activations {args.activations} --threads {args.threads}` ({machine_line()})"
-        + (f", with the records of {', '.join(map(str, args.merge))}." if args.merge else "."),
-        "",
-    ]
+    run = (
+        f"`python benchmarks/bench_scale.py --root DIR --sizes {args.sizes} --models {args.models} "
+        f"--activations {args.activations} --threads {args.threads}` ({machine_line()})"
+    )
+    logs = ", ".join(p.name if p.parent == root else str(p) for p in args.merge)
+    if args.tables_only:
+        text = [f"The records of {logs} (`bench_scale.py --tables-only --merge LOG...`; each its own run's).", ""]
+    else:
+        text = [f"Measured with {run}" + (f", with the records of {logs}." if logs else "."), ""]
     records = merged(args.merge, records, models)
     sizes = sorted({r["images"] for r in records})
-    text += ["Every stage, every N (wall and CPU time of the stage's process, its peak RSS, what it wrote):", ""]
-    text.append(markdown_table(records, ["images", "model", "layer", "stage", "activations"]))
+    text += [f"Every stage at N = {sizes[-1]} (wall and CPU time of its process, peak RSS, what it wrote):", ""]
+    text.append(
+        markdown_table([r for r in records if r["images"] == sizes[-1]], ["model", "layer", "stage", "activations"])
+    )
     text += ["", "Growth: CPU ms per image and peak MB of each stage, by N:", ""]
     text.append(growth_table(records, sizes))
     print("\n".join(text))
