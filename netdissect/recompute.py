@@ -129,10 +129,20 @@ class ActivationReader(contextlib.AbstractContextManager):
     from the shards (:func:`netdissect.shards.read_activations`), or, where the shards store none,
     recomputed (:func:`recomputed`: only the batches holding one of the rows run; the last batch is kept,
     since the report asks for one row first, to learn the map size). Use it as a context manager: it
-    keeps each shard's model loaded until the block ends."""
+    keeps each shard's model loaded until the block ends. ``torch_threads``: the threads the recomputed
+    forward pass runs with (the report renders with one torch thread per Python thread, but its forward
+    pass, which reruns nearly every batch of a wide layer, should use the cores as extract did)."""
 
-    def __init__(self, shards: str | Path | Sequence[str | Path], layer: str, dataset: str | Path, workers: int = 0):
+    def __init__(
+        self,
+        shards: str | Path | Sequence[str | Path],
+        layer: str,
+        dataset: str | Path,
+        workers: int = 0,
+        torch_threads: int | None = None,
+    ):
         self.shards, self.layer, self.dataset, self.workers = shards, layer, dataset, workers
+        self.torch_threads = torch_threads
         self.dirs = shard_dirs_of(shards)
         self.stored = all(stores_activations(d, layer) for d in self.dirs)
         self._stack = contextlib.ExitStack()
@@ -150,12 +160,17 @@ class ActivationReader(contextlib.AbstractContextManager):
         rows = np.asarray(rows, dtype=np.int64)
         out: np.ndarray | None = None
         done = np.zeros(rows.size, dtype=bool)
-        for batch_rows, acts in self._batches(rows):
-            if out is None:
-                out = np.empty((rows.size, *acts.shape[1:]), dtype=np.float32)
-            hit = np.flatnonzero(np.isin(rows, batch_rows))
-            out[hit] = acts[np.searchsorted(batch_rows, rows[hit])]
-            done[hit] = True
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.torch_threads or previous)
+        try:
+            for batch_rows, acts in self._batches(rows):
+                if out is None:
+                    out = np.empty((rows.size, *acts.shape[1:]), dtype=np.float32)
+                hit = np.flatnonzero(np.isin(rows, batch_rows))
+                out[hit] = acts[np.searchsorted(batch_rows, rows[hit])]
+                done[hit] = True
+        finally:
+            torch.set_num_threads(previous)
         if out is None or not done.all():
             raise NetDissectError(
                 f"rows {rows[~done][:10].tolist()} are in none of the shards given "

@@ -190,7 +190,7 @@ def write_layer_report(
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # the work is split by ``threads`` Python threads; torch ops here are small
     try:
-        with ActivationReader(inputs.shards, inputs.layer, inputs.dataset) as maps_for_rows:  # stored or recomputed
+        with ActivationReader(inputs.shards, inputs.layer, inputs.dataset, torch_threads=previous) as maps_for_rows:
             return render_layer_report(
                 Path(out) if out is not None else inputs.layer_dir / "report",
                 result,
