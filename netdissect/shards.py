@@ -210,8 +210,20 @@ def layer_shards(shards: str | Path | Iterable[str | Path], layer: str) -> list[
 
 
 def read_imgmax(shards: str | Path | Iterable[str | Path], layer: str) -> np.ndarray:
-    """(N, U) float32 per-image maxima of ``layer`` over all rows, from every shard in row order."""
-    return np.concatenate([np.load(shard_file(d, layer, "imgmax")) for d, _ in layer_shards(shards, layer)], axis=0)
+    """(N, U) float32 per-image maxima of ``layer`` over all rows, from every shard in row order.
+
+    Read into one array (one shard's file at a time), not concatenated: a 2048-unit layer's maxima at
+    63,305 images are 519 MB, and a concatenation held them twice."""
+    files = [shard_file(d, layer, "imgmax") for d, _ in layer_shards(shards, layer)]
+    if len(files) == 1:
+        return np.load(files[0])
+    shapes = [np.load(f, mmap_mode="r").shape for f in files]  # headers only
+    out = np.empty((sum(s[0] for s in shapes), *shapes[0][1:]), dtype=np.float32)
+    row = 0
+    for f, shape in zip(files, shapes):
+        out[row : row + shape[0]] = np.load(f)
+        row += shape[0]
+    return out
 
 
 def read_activations(
