@@ -62,8 +62,8 @@ def test_channels_last_batches_hold_the_same_images(synth_dataset):
 
 @pytest.mark.parametrize("k", [3, 50, 900])
 def test_topk_partition_leaves_the_added_blocks_alone(k):
-    """The CPU reduction partitions in place only the buffer it joined itself; a block it was given (a
-    view of the activations extract writes) is never reordered, whether it is reduced alone or joined."""
+    """The CPU reduction partitions in place only TopK's own buffer; a block it was given (a view of the
+    activations extract writes) is copied in and never reordered."""
     rng = np.random.default_rng(k)
     blocks = [torch.from_numpy(rng.standard_normal((3, 400)).astype(np.float32)) for _ in range(5)]
     originals = [b.clone() for b in blocks]
